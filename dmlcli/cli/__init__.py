@@ -1,0 +1,1 @@
+"""The ``dml`` command line: one thin module per subcommand."""

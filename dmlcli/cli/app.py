@@ -1,0 +1,56 @@
+"""The ``dml`` Typer app and its entry point (user errors: one line, exit code 2)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from dmlcli.cli import ls, train
+from dmlcli.errors import DmlError
+
+app = typer.Typer(
+    name="dml",
+    help="Train diverse DML ensembles, attack them honestly, and report the paper's tables.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# One line per subcommand module: (name, function).
+COMMANDS = [
+    ("train", train.command),
+    ("ls", ls.command),
+]
+for _name, _fn in COMMANDS:
+    app.command(_name)(_fn)
+
+
+def fail(message: str) -> None:
+    """Print one error line to stderr and exit with code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``dml``; a user's mistake prints one line and exits 2, never a traceback."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="dml", standalone_mode=False)
+    except DmlError as exc:
+        fail(str(exc))
+    except click.exceptions.NoArgsIsHelpError:
+        raise SystemExit(0) from None
+    except click.UsageError as exc:
+        fail(exc.format_message().replace("\n", " "))
+    except click.exceptions.Abort:
+        fail("aborted")
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print(
+            "interrupted: completed work is kept; run the same command again to resume",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None

@@ -1,0 +1,201 @@
+"""Dataset registry: every dataset loads once into memory as uint8 tensors.
+
+``load_dataset(name, split)`` returns ``x`` uint8 ``[N, C, H, W]`` and ``y`` int64 ``[N]``.
+File formats live in :mod:`dmlcli.readers`; this module knows where each dataset is, its
+shape, its default backbone, and the batched augmentation used for training.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dmlcli.errors import DmlError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the rest of the tool needs to know about a dataset."""
+
+    name: str
+    channels: int
+    image_size: int
+    num_classes: int
+    backbone: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: str  # "none" or "crop-flip"
+    default_dirs: tuple[str, ...] = field(default=())
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("digits", 1, 8, 10, "small-cnn", (0.5,), (0.5,), "none"),
+    "mnist": DatasetInfo("mnist", 1, 28, 10, "lenet5", (0.1307,), (0.3081,), "none"),
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist",
+        1,
+        28,
+        10,
+        "lenet5",
+        (0.2860,),
+        (0.3530,),
+        "none",
+        ("/usr/share/datasets/fashion-mnist",),
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10",
+        3,
+        32,
+        10,
+        "resnet18",
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        "crop-flip",
+    ),
+    "resisc45": DatasetInfo(
+        "resisc45",
+        3,
+        64,
+        45,
+        "resnet18",
+        (0.3680, 0.3810, 0.3436),
+        (0.2035, 0.1854, 0.1849),
+        "crop-flip",
+    ),
+}
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`load_dataset`."""
+    return list(DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Registry entry of ``name``; a clear error naming the valid choices otherwise."""
+    if name not in DATASETS:
+        raise DmlError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def _cache_dir(name: str) -> Path:
+    return Path(os.environ.get("DML_DATA", Path.home() / ".cache" / "dmlcli")) / name
+
+
+def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = torch.from_numpy((bunch.images * (255.0 / 16.0)).round()).to(torch.uint8)[:, None]
+    y = torch.from_numpy(bunch.target).long()
+    idx_train, idx_test = train_test_split(
+        list(range(len(y))), test_size=0.25, stratify=bunch.target, random_state=0
+    )
+    idx = torch.tensor(sorted(idx_train if split == "train" else idx_test))
+    return x[idx], y[idx]
+
+
+def _torchvision_download(name: str, root: Path) -> None:
+    import torchvision
+
+    cls = {
+        "mnist": torchvision.datasets.MNIST,
+        "fashion-mnist": torchvision.datasets.FashionMNIST,
+        "cifar10": torchvision.datasets.CIFAR10,
+    }[name]
+    try:
+        cls(str(root), train=False, download=True)
+        cls(str(root), train=True, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise DmlError(
+            f"{name}: download failed ({type(exc).__name__}); put the files under {root} "
+            f"or pass --data-dir"
+        ) from None
+
+
+def load_dataset(
+    name: str,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    image_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load ``split`` (``train`` or ``test``) of dataset ``name`` into memory.
+
+    Returns ``x`` uint8 ``[N, C, H, W]`` and ``y`` int64 ``[N]``. ``data_dir`` may hold IDX
+    files (MNIST-like), CIFAR-10 batches or an ImageFolder tree (RESISC-45); without it the
+    dataset's usual places and ``$DML_DATA`` are searched, and torchvision downloads when
+    ``download`` is true and the network allows.
+    """
+    from dmlcli import readers
+
+    info = dataset_info(name)
+    if split not in ("train", "test"):
+        raise DmlError(f"unknown split {split!r}; choose train or test")
+    if name == "digits":
+        return _load_digits(split)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DmlError(f"--data-dir {data_dir} is not a directory")
+    candidates = [Path(data_dir)] if data_dir else [Path(d) for d in info.default_dirs]
+    candidates = candidates or [_cache_dir(name)]
+    if not data_dir:
+        candidates.append(_cache_dir(name))
+    if name == "resisc45":
+        if not data_dir:
+            raise DmlError("resisc45: pass --data-dir pointing at the NWPU-RESISC45 folder tree")
+        x, y, _ = readers.read_image_folder(
+            Path(data_dir), split, image_size or info.image_size, seed=0
+        )
+        return x, y
+    reader = readers.read_cifar10 if name == "cifar10" else readers.read_idx_dir
+    last: DmlError | None = None
+    for root in dict.fromkeys(candidates):
+        try:
+            return reader(root, split)
+        except DmlError as exc:
+            last = exc
+    if download and not data_dir:
+        _torchvision_download(name, _cache_dir(name))
+        return reader(_cache_dir(name), split)
+    assert last is not None
+    raise last
+
+
+def eval_indices(num_test: int, n: int, seed: int) -> torch.Tensor:
+    """A seeded subset of ``n`` test indices, sorted: the same for every model and attack."""
+    if n < 1:
+        raise DmlError(f"--n must be at least 1; got {n}")
+    if n > num_test:
+        raise DmlError(f"--n {n} is larger than the test set ({num_test} samples)")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_test, generator=gen)[:n].sort().values
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` -> float32 pixels in [0, 1]."""
+    return x.float().div_(255.0)
+
+
+def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """Batched augmentation of float pixels ``[B, C, H, W]``.
+
+    ``crop-flip``: random 4-pixel-padded crop and horizontal flip per sample (the usual
+    CIFAR recipe), done with one gather for the whole batch.
+    """
+    if kind == "none":
+        return x
+    b, c, h, w = x.shape
+    pad = 4
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+    out = padded[
+        torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols
+    ]
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)

@@ -1,0 +1,1 @@
+"""Evaluation: benign accuracy, robustness, transfer, CLEVER, certification, detection."""

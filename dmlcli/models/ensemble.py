@@ -1,0 +1,181 @@
+"""The ensemble as one module: K backbones (stacked parameters) and one K-member head.
+
+``Ensemble(config)(x)`` takes pixels ``x`` ``[B, C, H, W]`` in [0, 1] and returns the member
+logits ``[K, B, classes]``; how they are combined is up to :mod:`dmlcli.models.aggregate`.
+Member k is ``F_k = h_k o G_k`` (Section 3). Backbone parameters are stored stacked
+(``[K, ...]`` per tensor) and evaluated either with ``torch.func.vmap`` (``batched``) or with
+a plain loop over members (``loop``, the reference); both share the same parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from dmlcli.errors import DmlError
+from dmlcli.models.backbones import create_backbone
+from dmlcli.models.dml import HEADS, DMLHead, LinearHead
+
+MODES = ("auto", "batched", "loop")
+# Measured with benchmarks/train_throughput.py: on the CPU the loop is faster for every
+# backbone here; vmap pays on CUDA. ResNet's BatchNorm always runs in the loop.
+_DEFAULT_MODE = {"cpu": "loop", "cuda": "batched"}
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def build_head(config: dict[str, Any]) -> nn.Module:
+    """The head named by ``config['head']``: ``linear``, ``dml``, ``rdml`` or ``augdml``."""
+    head = config["head"]
+    if head not in HEADS:
+        raise DmlError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    if head == "linear":
+        return LinearHead()
+    return DMLHead(
+        permutations=config["permutations"],
+        trainable_sets=config["trainable_sets"],
+        m_mode=config["m_mode"],
+        m_init=config["m_init"],
+        m_fixed=config["m_fixed"],
+        centers=config["centers"],
+        scales=config.get("scales"),
+        noise={"dml": "none", "rdml": "rdml", "augdml": "augdml"}[head],
+        samples=config["head_samples"],
+        sigma=config["head_sigma"],
+        seed=config["seed"],
+    )
+
+
+class Ensemble(nn.Module):
+    """K members ``h_k(G_k(x))`` evaluated together.
+
+    Args:
+        config: the resolved run configuration (see :func:`dmlcli.config.resolve_config`);
+            kept as ``self.config`` and stored with every checkpoint.
+        mode: ``batched`` (vmap over stacked parameters), ``loop`` (reference) or ``auto``
+            (the faster one for the device, see ``_DEFAULT_MODE``).
+    """
+
+    def __init__(self, config: dict[str, Any], mode: str = "auto") -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise DmlError(f"unknown ensemble mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.config = config
+        self.mode = mode
+        k = config["members"]
+        torch.manual_seed(config["seed"])
+        members = [
+            create_backbone(
+                config["backbone"],
+                config["in_channels"],
+                config["num_classes"],
+                config["image_size"],
+                config["mean"],
+                config["std"],
+            )
+            for _ in range(k)
+        ]
+        params, buffers = stack_module_state(members)
+        self.backbone = nn.ParameterDict({_key(n): nn.Parameter(p) for n, p in params.items()})
+        for n, b in buffers.items():
+            self.register_buffer("bb_" + _key(n), b)
+        self._param_names = list(params)
+        self._buffer_names = list(buffers)
+        self._has_batchnorm = any(isinstance(m, nn.BatchNorm2d) for m in members[0].modules())
+        # The template's own tensors are never used: functional_call swaps in the stacked ones.
+        self.__dict__["_template"] = copy.deepcopy(members[0]).to("meta")
+        self.head = build_head(config)
+
+    @property
+    def num_members(self) -> int:
+        return int(self.config["members"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["num_classes"])
+
+    @property
+    def randomized(self) -> bool:
+        """True when the head draws noise on every forward pass (R-DML, AUG-DML)."""
+        return bool(getattr(self.head, "randomized", False))
+
+    @property
+    def trainable_sets(self) -> list[list[int]]:
+        """The sets ``I_k`` of each member (empty lists for the baseline and scaling heads)."""
+        sets = self.config.get("trainable_sets")
+        return sets if sets else [[] for _ in range(self.num_members)]
+
+    def _stacked(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        params = {n: self.backbone[_key(n)] for n in self._param_names}
+        buffers = {n: getattr(self, "bb_" + _key(n)) for n in self._buffer_names}
+        return params, buffers
+
+    def resolved_mode(self, device: torch.device) -> str:
+        """``batched`` or ``loop`` for this device (BatchNorm backbones always loop)."""
+        if self._has_batchnorm:
+            return "loop"
+        if self.mode != "auto":
+            return self.mode
+        return _DEFAULT_MODE.get(device.type, "batched")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone outputs ``z = G_k(x)``: ``[B, C, H, W]`` -> ``[K, B, D]``."""
+        template = self.__dict__["_template"]
+        template.train(self.training)
+        params, buffers = self._stacked()
+        if self.resolved_mode(x.device) == "batched":
+
+            def one(p: dict, b: dict, inp: torch.Tensor) -> torch.Tensor:
+                return functional_call(template, (p, b), (inp,))
+
+            return vmap(one, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
+        outs = []
+        for k in range(self.num_members):
+            p = {n: t[k] for n, t in params.items()}
+            b = {n: t[k] for n, t in buffers.items()}
+            outs.append(functional_call(template, (p, b), (x,)))
+        return torch.stack(outs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Member logits ``[K, B, classes]`` for pixels ``x`` ``[B, C, H, W]`` in [0, 1]."""
+        return self.head(self.features(x))
+
+    def member(self, k: int) -> nn.Module:
+        """Member k alone as a module: ``x`` -> logits ``[B, classes]``."""
+        if not 0 <= k < self.num_members:
+            raise DmlError(f"member {k + 1} does not exist; members are 1..{self.num_members}")
+        return _Member(self, k)
+
+    def load_backbones_from(self, other: Ensemble) -> None:
+        """Copy every member's backbone from ``other`` (``--prior``): same K, or K = 1."""
+        if other.config["backbone"] != self.config["backbone"]:
+            raise DmlError(
+                f"prior run has backbone {other.config['backbone']}, "
+                f"this run needs {self.config['backbone']}"
+            )
+        if other.num_members not in (1, self.num_members):
+            raise DmlError(
+                f"prior run has {other.num_members} members; need 1 or {self.num_members}"
+            )
+        source = other.state_dict()
+        with torch.no_grad():
+            for name, tensor in self.state_dict(keep_vars=True).items():
+                if not name.startswith("head."):
+                    tensor.copy_(source[name].expand_as(tensor))
+
+
+class _Member(nn.Module):
+    """View of member k of an :class:`Ensemble` as a ``[B, classes]`` classifier."""
+
+    def __init__(self, ensemble: Ensemble, k: int) -> None:
+        super().__init__()
+        self.ensemble, self.k = ensemble, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ensemble(x)[self.k]

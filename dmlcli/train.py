@@ -1,0 +1,310 @@
+"""Joint training of all members (Eq. 3), the cross-entropy baseline, and exact resume.
+
+Every step's randomness (data order, augmentation, randomized heads, FGSM) is derived from
+``(seed, epoch, step)``, so a run resumed from a checkpoint takes exactly the steps an
+uninterrupted run would have taken and ends with identical weights (same device and threads).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dmlcli.data import augment_batch, to_float
+from dmlcli.errors import DmlError
+from dmlcli.eval.benign import accuracies, member_logits
+from dmlcli.models.aggregate import sum_logits
+from dmlcli.models.ensemble import Ensemble
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("none", "cosine", "step")
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings of a run (stored in the checkpoint as ``config['training']``)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    augment: str = "none"
+    adv_train: str = "none"
+    adv_eps: float = 10 / 255
+    eval_attack: str = "none"
+    eval_eps: float = 0.0
+    eval_n: int = 1000
+    checkpoint_every: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1; got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1; got {self.batch_size}"),
+            (
+                self.optimizer in OPTIMIZERS,
+                f"unknown --optimizer {self.optimizer!r}; choose sgd or adam",
+            ),
+            (
+                self.schedule in SCHEDULES,
+                f"unknown --schedule {self.schedule!r}; choose none, cosine or step",
+            ),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0; got {self.lr}"),
+            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (
+                self.augment in ("none", "crop-flip"),
+                f"unknown --augment {self.augment!r}; choose none or crop-flip",
+            ),
+            (
+                self.adv_train in ("none", "fgsm"),
+                f"unknown --adv-train {self.adv_train!r}; choose none or fgsm",
+            ),
+            (
+                self.eval_attack in ("none", "fgsm"),
+                f"unknown --eval-attack {self.eval_attack!r}; choose none or fgsm",
+            ),
+            (0 <= self.adv_eps <= 1 and 0 <= self.eval_eps <= 1, "eps must be within [0, 1]"),
+            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
+            (self.eval_n >= 1, "--eval-n must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DmlError(message)
+
+
+def loss_terms(
+    logits: torch.Tensor, y: torch.Tensor, ensemble: Ensemble
+) -> dict[str, torch.Tensor]:
+    """The terms of Eq. 3 for member logits ``[K, B, C]`` and labels ``[B]``.
+
+    ``ce = sum_k CE_k``; ``ortho = sum_{k != t} ||M_k M_t||_F``; ``l1 = sum_k ||M_{I_k}||_1``;
+    ``total = ce + gamma * ortho + beta * l1``. The baseline (linear head) has only ``ce``.
+    """
+    k, b, c = logits.shape
+    ce = F.cross_entropy(logits.reshape(k * b, c), y.repeat(k), reduction="mean") * k
+    zero = logits.new_zeros(())
+    head = ensemble.head
+    if not hasattr(head, "m_matrix"):
+        return {"total": ce, "ce": ce, "ortho": zero, "l1": zero}
+    m = head.m_matrix()  # [K, D, D]
+    prods = torch.einsum("kij,tjl->ktil", m, m).flatten(2).norm(dim=-1)  # [K, K]
+    ortho = prods.sum() - prods.diagonal().sum()
+    l1 = head.trainable_m().abs().sum()
+    cfg = ensemble.config
+    total = ce + cfg["gamma"] * ortho + cfg["beta"] * l1
+    return {"total": total, "ce": ce, "ortho": ortho, "l1": l1}
+
+
+def fgsm_step(ensemble: Ensemble, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """One FGSM step on the summed logits (no random start, A.8): ``x`` ``[B, C, H, W]``."""
+    x = x.detach().clone().requires_grad_(True)
+    loss = F.cross_entropy(sum_logits(ensemble(x)), y)
+    (grad,) = torch.autograd.grad(loss, x)
+    return (x + eps * grad.sign()).clamp(0, 1).detach()
+
+
+def _step_seed(seed: int, epoch: int, step: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + step) % (2**62)
+
+
+class Trainer:
+    """Trains an :class:`Ensemble` on in-memory uint8 data with the Eq. 3 loss."""
+
+    def __init__(
+        self,
+        ensemble: Ensemble,
+        train: tuple[torch.Tensor, torch.Tensor],
+        test: tuple[torch.Tensor, torch.Tensor],
+        settings: TrainSettings,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        settings.validate()
+        self.ensemble = ensemble.to(device)
+        self.device = torch.device(device)
+        self.x_train, self.y_train = train
+        self.x_test, self.y_test = test
+        self.settings = settings
+        self.seed = int(ensemble.config["seed"])
+        params = [p for p in ensemble.parameters() if p.requires_grad]
+        if settings.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(
+                params,
+                lr=settings.lr,
+                momentum=settings.momentum,
+                weight_decay=settings.weight_decay,
+                nesterov=settings.momentum > 0,
+            )
+        else:
+            self.optimizer = torch.optim.Adam(
+                params, lr=settings.lr, weight_decay=settings.weight_decay
+            )
+        self.steps_per_epoch = math.ceil(len(self.y_train) / settings.batch_size)
+        self.epoch, self.step = 0, 0  # next step to run
+        self.history: list[dict[str, Any]] = []
+        self._epoch_sums: dict[str, float] = {}
+
+    # -- schedule ------------------------------------------------------------------------
+    def lr_at(self, epoch: int, step: int) -> float:
+        s = self.settings
+        progress = (epoch + step / self.steps_per_epoch) / s.epochs
+        if s.schedule == "cosine":
+            return s.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        if s.schedule == "step":
+            return s.lr * (0.1 ** int(progress * 3))
+        return s.lr
+
+    # -- one step ------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """Run the next step; returns its loss terms and batch accuracy (vote, %)."""
+        s, epoch, step = self.settings, self.epoch, self.step
+        order = torch.randperm(
+            len(self.y_train),
+            generator=torch.Generator().manual_seed(_step_seed(self.seed, epoch, -1)),
+        )
+        idx = order[step * s.batch_size : (step + 1) * s.batch_size]
+        gen = torch.Generator().manual_seed(_step_seed(self.seed, epoch, step))
+        torch.manual_seed(_step_seed(self.seed, epoch, step))
+        x = augment_batch(to_float(self.x_train[idx]), s.augment, gen).to(self.device)
+        y = self.y_train[idx].to(self.device)
+        self.ensemble.train()
+        if s.adv_train == "fgsm":
+            x = fgsm_step(self.ensemble, x, y, s.adv_eps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(epoch, step)
+        logits = self.ensemble(x)
+        terms = loss_terms(logits, y, self.ensemble)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self.optimizer.step()
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        from dmlcli.models.aggregate import vote
+
+        out["acc"] = 100.0 * (vote(logits.detach()) == y).float().mean().item()
+        for key, value in out.items():
+            self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + value * len(y)
+        self._epoch_sums["n"] = self._epoch_sums.get("n", 0.0) + len(y)
+        self.step += 1
+        return out
+
+    def end_epoch(self, seconds: float) -> dict[str, Any]:
+        """Evaluate on the test set, append the epoch's history row and advance the epoch."""
+        torch.manual_seed(_step_seed(self.seed, self.epoch, -2))
+        self.ensemble.eval()
+        logits = member_logits(self.ensemble, self.x_test)
+        accs = accuracies(logits, self.y_test, self.ensemble.trainable_sets)
+        n = self._epoch_sums.pop("n", 1.0)
+        row: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "lr": self.lr_at(self.epoch, 0),
+            "seconds": seconds,
+        }
+        row.update({f"train_{k}": v / n for k, v in self._epoch_sums.items()})
+        row.update({f"test_{k}": v for k, v in accs.items()})
+        if self.settings.eval_attack == "fgsm":
+            row["test_robust_vote"] = self.robust_accuracy()
+            row["eval_eps"] = self.settings.eval_eps
+        self.history.append(row)
+        self._epoch_sums = {}
+        self.epoch, self.step = self.epoch + 1, 0
+        return row
+
+    def robust_accuracy(self) -> float:
+        """FGSM (on summed logits) robust vote accuracy (%) on the first ``eval_n`` test images."""
+        from dmlcli.models.aggregate import vote
+
+        n = min(self.settings.eval_n, len(self.y_test))
+        correct = 0
+        for start in range(0, n, 256):
+            x = to_float(self.x_test[start : min(start + 256, n)]).to(self.device)
+            y = self.y_test[start : min(start + 256, n)].to(self.device)
+            x_adv = fgsm_step(self.ensemble, x, y, self.settings.eval_eps)
+            with torch.no_grad():
+                correct += int((vote(self.ensemble(x_adv)) == y).sum())
+        return 100.0 * correct / n
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.settings.epochs
+
+    # -- resume state --------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and JSON metadata that let a new Trainer continue exactly here."""
+        tensors = {f"model.{k}": v for k, v in self.ensemble.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for idx, entry in opt["state"].items():
+            for key, value in entry.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{idx}.{key}"] = value
+                else:
+                    scalars.setdefault(str(idx), {})[key] = value
+        meta = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "epoch_sums": self._epoch_sums,
+            "optim_groups": opt["param_groups"],
+            "optim_scalars": scalars,
+            "settings": asdict(self.settings),
+        }
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned (after building the same ensemble and data)."""
+        if meta.get("settings") != asdict(self.settings):
+            raise DmlError(
+                "--resume: the saved run used other training settings; "
+                "pass the same options or drop --resume"
+            )
+        model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.ensemble.load_state_dict(model)
+        except RuntimeError:
+            raise DmlError("--resume: the saved state does not match this model") from None
+        state: dict[int, dict[str, Any]] = {}
+        for name, value in tensors.items():
+            if name.startswith("optim."):
+                _, idx, key = name.split(".", 2)
+                state.setdefault(int(idx), {})[key] = value
+        for idx, entry in meta["optim_scalars"].items():
+            state.setdefault(int(idx), {}).update(entry)
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
+        self.epoch, self.step = meta["epoch"], meta["step"]
+        self.history, self._epoch_sums = meta["history"], meta["epoch_sums"]
+
+
+def run_training(
+    trainer: Trainer,
+    on_step: Callable[[Trainer, dict[str, float], float], None] | None = None,
+    on_epoch: Callable[[Trainer, dict[str, Any]], None] | None = None,
+    on_checkpoint: Callable[[Trainer], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the remaining steps and epochs, calling the hooks; returns the history rows.
+
+    ``on_checkpoint`` is called every ``checkpoint_every`` steps and after every epoch.
+    """
+    every = trainer.settings.checkpoint_every
+    while not trainer.done:
+        start = time.perf_counter()
+        while trainer.step < trainer.steps_per_epoch:
+            t0 = time.perf_counter()
+            out = trainer.train_step()
+            if on_step:
+                on_step(trainer, out, time.perf_counter() - t0)
+            if every and trainer.step % every == 0 and trainer.step < trainer.steps_per_epoch:
+                if on_checkpoint:
+                    on_checkpoint(trainer)
+        row = trainer.end_epoch(time.perf_counter() - start)
+        if on_epoch:
+            on_epoch(trainer, row)
+        if on_checkpoint:
+            on_checkpoint(trainer)
+    return trainer.history
