@@ -147,21 +147,25 @@ def load_dataset(
         if not data_dir:
             raise DmlError("resisc45: pass --data-dir pointing at the NWPU-RESISC45 folder tree")
         x, y, _ = readers.read_image_folder(
-            Path(data_dir), split, image_size or info.image_size, seed=0
+            Path(data_dir), split, image_size or info.image_size, seed=0, dataset=name
         )
         return x, y
-    reader = readers.read_cifar10 if name == "cifar10" else readers.read_idx_dir
-    last: DmlError | None = None
+
+    def read(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        if name == "cifar10":
+            return readers.read_cifar10(root, split)
+        return readers.read_idx_dir(root, split, dataset=name)
+
+    errors: list[DmlError] = []
     for root in dict.fromkeys(candidates):
         try:
-            return reader(root, split)
+            return read(root)
         except DmlError as exc:
-            last = exc
+            errors.append(exc)
     if download and not data_dir:
         _torchvision_download(name, _cache_dir(name))
-        return reader(_cache_dir(name), split)
-    assert last is not None
-    raise last
+        return read(_cache_dir(name))
+    raise errors[0]
 
 
 def eval_indices(num_test: int, n: int, seed: int) -> torch.Tensor:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.22 vendors click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_exceptions
 
 from dmlcli.cli import ls, train
 from dmlcli.errors import DmlError
@@ -40,13 +44,14 @@ def main(argv: list[str] | None = None) -> None:
         command.main(args=argv, prog_name="dml", standalone_mode=False)
     except DmlError as exc:
         fail(str(exc))
-    except click.exceptions.NoArgsIsHelpError:
+    except click_exceptions.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else exc.format_message())
         raise SystemExit(0) from None
-    except click.UsageError as exc:
-        fail(exc.format_message().replace("\n", " "))
-    except click.exceptions.Abort:
+    except click_exceptions.UsageError as exc:
+        fail(" ".join(exc.format_message().split()))
+    except typer.Abort:
         fail("aborted")
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         print(

@@ -1,0 +1,56 @@
+"""``dml train`` and ``dml ls`` end to end, and their refusals of bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from dmlcli.store import load_ensemble
+
+
+def test_trained_store_has_accurate_runs(trained_store):
+    dml = load_ensemble(trained_store / "models" / "digits-dml" / "model.safetensors")
+    assert dml.meta["benign"]["vote"] > 90.0
+    assert dml.config["prior"] == "digits-baseline"
+    base = load_ensemble(trained_store / "models" / "digits-baseline" / "model.safetensors")
+    assert base.config["head"] == "linear" and base.meta["benign"]["vote"] > 90.0
+
+
+def test_ls_lists_runs(cli, trained_store):
+    res = cli("ls", "--artifacts", trained_store)
+    assert res.code == 0
+    assert "digits-dml" in res.out and "digits-baseline" in res.out
+
+
+def test_existing_run_is_a_no_op(cli, store_copy):
+    before = (store_copy / "models" / "digits-dml" / "model.safetensors").stat().st_mtime_ns
+    res = cli("train", "digits", "--artifacts", store_copy)
+    assert res.code == 0 and "exists" in res.out
+    after = (store_copy / "models" / "digits-dml" / "model.safetensors").stat().st_mtime_ns
+    assert before == after
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["imagenet"], "unknown dataset"),
+        (["digits", "--members", "1"], "at least 2 members"),
+        (["digits", "--members", "11"], "cannot each own"),
+        (["digits", "--gamma", "-1"], "--gamma"),
+        (["digits", "--gamma", "nan"], "--gamma"),
+        (["digits", "--head", "cosine"], "unknown head"),
+        (["digits", "--epochs", "0"], "--epochs"),
+        (["digits", "--adv-eps", "2"], "outside [0, 1]"),
+        (["digits", "--name", "../escape"], "bad run name"),
+        (["digits", "--prior", "no-such-run"], "no run named"),
+        (["digits", "--members", "abc"], "members"),
+        (["mnist", "--data-dir", "/nonexistent"], "not a directory"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, tmp_path, args, message):
+    root = tmp_path / "art"
+    res = cli("train", *args, "--artifacts", root)
+    assert res.code == 2
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.err
+    assert "Traceback" not in res.err + res.out
+    assert not root.exists()
