@@ -111,6 +111,15 @@ def fgsm_step(ensemble: Ensemble, x: torch.Tensor, y: torch.Tensor, eps: float) 
     return (x + eps * grad.sign()).clamp(0, 1).detach()
 
 
+def _dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of a torchrun process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _step_seed(seed: int, epoch: int, step: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + step) % (2**62)
 
@@ -129,6 +138,13 @@ class Trainer:
         settings.validate()
         self.ensemble = ensemble.to(device)
         self.device = torch.device(device)
+        self.rank, self.world = _dist_rank_world()
+        self.model: torch.nn.Module = ensemble
+        if self.world > 1:  # torchrun: gradients are averaged across ranks every step
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(ensemble, device_ids=ids)
         self.x_train, self.y_train = train
         self.x_test, self.y_test = test
         self.settings = settings
@@ -150,6 +166,7 @@ class Trainer:
         self.epoch, self.step = 0, 0  # next step to run
         self.history: list[dict[str, Any]] = []
         self._epoch_sums: dict[str, float] = {}
+        self._order, self._order_epoch = torch.empty(0, dtype=torch.long), -1
 
     # -- schedule ------------------------------------------------------------------------
     def lr_at(self, epoch: int, step: int) -> float:
@@ -161,25 +178,34 @@ class Trainer:
             return s.lr * (0.1 ** int(progress * 3))
         return s.lr
 
+    def epoch_order(self) -> torch.Tensor:
+        """The current epoch's shuffled sample order (a pure function of seed and epoch)."""
+        if self._order_epoch != self.epoch:
+            gen = torch.Generator().manual_seed(_step_seed(self.seed, self.epoch, -1))
+            self._order = torch.randperm(len(self.y_train), generator=gen)
+            self._order_epoch = self.epoch
+        return self._order
+
     # -- one step ------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         """Run the next step; returns its loss terms and batch accuracy (vote, %)."""
         s, epoch, step = self.settings, self.epoch, self.step
-        order = torch.randperm(
-            len(self.y_train),
-            generator=torch.Generator().manual_seed(_step_seed(self.seed, epoch, -1)),
-        )
-        idx = order[step * s.batch_size : (step + 1) * s.batch_size]
+        idx = self.epoch_order()[step * s.batch_size : (step + 1) * s.batch_size]
         gen = torch.Generator().manual_seed(_step_seed(self.seed, epoch, step))
         torch.manual_seed(_step_seed(self.seed, epoch, step))
-        x = augment_batch(to_float(self.x_train[idx]), s.augment, gen).to(self.device)
-        y = self.y_train[idx].to(self.device)
+        x = augment_batch(to_float(self.x_train[idx]), s.augment, gen)
+        # Every rank draws the same global batch and keeps its own shard of it.
+        x, y = (
+            x[self.rank :: self.world].to(self.device),
+            self.y_train[idx][self.rank :: self.world],
+        )
+        y = y.to(self.device)
         self.ensemble.train()
         if s.adv_train == "fgsm":
             x = fgsm_step(self.ensemble, x, y, s.adv_eps)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(epoch, step)
-        logits = self.ensemble(x)
+        logits = self.model(x)
         terms = loss_terms(logits, y, self.ensemble)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()

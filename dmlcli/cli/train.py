@@ -132,7 +132,7 @@ def command(
         checkpoint_every=checkpoint_every,
     )
     settings.validate()
-    dev = resolve_device(device)
+    dev, rank = _init_distributed(resolve_device(device))
     store = open_store(artifacts)
     run = name or default_name(dataset, head, centers, diversity, adv_train)
     run_dir = store.run_dir(run)
@@ -173,6 +173,8 @@ def command(
         store.model_path(run).unlink(missing_ok=True)
 
     def checkpoint(t: Trainer) -> None:
+        if rank != 0:
+            return
         tensors, meta = t.state()
         save_tensors(resume_path, tensors, {"config": config, "trainer": meta})
 
@@ -181,6 +183,8 @@ def command(
 
         from dmlcli.store import write_parquet
 
+        if rank != 0:
+            return
         write_parquet(
             run_dir / "history.parquet", pd.DataFrame(t.history), {"run": run, "config": config}
         )
@@ -188,7 +192,9 @@ def command(
 
     total = settings.epochs * trainer.steps_per_epoch
     done = trainer.epoch * trainer.steps_per_epoch + trainer.step
-    with progress() as bar:
+    bar_or_quiet = progress()
+    bar_or_quiet.disable = rank != 0
+    with bar_or_quiet as bar:
         epoch_task = bar.add_task(
             f"train {run}", total=settings.epochs, info="", completed=trainer.epoch
         )
@@ -206,13 +212,35 @@ def command(
             )
 
         run_training(trainer, on_step, write_history, checkpoint)
-    torch.manual_seed(seed)
+    if rank != 0:
+        torch.distributed.destroy_process_group()
+        return
     final = trainer.history[-1]
     benign = {k[5:]: v for k, v in final.items() if k.startswith("test_") and "robust" not in k}
     path = store.model_path(run)
     save_ensemble(path, trainer.ensemble.cpu(), {"benign": benign, "run": run})
     resume_path.unlink(missing_ok=True)
     _print_summary(run, benign, path, run_dir / "history.parquet")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _init_distributed(device: str) -> tuple[str, int]:
+    """Join the torchrun process group if there is one: (device of this rank, rank).
+
+    gloo on the CPU, nccl on GPUs (one per local rank). Without torchrun: (device, 0).
+    """
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, 0
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return device, dist.get_rank()
 
 
 def _print_summary(run: str, benign: dict[str, float], *files: Path) -> None:
