@@ -11,7 +11,9 @@ try:  # typer >= 0.22 vendors click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions
 
-from dmlcli.cli import ls, train
+from dmlcli.cli import attack, certify, clever, detect, geometry, ls, train, transfer
+from dmlcli.cli import report as report_cli
+from dmlcli.cli import run as run_cli
 from dmlcli.errors import DmlError
 
 app = typer.Typer(
@@ -26,6 +28,14 @@ app = typer.Typer(
 COMMANDS = [
     ("train", train.command),
     ("ls", ls.command),
+    ("detect", detect.command),
+    ("attack", attack.command),
+    ("transfer", transfer.command),
+    ("clever", clever.command),
+    ("certify", certify.command),
+    ("geometry", geometry.geometry_command),
+    ("report", report_cli.command),
+    ("run", run_cli.command),
 ]
 for _name, _fn in COMMANDS:
     app.command(_name)(_fn)

@@ -138,7 +138,7 @@ def create_backbone(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> nn.Module:
-    """Build backbone ``name``: ``[B, in_channels, S, S]`` pixels in [0,1] -> ``[B, num_classes]``."""
+    """Backbone ``name``: pixels ``[B, in_channels, S, S]`` in [0,1] -> ``[B, num_classes]``."""
     if name not in _BACKBONES:
         raise DmlError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}")
     net = _BACKBONES[name](in_channels, num_classes, image_size)

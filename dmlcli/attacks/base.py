@@ -1,0 +1,227 @@
+"""The protocol every attack follows, and the :class:`Objective` it attacks.
+
+An attack is a callable ``attack(model, x, y, target=None) -> x_adv`` on pixels ``x``
+``[B, C, H, W]`` in [0, 1] with labels ``y`` ``[B]``; ``model`` is any module mapping pixels to
+member logits ``[K, B, C]`` (an :class:`~dmlcli.models.ensemble.Ensemble`) or to logits
+``[B, C]`` (a plain classifier, treated as K = 1), or an :class:`Objective` that also fixes
+the attack surface, the decision rule and the EOT draws. Every attack has a norm (``linf`` or
+``l2``), an ``eps`` in pixel units (None for the unbounded CW-L2), a targeted mode and a
+seed, and describes itself with ``setting()`` (stored with every result).
+
+The surface (what gradients are taken of, :mod:`dmlcli.attacks.surfaces`) and the decision
+(what counts as fooled, :func:`dmlcli.models.aggregate.create_decision`) are chosen
+independently: the paper crafts on ``sum`` and scores on ``vote`` (Section 5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from dmlcli.attacks.losses import Loss
+from dmlcli.attacks.surfaces import create_surface, list_surfaces
+from dmlcli.errors import DmlError
+from dmlcli.models.aggregate import create_decision, list_decisions
+
+NORMS = ("linf", "l2")
+_TINY = 1e-12
+
+
+@runtime_checkable
+class Attack(Protocol):
+    """``attack(model, x, y, target=None) -> x_adv`` (same shape as ``x``, in [0, 1])."""
+
+    name: str
+    norm: str
+    eps: float | None
+    targeted: bool
+    seed: int
+
+    def __call__(
+        self,
+        model: nn.Module | Objective,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+    def setting(self) -> dict[str, Any]: ...
+
+
+class Objective:
+    """A model seen by an attacker: surface to maximize, decision to fool, EOT draws.
+
+    Args:
+        model: pixels ``[B, C, H, W]`` -> member logits ``[K, B, C]`` or logits ``[B, C]``.
+        surface: ``sum`` (paper), ``mean-softmax``, ``members`` or ``member:k``.
+        decision: ``vote`` (paper), ``meta-vote``, ``sum``, ``mean-softmax`` or ``member:k``.
+        eot: gradient draws averaged per step (expectation over transformation, Athalye et
+            al. 2018) when the model is randomized (R-DML/AUG-DML heads); forced to 1 for a
+            deterministic model, where extra draws would only repeat the same gradient.
+    """
+
+    def __init__(
+        self, model: nn.Module, surface: str = "sum", decision: str = "vote", eot: int = 1
+    ) -> None:
+        if eot < 1:
+            raise DmlError(f"EOT draws must be at least 1; got {eot}")
+        self.model = model
+        self.num_members = int(getattr(model, "num_members", 1))
+        self.randomized = bool(getattr(model, "randomized", False))
+        sets = getattr(model, "trainable_sets", None) or [[] for _ in range(self.num_members)]
+        if surface not in list_surfaces(self.num_members):
+            raise DmlError(
+                f"unknown surface {surface!r}; choose one of "
+                f"{', '.join(list_surfaces(self.num_members))}"
+            )
+        if decision not in list_decisions(self.num_members):
+            raise DmlError(
+                f"unknown decision {decision!r}; choose one of "
+                f"{', '.join(list_decisions(self.num_members))}"
+            )
+        self.surface, self.decision = surface, decision
+        self._surface = create_surface(surface, self.num_members)
+        self._decide = create_decision(decision, sets)
+        self.eot = eot if self.randomized else 1
+
+    def setting(self) -> dict[str, Any]:
+        return {"surface": self.surface, "decision": self.decision, "eot": self.eot}
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Member logits ``[K, B, C]`` of one forward pass (one draw of a random head)."""
+        out = self.model(x)
+        return out[None] if out.dim() == 2 else out
+
+    def draws(self, x: torch.Tensor) -> torch.Tensor:
+        """``eot`` draws of member logits ``[T, K, B, C]``; the backbone runs once."""
+        if self.eot == 1:
+            return self.logits(x)[None]
+        if hasattr(self.model, "features") and hasattr(self.model, "head"):
+            z = self.model.features(x)
+            return torch.stack([self.model.head(z) for _ in range(self.eot)])
+        return torch.stack([self.logits(x) for _ in range(self.eot)])
+
+    def decide(self, logits: torch.Tensor) -> torch.Tensor:
+        """Decision labels ``[B]`` from member logits ``[K, B, C]``."""
+        return self._decide(logits)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Decision labels ``[B]`` of ``x`` (one draw of a randomized head)."""
+        return self._decide(self.logits(x))
+
+    def fooled(
+        self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Success flags ``[B]``: decision != y (untargeted) or == target (targeted)."""
+        pred = self._decide(logits)
+        return pred != y if target is None else pred == target
+
+    def loss(
+        self, x: torch.Tensor, y: torch.Tensor, loss: Loss, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Surface loss ``[B]`` averaged over the EOT draws (differentiable) and the mean
+        member logits ``[K, B, C]`` over the draws (detached, for success checks)."""
+        draws = self.draws(x)
+        value = torch.stack([self._surface(d, y, loss, target) for d in draws]).mean(0)
+        return value, draws.detach().mean(0)
+
+    def loss_grad(
+        self, x: torch.Tensor, y: torch.Tensor, loss: Loss, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss ``[B]``, its gradient w.r.t. ``x``, mean member logits ``[K, B, C]``)."""
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            value, logits = self.loss(x, y, loss, target)
+            (grad,) = torch.autograd.grad(value.sum(), x)
+        return value.detach(), grad.detach(), logits
+
+
+def as_objective(model: nn.Module | Objective) -> Objective:
+    """``model`` itself if it is an :class:`Objective`, else the paper's (sum, vote)."""
+    return model if isinstance(model, Objective) else Objective(model)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Fix torch's global RNG (random starts, randomized heads) inside, restore it after."""
+    device = torch.device(device)
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
+def check_budget(norm: str, eps: float | None, name: str) -> None:
+    """Validate the norm and eps of an attack (one clear line on a bad value)."""
+    if norm not in NORMS:
+        raise DmlError(f"{name}: unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    if eps is None:
+        return
+    if not (0 <= eps <= 1 if norm == "linf" else eps >= 0):
+        raise DmlError(f"{name}: eps {eps} is outside [0, 1] (eps is in pixel units)")
+
+
+def flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample norm ``[B]`` of ``t`` ``[B, ...]`` (``linf`` or ``l2``)."""
+    flat = t.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def normalize(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """``t`` scaled to unit ``norm`` per sample (zero rows stay zero)."""
+    return t / (_expand(flat_norm(t, norm), t) + _TINY)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project ``x_adv`` onto the ``eps``-ball around ``x`` intersected with [0, 1]."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        n = _expand(flat_norm(delta, "l2"), delta)
+        delta = delta * torch.clamp(eps / (n + _TINY), max=1.0)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:
+    """One steepest-ascent step of size ``alpha``: sign for L-inf, unit direction for L2."""
+    direction = grad.sign() if norm == "linf" else normalize(grad, "l2")
+    return x_adv + alpha * direction
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Uniform point in the L-inf ball, or a point on the L2 sphere, clipped to [0, 1]."""
+    if norm == "linf":
+        return (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0.0, 1.0)
+    return (x + eps * normalize(torch.randn_like(x), "l2")).clamp(0.0, 1.0)
+
+
+def random_targets(y: torch.Tensor, num_classes: int, gen: torch.Generator) -> torch.Tensor:
+    """A uniformly drawn wrong label per sample (Table 4's targeted attacks): ``[B]``."""
+    shift = torch.randint(1, num_classes, y.shape, generator=gen)
+    return (y.cpu() + shift) % num_classes
+
+
+def resolve_target(
+    attack: Any, objective: Objective, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The targets of a targeted attack (drawn with its seed if not given), else None."""
+    if not attack.targeted:
+        if target is not None:
+            raise DmlError(f"{attack.name}: a target was given to an untargeted attack")
+        return None
+    if target is None:
+        with torch.no_grad():
+            c = objective.logits(x[:1]).shape[-1]
+        gen = torch.Generator().manual_seed(attack.seed)
+        target = random_targets(y, c, gen)
+    return target.to(y.device)

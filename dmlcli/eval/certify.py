@@ -1,0 +1,255 @@
+"""Randomized smoothing (Cohen et al. 2019): CERTIFY, PREDICT and certified accuracy (A.9).
+
+The smoothed classifier is ``g(x) = argmax_c P(f(x + delta) = c)``, ``delta ~ N(0, sigma^2 I)``,
+where the base classifier ``f`` is a decision rule (``vote``, ``sum``, ...) applied to the
+ensemble's member logits ``[K, B, C]``. Noise is added to the pixels and not clipped (as in
+the reference implementation). Randomized heads (R-DML, AUG-DML) draw their own noise on every
+forward pass; the guarantee still holds for the smoothed classifier over both noises.
+
+- CERTIFY: a class guess from ``n0`` draws; ``n`` fresh draws; one-sided Clopper-Pearson
+  lower bound ``p_A`` at level ``1 - alpha``; abstain (-1) if ``p_A < 1/2``, otherwise
+  ``radius = sigma * Phi^-1(p_A)``.
+- PREDICT: ``n`` draws; the top two counts ``n_A, n_B``; abstain unless a two-sided binomial
+  test of ``n_A`` out of ``n_A + n_B`` at ``p = 1/2`` has p-value ``<= alpha``.
+
+Result rows (Cohen et al.'s ``certify.py`` output): ``idx, label, predict, radius, correct,
+seconds`` with ``predict = -1`` for an abstention, plus PREDICT's ``smoothed`` and
+``smoothed_correct``, and the lower bound ``p_a``. :func:`certified_accuracy` turns them into
+the curves of Fig. 14-16 (an abstention counts as wrong).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from dmlcli.errors import DmlError
+from dmlcli.models.aggregate import create_decision
+
+ABSTAIN = -1
+REPORT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+DECISIONS = ("vote", "meta-vote", "sum", "mean-softmax")
+
+
+@dataclass
+class CertifySettings:
+    """Settings of CERTIFY/PREDICT; defaults are Cohen et al.'s (``n = 100000``)."""
+
+    sigma: float = 0.25
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    predict_n: int = 1000
+    batch_size: int = 1000
+
+    def validate(self) -> CertifySettings:
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise DmlError(f"--sigma must be a finite number > 0; got {self.sigma}")
+        if not (0 < self.alpha < 1):
+            raise DmlError(f"--alpha must lie in (0, 1); got {self.alpha}")
+        for flag, value in (
+            ("--n0", self.n0),
+            ("--n", self.n),
+            ("--predict-n", self.predict_n),
+            ("--batch-size", self.batch_size),
+        ):
+            if value < 1:
+                raise DmlError(f"{flag} must be at least 1; got {value}")
+        return self
+
+    def setting(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("batch_size")  # does not change the result
+        return out
+
+
+def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
+    """One-sided ``(1 - alpha)`` Clopper-Pearson lower bound on a binomial proportion."""
+    from scipy.stats import beta
+
+    if n_a <= 0:
+        return 0.0
+    return float(beta.ppf(alpha, n_a, n - n_a + 1))
+
+
+def certified_radius(p_a: float, sigma: float) -> float:
+    """``sigma * Phi^-1(p_a)`` (Cohen et al. Theorem 1 with ``p_B = 1 - p_A``)."""
+    from scipy.stats import norm
+
+    return float(sigma * norm.ppf(p_a))
+
+
+def base_classifier(ensemble: nn.Module, decision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Pixels ``[B, C, H, W]`` -> labels ``[B]``: ``decision`` over the member logits."""
+    rule = create_decision(decision, ensemble.trainable_sets)
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        return rule(ensemble(x))
+
+    return classify
+
+
+@torch.no_grad()
+def sample_counts(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    num: int,
+    sigma: float,
+    num_classes: int,
+    batch_size: int,
+    generator: torch.Generator,
+) -> np.ndarray:
+    """Class counts ``[num_classes]`` of ``classify(x + sigma * N(0, I))`` over ``num`` draws.
+
+    ``x``: one image ``[C, H, W]``; draws run in batches of ``batch_size``.
+    """
+    counts = torch.zeros(num_classes, dtype=torch.long, device=x.device)
+    remaining = num
+    while remaining > 0:
+        b = min(batch_size, remaining)
+        noise = torch.randn(b, *x.shape, generator=generator, device=x.device) * sigma
+        labels = classify(x[None] + noise)
+        labels = labels[labels >= 0]
+        counts += torch.bincount(labels, minlength=num_classes)
+        remaining -= b
+    return counts.cpu().numpy()
+
+
+def certify(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    settings: CertifySettings,
+    num_classes: int,
+    generator: torch.Generator,
+) -> tuple[int, float, float]:
+    """Cohen et al.'s CERTIFY for one image ``[C, H, W]``: ``(label or -1, radius, p_A)``."""
+    s = settings
+    counts0 = sample_counts(classify, x, s.n0, s.sigma, num_classes, s.batch_size, generator)
+    guess = int(counts0.argmax())
+    counts = sample_counts(classify, x, s.n, s.sigma, num_classes, s.batch_size, generator)
+    p_a = lower_confidence_bound(int(counts[guess]), s.n, s.alpha)
+    if p_a < 0.5:
+        return ABSTAIN, 0.0, p_a
+    return guess, certified_radius(p_a, s.sigma), p_a
+
+
+def predict(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    settings: CertifySettings,
+    num_classes: int,
+    generator: torch.Generator,
+) -> int:
+    """Cohen et al.'s PREDICT for one image ``[C, H, W]``: the label, or -1 (abstain)."""
+    from scipy.stats import binomtest
+
+    s = settings
+    counts = sample_counts(classify, x, s.predict_n, s.sigma, num_classes, s.batch_size, generator)
+    top2 = np.argsort(counts)[::-1][:2]
+    n_a, n_b = int(counts[top2[0]]), int(counts[top2[1]])
+    if n_a + n_b == 0 or binomtest(n_a, n_a + n_b, 0.5).pvalue > s.alpha:
+        return ABSTAIN
+    return int(top2[0])
+
+
+def certify_samples(
+    ensemble: nn.Module,
+    decision: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: Sequence[int],
+    settings: CertifySettings,
+    seed: int = 0,
+    on_sample: Callable[[dict[str, Any]], None] | None = None,
+) -> pd.DataFrame:
+    """CERTIFY and PREDICT every image of ``x`` ``[N, C, H, W]`` (labels ``y`` ``[N]``).
+
+    Each sample draws from its own generator seeded by ``(seed, idx)``, so a row does not
+    depend on which other samples were evaluated. Returns the rows described in the module
+    docstring.
+    """
+    s = settings.validate()
+    classify = base_classifier(ensemble, decision)
+    c = ensemble.num_classes
+    rows = []
+    for i in range(len(x)):
+        t0 = time.perf_counter()
+        gen = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + int(idx[i]))
+        label = int(y[i])
+        pred, radius, p_a = certify(classify, x[i], s, c, gen)
+        smoothed = predict(classify, x[i], s, c, gen)
+        row = {
+            "idx": int(idx[i]),
+            "label": label,
+            "predict": pred,
+            "radius": radius,
+            "correct": int(pred == label),
+            "seconds": time.perf_counter() - t0,
+            "p_a": p_a,
+            "smoothed": smoothed,
+            "smoothed_correct": int(smoothed == label),
+        }
+        rows.append(row)
+        if on_sample is not None:
+            on_sample(row)
+    return pd.DataFrame(rows)
+
+
+def certified_accuracy(rows: pd.DataFrame, radii: Sequence[float] = REPORT_RADII) -> pd.DataFrame:
+    """Certified accuracy at each radius: the share of rows with ``correct`` and
+    ``radius >= r`` (abstentions are wrong). Returns columns ``radius, accuracy`` (in [0, 1]).
+    """
+    correct = rows["correct"].to_numpy().astype(bool) & (rows["predict"].to_numpy() != ABSTAIN)
+    radius = rows["radius"].to_numpy(dtype=np.float64)
+    acc = [float((correct & (radius >= r)).mean()) if len(rows) else 0.0 for r in radii]
+    return pd.DataFrame({"radius": [float(r) for r in radii], "accuracy": acc})
+
+
+def fine_radii(rows: pd.DataFrame, step: float = 0.01) -> list[float]:
+    """A grid from 0 to the largest certified radius (rounded up) in steps of ``step``."""
+    top = float(rows["radius"].max()) if len(rows) else 0.0
+    count = int(math.ceil(max(top, 1.0) / step)) + 1
+    return [round(i * step, 10) for i in range(count)]
+
+
+def swap_head(
+    ensemble: nn.Module, head: str, sigma: float | None = None, samples: int | None = None
+) -> nn.Module:
+    """The same weights behind another DML head at certification time (A.9, Fig. 15-16).
+
+    ``dml``, ``rdml`` and ``augdml`` heads hold the same parameters and buffers (only the
+    noise differs), so the state dict loads unchanged; ``sigma`` / ``samples`` set the
+    swapped head's noise std and Monte-Carlo draws (the checkpoint's values otherwise).
+    """
+    from dmlcli.models.ensemble import Ensemble
+
+    if head not in ("dml", "rdml", "augdml"):
+        raise DmlError(f"--head {head!r}: choose dml, rdml or augdml")
+    if ensemble.config["head"] == "linear":
+        raise DmlError("--head needs a DML run; this one has linear (baseline) heads")
+    if sigma is not None and not (math.isfinite(sigma) and sigma >= 0):
+        raise DmlError(f"--head-sigma must be a finite number >= 0; got {sigma}")
+    if samples is not None and samples < 1:
+        raise DmlError(f"--head-samples must be at least 1; got {samples}")
+    config = dict(ensemble.config, head=head)
+    if sigma is not None:
+        config["head_sigma"] = float(sigma)
+    if samples is not None:
+        config["head_samples"] = int(samples)
+    state = torch.get_rng_state()
+    swapped = Ensemble(config, mode=getattr(ensemble, "mode", "auto"))
+    torch.set_rng_state(state)  # building an Ensemble reseeds the global generator
+    swapped.load_state_dict(ensemble.state_dict())
+    for attr in ("digest", "meta"):
+        if hasattr(ensemble, attr):
+            setattr(swapped, attr, getattr(ensemble, attr))
+    device = next(ensemble.parameters()).device
+    return swapped.eval().to(device)

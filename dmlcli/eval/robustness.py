@@ -1,0 +1,422 @@
+"""White-box robustness: attack suites, per-sample result rows, the per-sample worst case.
+
+Suites (Section 5 and beyond):
+
+- ``paper``: FGSM, BIM-10, PGD-10, PGD-20 and PGD-40 (with ``pgd_restarts`` restarts) at every
+  eps and CW-L2 (c = 1, 200 steps), crafted on the summed logits and scored on the vote
+  (Tables 2, 3, 6, 9, 10), no EOT (the paper's protocol).
+- ``autoattack``: AutoAttack standard on the summed logits, ``rand`` with EOT for a
+  randomized head (Tables 7-8), scored on the decision.
+- ``adaptive``: APGD-CE and APGD-DLR on every surface (``sum``, ``mean-softmax``, ``members``,
+  ``member:k``) with EOT on randomized heads, success checked on the decision itself, plus a
+  transfer attack from a surrogate ensemble; then the per-sample worst case over every
+  eps-bounded attack run (robust only if it survived all of them).
+
+Every result is one row per (sample, attack setting); samples are ``eval_indices`` of the test
+split, the same for every model and attack. A sample the decision already gets wrong is not
+attacked (its ``x_adv`` is ``x``) and is never robust: ``robust = clean_correct & adv_correct``,
+so robust accuracy never exceeds clean accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from dmlcli.attacks import AutoAttack, Objective, create_attack, seeded
+from dmlcli.attacks.base import flat_norm
+from dmlcli.data import to_float
+from dmlcli.errors import DmlError
+
+SUITES = ("paper", "autoattack", "adaptive")
+EXAMPLES = 8  # adversarial images stored per setting (paper Fig. 19-21)
+
+
+@dataclass
+class AttackSpec:
+    """One attack setting of a suite: what to build and how to aim and score it."""
+
+    label: str  # e.g. "pgd-20x5", shown in tables and stored as ``attack``
+    attack: str  # registry name
+    params: dict[str, Any]  # parameters except seed
+    surface: str = "sum"
+    decision: str = "vote"
+    eot: int = 1
+    suite: str = "custom"
+    surrogate: str | None = None  # run crafted on (transfer), scored on the target
+
+    @property
+    def eps(self) -> float | None:
+        return self.params.get("eps")
+
+    def build(self, seed: int) -> Any:
+        return create_attack(self.attack, **self.params, seed=seed)
+
+
+@dataclass
+class Budgets:
+    """Attack budgets; defaults are the paper's (and AutoAttack's) settings."""
+
+    pgd_restarts: int = 5
+    cw_c: float = 1.0
+    cw_steps: int = 200
+    cw_lr: float = 0.01
+    cw_kappa: float = 0.0
+    apgd_steps: int = 100
+    apgd_restarts: int = 1
+    eot: int = 20
+    aa_version: str = "auto"
+    aa_attacks: tuple[str, ...] = ()
+    aa_steps: int = 100
+    square_queries: int = 5000
+    surfaces: tuple[str, ...] = field(default_factory=tuple)  # adaptive; empty = all
+
+    def validate(self) -> None:
+        for key in ("pgd_restarts", "cw_steps", "apgd_steps", "apgd_restarts", "eot", "aa_steps"):
+            if getattr(self, key) < 1:
+                raise DmlError(f"--{key.replace('_', '-')} must be at least 1")
+        if self.square_queries < 1:
+            raise DmlError("--square-queries must be at least 1")
+        # Building one of each checks the remaining values with the attacks' own messages.
+        create_attack("cw", c=self.cw_c, steps=self.cw_steps, lr=self.cw_lr, kappa=self.cw_kappa)
+        AutoAttack(eps=0.0, version=self.aa_version, attacks=self.aa_attacks, steps=self.aa_steps)
+
+
+def paper_suite(eps_list: Sequence[float], budgets: Budgets, decision: str) -> list[AttackSpec]:
+    """FGSM, BIM-10, PGD-10, PGD-20/40 (restarts) per eps, and CW-L2 (Tables 2, 3, 6, 9)."""
+    specs = []
+    r = budgets.pgd_restarts
+    for eps in eps_list:
+        specs += [
+            AttackSpec("fgsm", "fgsm", {"eps": eps}),
+            AttackSpec("bim-10", "bim", {"eps": eps, "steps": 10}),
+            AttackSpec("pgd-10", "pgd", {"eps": eps, "steps": 10}),
+            AttackSpec(f"pgd-20x{r}", "pgd", {"eps": eps, "steps": 20, "restarts": r}),
+            AttackSpec(f"pgd-40x{r}", "pgd", {"eps": eps, "steps": 40, "restarts": r}),
+        ]
+    cw = {"c": budgets.cw_c, "steps": budgets.cw_steps, "lr": budgets.cw_lr}
+    cw["kappa"] = budgets.cw_kappa
+    specs.append(AttackSpec(f"cw-{budgets.cw_steps}", "cw", cw))
+    for s in specs:
+        s.decision, s.suite = decision, "paper"
+    return specs
+
+
+def autoattack_suite(
+    eps_list: Sequence[float], budgets: Budgets, decision: str, randomized: bool
+) -> list[AttackSpec]:
+    """AutoAttack on the summed logits at every eps (``rand`` + EOT on randomized heads)."""
+    version = budgets.aa_version
+    if version == "auto":
+        version = "rand" if randomized else "standard"
+    specs = []
+    for eps in eps_list:
+        params = {
+            "eps": eps,
+            "version": version,
+            "attacks": tuple(budgets.aa_attacks),
+            "steps": budgets.aa_steps,
+            "square_queries": budgets.square_queries,
+            "eot": budgets.eot,
+        }
+        label = f"autoattack-{version}"
+        specs.append(AttackSpec(label, "autoattack", params, decision=decision, suite="autoattack"))
+    return specs
+
+
+def adaptive_surfaces(members: int, chosen: Sequence[str] = ()) -> list[str]:
+    """The surfaces of the adaptive suite: ``chosen`` or every one of a K-member model."""
+    from dmlcli.attacks import list_surfaces
+
+    valid = list_surfaces(members)
+    for s in chosen:
+        if s not in valid:
+            raise DmlError(f"unknown surface {s!r}; choose one of {', '.join(valid)}")
+    return list(chosen) if chosen else valid if members > 1 else ["sum"]
+
+
+def adaptive_suite(
+    eps_list: Sequence[float],
+    budgets: Budgets,
+    decision: str,
+    members: int,
+    randomized: bool,
+    surrogate: str | None = None,
+) -> list[AttackSpec]:
+    """APGD-CE and APGD-DLR on every surface (EOT if randomized), a surrogate transfer."""
+    eot = budgets.eot if randomized else 1
+    steps, restarts = budgets.apgd_steps, budgets.apgd_restarts
+    specs = []
+    for eps in eps_list:
+        for surface in adaptive_surfaces(members, budgets.surfaces):
+            for loss in ("ce", "dlr"):
+                params = {"eps": eps, "steps": steps, "restarts": restarts}
+                specs.append(
+                    AttackSpec(f"apgd-{loss}", f"apgd-{loss}", params, surface, decision, eot)
+                )
+        if surrogate:
+            params = {"eps": eps, "steps": steps, "restarts": restarts, "keep": "loss"}
+            specs.append(
+                AttackSpec(
+                    "transfer-apgd-ce", "apgd-ce", params, "sum", decision, 1, surrogate=surrogate
+                )
+            )
+    for s in specs:
+        s.suite = "adaptive"
+    return specs
+
+
+def setting_of(spec: AttackSpec, attack: Any, context: dict[str, Any]) -> dict[str, Any]:
+    """The full, stored setting of ``spec`` on a model (its result file's key)."""
+    params = attack.setting()
+    params.pop("name", None)
+    return {
+        **context,
+        "attack": spec.label,
+        "attack_name": spec.attack,
+        "params": params,
+        "surface": spec.surface,
+        "decision": spec.decision,
+        "eot": spec.eot,
+        "surrogate": spec.surrogate,
+    }
+
+
+@torch.no_grad()
+def _logits(objective: Objective, x: torch.Tensor) -> torch.Tensor:
+    return objective.logits(x)
+
+
+def run_spec(
+    model: nn.Module,
+    spec: AttackSpec,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    seed: int,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    surrogate: nn.Module | None = None,
+    targets: torch.Tensor | None = None,
+    on_batch: Callable[[int, int, float], None] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Attack the samples ``indices`` of ``images``/``labels`` with ``spec`` and score them.
+
+    ``images`` uint8 ``[N, C, H, W]`` (the whole test split), ``labels`` ``[N]``, ``indices``
+    ``[n]``. ``surrogate`` (same input shape) crafts the adversarials when the spec is a
+    transfer attack; ``targets`` ``[n]`` are the labels of a targeted attack. ``on_batch(done,
+    robust, seconds)`` reports progress. Returns (rows, the first ``EXAMPLES`` adversarial
+    images as rows, warnings of the attack).
+    """
+    objective = Objective(
+        model, spec.surface if surrogate is None else "sum", spec.decision, spec.eot
+    )
+    crafter = objective if surrogate is None else Objective(surrogate, spec.surface, "vote", 1)
+    columns: dict[str, list] = {}
+    examples = []
+    warnings: list[str] = []
+    done = robust_total = 0
+    for b, start in enumerate(range(0, len(indices), batch_size)):
+        idx = indices[start : start + batch_size]
+        x = to_float(images[idx]).to(device)
+        y = labels[idx].to(device)
+        t = None if targets is None else targets[start : start + batch_size].to(device)
+        attack = spec.build(seed + b)
+        began = time.perf_counter()
+        with seeded(seed + b, device):
+            clean = _logits(objective, x)
+        clean_pred = objective.decide(clean)
+        correct = clean_pred == y
+        x_adv = x.clone()
+        todo = correct.nonzero().squeeze(1)
+        if len(todo):
+            x_adv[todo] = attack(crafter, x[todo], y[todo], None if t is None else t[todo])
+        with seeded(seed + b + 1_000_003, device):
+            adv = _logits(objective, x_adv)
+        seconds = time.perf_counter() - began
+        adv_pred = objective.decide(adv)
+        adv_correct = adv_pred == y
+        robust = correct & adv_correct
+        delta = x_adv - x
+        rows = {
+            "sample": idx.tolist(),
+            "label": y.tolist(),
+            "target": [-1] * len(idx) if t is None else t.tolist(),
+            "clean_pred": clean_pred.tolist(),
+            "adv_pred": adv_pred.tolist(),
+            **{f"member_{k + 1}": adv[k].argmax(-1).tolist() for k in range(adv.shape[0])},
+            "clean_correct": correct.tolist(),
+            "adv_correct": adv_correct.tolist(),
+            "robust": robust.tolist(),
+            "target_hit": (adv_pred == t).tolist() if t is not None else [False] * len(idx),
+            "linf": flat_norm(delta, "linf").tolist(),
+            "l2": flat_norm(delta, "l2").tolist(),
+            "seconds": [seconds / len(idx)] * len(idx),
+        }
+        for key, values in rows.items():
+            columns.setdefault(key, []).extend(values)
+        if len(examples) < EXAMPLES:
+            for i in range(min(EXAMPLES - len(examples), len(idx))):
+                examples.append(
+                    {
+                        "sample": int(idx[i]),
+                        "label": int(y[i]),
+                        "clean_pred": int(clean_pred[i]),
+                        "adv_pred": int(adv_pred[i]),
+                        "shape": list(x.shape[1:]),
+                        "x": x[i].flatten().cpu().tolist(),
+                        "x_adv": x_adv[i].flatten().cpu().tolist(),
+                    }
+                )
+        for w in getattr(attack, "warnings", []):
+            if w not in warnings:
+                warnings.append(w)
+        done += len(idx)
+        robust_total += int(robust.sum())
+        if on_batch is not None:
+            on_batch(done, robust_total, seconds)
+    return pd.DataFrame(columns), pd.DataFrame(examples), warnings
+
+
+def describe(
+    df: pd.DataFrame, spec: AttackSpec, attack: Any, context: dict[str, Any]
+) -> pd.DataFrame:
+    """Add the setting columns (run, checkpoint, attack, norm, eps, ...) to result rows."""
+    p = attack.setting()
+    front = {
+        "run": context["run"],
+        "checkpoint": context["checkpoint"],
+        "dataset": context["dataset"],
+    }
+    setting_cols = {
+        "attack": spec.label,
+        "suite": spec.suite,
+        "norm": p.get("norm"),
+        "eps": p.get("eps"),
+        "steps": p.get("steps"),
+        "step_size": p.get("step_size"),
+        "restarts": p.get("restarts"),
+        "targeted": bool(p.get("targeted")),
+        "loss": p.get("loss"),
+        "surface": spec.surface,
+        "decision": spec.decision,
+        "eot": spec.eot if spec.attack != "autoattack" else p.get("eot"),
+        "seed": context["seed"],
+        "surrogate": spec.surrogate,
+    }
+    out = df.copy()
+    for i, (key, value) in enumerate(front.items()):
+        out.insert(i, key, value)
+    for key, value in setting_cols.items():
+        out[key] = value
+    order = (
+        list(front)
+        + ["sample", "label"]
+        + list(setting_cols)
+        + [c for c in df.columns if c not in ("sample", "label")]
+    )
+    return out[order]
+
+
+def worst_case(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per-sample worst case: robust only where every frame's row is robust (row-wise AND).
+
+    The frames must hold the same samples in the same order (same ``eval_indices``) and the
+    same decision. Each row takes its adversarial prediction, member predictions and
+    distortion from the first attack that broke the sample (``broken_by``; empty if none).
+    """
+    if not frames:
+        raise DmlError("the worst case needs at least one attack result")
+    first = frames[0]
+    for f in frames[1:]:
+        if list(f["sample"]) != list(first["sample"]):
+            raise DmlError("worst case: the attack results do not cover the same samples")
+    robust = pd.concat([f["robust"].reset_index(drop=True) for f in frames], axis=1).all(axis=1)
+    out = first.reset_index(drop=True).copy()
+    out["broken_by"] = ""
+    pick = [c for c in out.columns if c.startswith("member_")] + [
+        "adv_pred",
+        "adv_correct",
+        "linf",
+        "l2",
+    ]
+    for f in reversed(frames):  # the first breaking attack wins: it is written last
+        f = f.reset_index(drop=True)
+        broken = ~f["robust"] & f["clean_correct"]
+        out.loc[broken, pick] = f.loc[broken, pick].to_numpy()
+        out.loc[broken, "broken_by"] = f.loc[broken, "attack"].to_numpy()
+    out["robust"] = robust.to_numpy()
+    out["adv_correct"] = out["adv_correct"] & (robust | ~out["clean_correct"])
+    out["attack"] = "worst-case"
+    out["suite"] = "worst-case"
+    for col in ("steps", "step_size", "restarts", "loss", "surface", "eot", "surrogate"):
+        out[col] = None
+    out["seconds"] = sum(f["seconds"].reset_index(drop=True) for f in frames)
+    return out
+
+
+def robust_accuracy(df: pd.DataFrame) -> tuple[float, float]:
+    """(clean accuracy %, robust accuracy %) of one setting's rows."""
+    return 100.0 * df["clean_correct"].mean(), 100.0 * df["robust"].mean()
+
+
+def custom_specs(
+    names: Sequence[str],
+    eps_list: Sequence[float],
+    options: dict[str, Any],
+    budgets: Budgets,
+    surfaces: Sequence[str],
+    decision: str,
+    randomized: bool,
+) -> list[AttackSpec]:
+    """Specs for attacks named on the command line (``--attack pgd --steps 20 ...``).
+
+    ``options`` holds the generic flags (steps, step_size, restarts, loss, norm, targeted);
+    an attack receives only those it has (see ``attack_parameters``) and that are set.
+    CW takes its budget from the ``cw_*`` budgets, AutoAttack from the ``aa_*`` ones.
+    """
+    from dmlcli.attacks import attack_parameters
+
+    specs = []
+    eot = budgets.eot if randomized else 1
+    for name in names:
+        allowed = attack_parameters(name)
+        params = {k: v for k, v in options.items() if v is not None and k in allowed}
+        if name in ("cw", "cw-l2"):
+            params.update(
+                c=budgets.cw_c, steps=budgets.cw_steps, lr=budgets.cw_lr, kappa=budgets.cw_kappa
+            )
+            epss: Sequence[float | None] = [None]
+        elif name == "autoattack":
+            params.pop("steps", None)
+            params.update(
+                version=budgets.aa_version,
+                attacks=tuple(budgets.aa_attacks),
+                steps=budgets.aa_steps,
+                square_queries=budgets.square_queries,
+                eot=budgets.eot,
+            )
+            if params["version"] == "auto":
+                params["version"] = "rand" if randomized else "standard"
+            epss = eps_list
+        else:
+            epss = eps_list
+        for eps in epss:
+            p = dict(params) if eps is None else {**params, "eps": eps}
+            for surface in surfaces or ["sum"]:
+                label = (
+                    name
+                    if "steps" not in p or name in ("cw", "cw-l2", "autoattack")
+                    else (f"{name}-{p['steps']}")
+                )
+                if p.get("restarts", 1) > 1:
+                    label += f"x{p['restarts']}"
+                specs.append(AttackSpec(label, name, p, surface, decision, eot, "custom"))
+    return specs

@@ -1,0 +1,37 @@
+"""``dml report``: the paper's tables and figures, rendered from the artifacts store.
+
+``collect`` reads the store, ``tables`` and ``figures`` compute the content per dataset,
+``render`` writes markdown, self-contained HTML, LaTeX (booktabs) and RobustBench JSON.
+:func:`render_report` does all of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dmlcli.errors import DmlError
+from dmlcli.report.collect import Collection, collect
+from dmlcli.report.render import FORMATS, Report, build, write
+
+
+def render_report(
+    artifacts: str | Path, out: str | Path | None = None, formats: list[str] | tuple = ("markdown",)
+) -> tuple[Report, list[Path]]:
+    """Read ``artifacts``, build every table and figure, write ``formats`` into ``out``
+    (default ``artifacts/report``). Returns the report and the files written."""
+    formats = list(dict.fromkeys(formats))
+    for f in formats:
+        if f not in FORMATS:
+            raise DmlError(f"unknown report format {f!r}; choose from {', '.join(FORMATS)}")
+    root = Path(artifacts)
+    out = Path(out) if out is not None else root / "report"
+    if out.exists() and not out.is_dir():
+        raise DmlError(f"--out {out} exists and is not a directory")
+    col = collect(root)
+    needs_figures = any(f != "json" for f in formats)
+    report = build(col, out, figures=needs_figures)
+    files = write(report, col, out, formats)
+    return report, files
+
+
+__all__ = ["Collection", "Report", "collect", "render_report", "FORMATS"]

@@ -1,0 +1,239 @@
+"""Read an artifacts store into tidy pieces for the report: runs, histories, results, recipes.
+
+Nothing is recomputed and nothing is unpickled: checkpoints contribute only their JSON
+metadata (configuration, benign accuracy), results are the parquet files the other commands
+wrote, and recipes are the JSON copies ``dml run`` stored under ``ARTIFACTS/recipes/``.
+Unreadable files are listed in :attr:`Collection.problems` and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dmlcli.errors import DmlError
+
+#: Display names of the model roles (a recipe's [train] keys, else inferred from the head).
+ROLE_LABELS = {
+    "baseline": "Baseline",
+    "dml": "DML Ensemble",
+    "rdml": "R-DML Ensemble",
+    "augdml": "AUG-DML Ensemble",
+}
+#: Dataset titles and the paper's table numbers for them.
+DATASET_TITLES = {
+    "digits": "Digits (scikit-learn 8x8, offline stand-in for MNIST)",
+    "mnist": "MNIST",
+    "fashion-mnist": "Fashion-MNIST (MNIST protocol)",
+    "cifar10": "CIFAR-10",
+    "resisc45": "RESISC-45",
+}
+
+
+@dataclass
+class RunInfo:
+    """A trained run: its configuration and benign accuracy (checkpoint metadata)."""
+
+    name: str
+    config: dict[str, Any]
+    benign: dict[str, float]
+    saved: str = ""
+    history: pd.DataFrame | None = None
+    role: str = ""
+    label: str = ""
+
+    @property
+    def dataset(self) -> str:
+        return str(self.config.get("dataset", "?"))
+
+    @property
+    def head(self) -> str:
+        return str(self.config.get("head", "?"))
+
+    @property
+    def members(self) -> int:
+        return int(self.config.get("members", 0))
+
+    @property
+    def backbone(self) -> str:
+        return str(self.config.get("backbone", "?"))
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.head == "linear"
+
+
+@dataclass
+class Result:
+    """One result parquet: its kind, run, stored setting/metadata, and rows (read lazily)."""
+
+    kind: str
+    run: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def setting(self) -> dict[str, Any]:
+        return self.meta.get("setting", {}) or {}
+
+    @cached_property
+    def df(self) -> pd.DataFrame:
+        from dmlcli.store import read_parquet
+
+        return read_parquet(self.path)[0]
+
+
+@dataclass
+class Collection:
+    """Everything the report reads from a store."""
+
+    root: Path
+    runs: dict[str, RunInfo] = field(default_factory=dict)
+    results: list[Result] = field(default_factory=list)
+    recipes: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def datasets(self) -> list[str]:
+        """Datasets with at least one run, in the registry's order."""
+        from dmlcli.data import DATASETS
+
+        present = {r.dataset for r in self.runs.values()}
+        present |= {self.dataset_of(r) for r in self.results} - {None}
+        return [d for d in DATASETS if d in present] + sorted(present - set(DATASETS))
+
+    def runs_of(self, dataset: str) -> list[RunInfo]:
+        """Runs of ``dataset``: baseline first, then DML, R-DML, AUG-DML, others by name."""
+        order = {"baseline": 0, "dml": 1, "rdml": 2, "augdml": 3}
+        runs = [r for r in self.runs.values() if r.dataset == dataset]
+        return sorted(runs, key=lambda r: (order.get(r.role, 9), r.name))
+
+    def dataset_of(self, result: Result) -> str | None:
+        if result.run in self.runs:
+            return self.runs[result.run].dataset
+        ds = result.meta.get("dataset") or result.setting.get("dataset")
+        return str(ds) if ds else None
+
+    def of(self, kind: str, dataset: str | None = None) -> list[Result]:
+        """Results of ``kind`` (for ``dataset``) in run order, then file order."""
+        out = [r for r in self.results if r.kind == kind]
+        if dataset is not None:
+            out = [r for r in out if self.dataset_of(r) == dataset]
+        order = {name: i for i, name in enumerate(self.runs)}
+        return sorted(out, key=lambda r: (order.get(r.run, 1 << 30), str(r.path)))
+
+    def label(self, run: str) -> str:
+        return self.runs[run].label if run in self.runs else run
+
+    def recipe_for(self, dataset: str) -> dict[str, Any] | None:
+        """The (latest stored) recipe of ``dataset``, with its paper numbers and roles."""
+        mine = [r for r in self.recipes if r.get("dataset") == dataset]
+        return mine[-1] if mine else None
+
+    def paper(self, dataset: str) -> dict[str, Any]:
+        recipe = self.recipe_for(dataset)
+        return (recipe or {}).get("paper", {}) or {}
+
+    def run_of_role(self, dataset: str, role: str) -> str | None:
+        for r in self.runs_of(dataset):
+            if r.role == role:
+                return r.name
+        return None
+
+
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    """The JSON metadata of a dml checkpoint, without reading its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise DmlError(f"{path} is not a readable safetensors file ({exc})") from None
+    try:
+        return json.loads(header.get("meta", "{}"))
+    except json.JSONDecodeError:
+        raise DmlError(f"{path} has unreadable metadata") from None
+
+
+def _infer_role(head: str) -> str:
+    return {"linear": "baseline", "dml": "dml", "rdml": "rdml", "augdml": "augdml"}.get(head, "")
+
+
+def collect(root: str | Path) -> Collection:
+    """Read the store at ``root`` (raises :class:`DmlError` if it is not a store)."""
+    from dmlcli.store import HISTORY_FILE, MODEL_FILE, read_parquet
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DmlError(f"artifacts directory {root} does not exist")
+    if not (root / "models").is_dir() and not (root / "results").is_dir():
+        raise DmlError(f"{root} holds no models/ or results/: not a dml artifacts directory")
+    col = Collection(root)
+    for path in sorted((root / "recipes").glob("*/recipe.json")):
+        try:
+            col.recipes.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            col.problems.append(f"{path}: unreadable recipe ({exc})")
+    col.recipes.sort(key=lambda r: str(r.get("name", "")))
+    roles: dict[str, str] = {}
+    for recipe in col.recipes:
+        for role, run in (recipe.get("roles") or {}).items():
+            roles[run] = role
+    for path in sorted((root / "models").glob(f"*/{MODEL_FILE}")):
+        name = path.parent.name
+        try:
+            meta = read_checkpoint_meta(path)
+        except DmlError as exc:
+            col.problems.append(str(exc))
+            continue
+        config = meta.get("config") or {}
+        run = RunInfo(name, config, dict(meta.get("benign") or {}), str(meta.get("saved", "")))
+        hist = path.parent / HISTORY_FILE
+        if hist.is_file():
+            try:
+                run.history = read_parquet(hist)[0]
+            except DmlError as exc:
+                col.problems.append(str(exc))
+        col.runs[name] = run
+    taken = {(col.runs[r].dataset, role) for r, role in roles.items() if r in col.runs}
+    for name, run in col.runs.items():
+        if name in roles:
+            run.role = roles[name]
+        else:  # not in a recipe: the head says what it is, unless a recipe run has that role
+            role = _infer_role(run.head)
+            run.role = "" if (run.dataset, role) in taken else role
+    _label_runs(col)
+    for path in sorted((root / "results").glob("*/*.parquet")):
+        try:
+            import pyarrow.parquet as pq
+
+            raw = (pq.read_schema(path).metadata or {}).get(b"dml")
+            meta = json.loads(raw) if raw else {}
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
+            col.problems.append(f"{path}: unreadable result ({type(exc).__name__})")
+            continue
+        kind = str(meta.get("kind") or path.stem.rsplit("-", 1)[0])
+        run = str(meta.get("run") or path.parent.name)
+        col.results.append(Result(kind, run, path, meta))
+    return col
+
+
+def _label_runs(col: Collection) -> None:
+    """Readable, unique labels per dataset: 'Baseline', 'DML Ensemble', else the run name."""
+    by_key: dict[tuple[str, str], list[RunInfo]] = {}
+    for run in col.runs.values():
+        by_key.setdefault((run.dataset, run.role), []).append(run)
+    for (_, role), runs in by_key.items():
+        for run in runs:
+            base = ROLE_LABELS.get(role)
+            if base is None:
+                run.label = run.name
+            elif len(runs) == 1:
+                run.label = base
+            else:
+                run.label = f"{base} ({run.name})"

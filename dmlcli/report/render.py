@@ -1,0 +1,438 @@
+"""Build the report (tables + figures per dataset) and write it as markdown, HTML, LaTeX, JSON.
+
+- markdown: ``report.md`` linking ``figures/*.png``;
+- HTML: ``report.html``, one self-contained file (CSS inline, figures as base64 data URIs);
+- LaTeX: ``report.tex`` (booktabs tables, ``\\includegraphics`` of ``figures/*.png``);
+- JSON: ``robustbench.json``, RobustBench-style entries (clean_acc, autoattack_acc, eps,
+  architecture, number_forward_passes, dataset, threat_model) per model and eps.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dmlcli.report.collect import DATASET_TITLES, Collection
+from dmlcli.report.figures import FIGURES, Figure
+from dmlcli.report.tables import TABLES, Skip, Table, attack_cells, eps_text, fmt, split_label
+
+FORMATS = {
+    "markdown": "report.md",
+    "html": "report.html",
+    "latex": "report.tex",
+    "json": "robustbench.json",
+}
+FIGURE_DIR = "figures"
+
+
+@dataclass
+class Section:
+    dataset: str
+    title: str
+    intro: list[str] = field(default_factory=list)
+    items: list[Table | Figure | Skip] = field(default_factory=list)
+
+    @property
+    def tables(self) -> list[Table]:
+        return [i for i in self.items if isinstance(i, Table)]
+
+    @property
+    def figures(self) -> list[Figure]:
+        return [i for i in self.items if isinstance(i, Figure)]
+
+    @property
+    def skipped(self) -> list[Skip]:
+        return [i for i in self.items if isinstance(i, Skip)]
+
+
+@dataclass
+class Report:
+    root: Path
+    created: str
+    sections: list[Section]
+    problems: list[str] = field(default_factory=list)
+
+
+def build(col: Collection, out: Path, figures: bool = True) -> Report:
+    """Compute every table and (if ``figures``) draw every figure the results allow."""
+    from dmlcli.store import now
+
+    sections = []
+    fig_dir = out / FIGURE_DIR
+    for ds in col.datasets():
+        sec = Section(ds, DATASET_TITLES.get(ds, ds))
+        recipe = col.recipe_for(ds)
+        if recipe:
+            line = f"Recipe `{recipe.get('name')}` ({recipe.get('source', '?')})"
+            if recipe.get("description"):
+                line += f": {recipe['description']}"
+            sec.intro.append(line)
+            if (recipe.get("paper") or {}).get("source"):
+                sec.intro.append(f"Published numbers: {recipe['paper']['source']}.")
+        runs = col.runs_of(ds)
+        if runs:
+            sec.intro.append(
+                "Runs: "
+                + "; ".join(
+                    f"{r.label} = `{r.name}` ({r.members} x {r.backbone}, {r.head} head)"
+                    for r in runs
+                )
+            )
+        for _, builder in TABLES:
+            item = builder(col, ds)
+            if isinstance(item, Skip):
+                item.kind = "table"
+            sec.items.append(item)
+        if figures:
+            for _, fig_builder in FIGURES:
+                fig = fig_builder(col, ds, fig_dir)
+                if isinstance(fig, Skip):
+                    fig.kind = "figure"
+                sec.items.append(fig)
+        sections.append(sec)
+    if figures and fig_dir.is_dir():
+        made = {f.path.name for s in sections for f in s.figures}
+        for png in fig_dir.glob("*.png"):
+            if png.name not in made:  # a figure whose data is gone: never leave it stale
+                png.unlink()
+    return Report(col.root, now(), sections, list(col.problems))
+
+
+# -- markdown -------------------------------------------------------------------------------
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def markdown(report: Report) -> str:
+    lines = [
+        "# dml report",
+        "",
+        f"Store `{report.root}`, rendered {report.created}. Every number is read from the "
+        "store's result files; nothing was recomputed.",
+        "",
+    ]
+    for sec in report.sections:
+        lines += [f"## {sec.title}", ""]
+        lines += [f"{t}  " for t in sec.intro] + [""]
+        for item in sec.items:
+            if isinstance(item, Table):
+                lines += [f"### {item.title}", ""]
+                lines.append("| " + " | ".join(_md_escape(c) for c in item.columns) + " |")
+                align = (
+                    [
+                        "---" if j == 0 or isinstance(item.rows[0][j], str) else "---:"
+                        for j in range(len(item.columns))
+                    ]
+                    if item.rows
+                    else []
+                )
+                lines.append("| " + " | ".join(align) + " |")
+                for row in item.rows:
+                    lines.append("| " + " | ".join(_md_escape(fmt(v)) for v in row) + " |")
+                lines.append("")
+                lines += [f"- {_md_escape(n)}" for n in item.notes] + [""]
+            elif isinstance(item, Figure):
+                rel = f"{FIGURE_DIR}/{item.path.name}"
+                lines += [
+                    f"### {item.title}",
+                    "",
+                    f"![{item.title}]({rel})",
+                    "",
+                    f"*{item.caption}*",
+                    "",
+                ]
+        if sec.skipped:
+            lines += ["### Not rendered (no data yet)", ""]
+            lines += [f"- {s.title}: {s.reason}" for s in sec.skipped] + [""]
+    if report.problems:
+        lines += ["## Unreadable files", ""] + [f"- {p}" for p in report.problems] + [""]
+    return "\n".join(lines)
+
+
+# -- HTML -----------------------------------------------------------------------------------
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:1300px;padding:0 1em;color:#222;line-height:1.4}
+h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #aaa}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}
+th,td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
+th{border-bottom:2px solid #444;background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+td.paper,th.paper{color:#666;font-style:italic;background:#fafafa}
+td.txt{text-align:left}ul.notes{font-size:12px;color:#444;margin-top:0}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}
+figcaption{font-size:12px;color:#444}.skip{color:#777;font-size:13px}
+.wrap{overflow-x:auto}
+"""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def html_report(report: Report) -> str:
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>dml report</title><style>{_CSS}</style></head><body>",
+        "<h1>dml report</h1>",
+        f"<p>Store <code>{e(str(report.root))}</code>, rendered {e(report.created)}. Every "
+        "number is read from the store's result files; nothing was recomputed.</p>",
+        "<nav><ul>",
+    ]
+    for sec in report.sections:
+        out.append(f'<li><a href="#{e(sec.dataset)}">{e(sec.title)}</a></li>')
+    out.append("</ul></nav>")
+    for sec in report.sections:
+        out.append(f'<h2 id="{e(sec.dataset)}">{e(sec.title)}</h2>')
+        out += [f"<p>{e(t).replace('`', '')}</p>" for t in sec.intro]
+        for item in sec.items:
+            if isinstance(item, Table):
+                out.append(f'<h3 id="{e(sec.dataset)}-{e(item.key)}">{e(item.title)}</h3>')
+                out.append('<div class="wrap"><table><thead><tr>')
+                for j, c in enumerate(item.columns):
+                    cls = ' class="paper"' if j in item.paper_columns else ""
+                    out.append(f"<th{cls}>{e(c)}</th>")
+                out.append("</tr></thead><tbody>")
+                for row in item.rows:
+                    out.append("<tr>")
+                    for j, v in enumerate(row):
+                        cls = (
+                            "paper"
+                            if j in item.paper_columns
+                            else ("txt" if isinstance(v, str) else "")
+                        )
+                        attr = f' class="{cls}"' if cls else ""
+                        out.append(f"<td{attr}>{e(fmt(v))}</td>")
+                    out.append("</tr>")
+                out.append("</tbody></table></div>")
+                out.append(
+                    '<ul class="notes">' + "".join(f"<li>{e(n)}</li>" for n in item.notes) + "</ul>"
+                )
+            elif isinstance(item, Figure):
+                out.append(f'<h3 id="{e(sec.dataset)}-fig-{e(item.key)}">{e(item.title)}</h3>')
+                out.append(
+                    f'<figure><img alt="{e(item.title)}" src="{_data_uri(item.path)}">'
+                    f"<figcaption>{e(item.caption)}</figcaption></figure>"
+                )
+        if sec.skipped:
+            out.append('<h3>Not rendered (no data yet)</h3><ul class="skip">')
+            out += [f"<li>{e(s.title)}: {e(s.reason)}</li>" for s in sec.skipped]
+            out.append("</ul>")
+    if report.problems:
+        out.append("<h2>Unreadable files</h2><ul>")
+        out += [f"<li>{e(p)}</li>" for p in report.problems]
+        out.append("</ul>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# -- LaTeX ----------------------------------------------------------------------------------
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def tex_escape(text: str) -> str:
+    out = "".join(_TEX.get(ch, ch) for ch in str(text))
+    return out.replace("eps=", r"$\epsilon$=").replace("kappa=", r"$\kappa$=")
+
+
+def latex(report: Report) -> str:
+    out = [
+        r"\documentclass[10pt]{article}",
+        r"\usepackage[margin=2cm,landscape]{geometry}",
+        r"\usepackage[T1]{fontenc}",
+        r"\usepackage[utf8]{inputenc}",
+        r"\usepackage{booktabs,graphicx,xcolor}",
+        r"\title{dml report}",
+        r"\date{" + tex_escape(report.created) + "}",
+        r"\begin{document}",
+        r"\maketitle",
+        "Every number is read from the store's result files ("
+        + tex_escape(str(report.root))
+        + "); nothing was recomputed.",
+        "",
+    ]
+    for sec in report.sections:
+        out += [r"\section{" + tex_escape(sec.title) + "}", ""]
+        out += [tex_escape(t.replace("`", "")) + r"\\" for t in sec.intro] + [""]
+        for item in sec.items:
+            if isinstance(item, Table):
+                spec = (
+                    "l"
+                    + "".join(
+                        "l" if isinstance(item.rows[0][j], str) else "r"
+                        for j in range(1, len(item.columns))
+                    )
+                    if item.rows
+                    else "l" * len(item.columns)
+                )
+                out += [
+                    r"\begin{table}[htbp]",
+                    r"\centering\small",
+                    r"\caption{" + tex_escape(item.title) + "}",
+                    r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
+                    r"\begin{tabular}{" + spec + "}",
+                    r"\toprule",
+                    " & ".join(
+                        (r"\textit{" + tex_escape(c) + "}")
+                        if j in item.paper_columns
+                        else tex_escape(c)
+                        for j, c in enumerate(item.columns)
+                    )
+                    + r" \\",
+                    r"\midrule",
+                ]
+                for row in item.rows:
+                    cells = []
+                    for j, v in enumerate(row):
+                        t = (
+                            tex_escape(fmt(v)).replace("-", "--")
+                            if fmt(v) == "-"
+                            else tex_escape(fmt(v))
+                        )
+                        cells.append(
+                            r"\textcolor{gray}{" + t + "}" if j in item.paper_columns else t
+                        )
+                    out.append(" & ".join(cells) + r" \\")
+                out += [r"\bottomrule", r"\end{tabular}}", ""]
+                out += [r"\par\footnotesize " + " ".join(tex_escape(n) for n in item.notes)]
+                out += [r"\end{table}", ""]
+            elif isinstance(item, Figure):
+                out += [
+                    r"\begin{figure}[htbp]",
+                    r"\centering",
+                    r"\includegraphics[width=\linewidth,height=0.8\textheight,keepaspectratio]{"
+                    + f"{FIGURE_DIR}/{item.path.name}"
+                    + "}",
+                    r"\caption{" + tex_escape(item.title) + ". " + tex_escape(item.caption) + "}",
+                    r"\end{figure}",
+                    "",
+                ]
+        if sec.skipped:
+            out += [r"\paragraph{Not rendered (no data yet)}", r"\begin{itemize}"]
+            out += [r"\item " + tex_escape(f"{s.title}: {s.reason}") for s in sec.skipped]
+            out += [r"\end{itemize}", ""]
+        out.append(r"\clearpage")
+    out.append(r"\end{document}")
+    return "\n".join(out)
+
+
+# -- JSON (RobustBench-style) ---------------------------------------------------------------
+def robustbench_entries(col: Collection) -> list[dict[str, Any]]:
+    """One entry per model and AutoAttack eps (models without AutoAttack: one entry, acc null).
+
+    Fields follow RobustBench's model-info files: ``clean_acc`` / ``autoattack_acc`` as
+    strings with two decimals over the same evaluation samples, ``eps`` as ``k/255`` where it
+    is one, ``threat_model`` Linf, ``number_forward_passes`` 1 (one ensemble forward; an
+    R-DML head draws its noise inside it).
+    """
+    entries = []
+    for ds in col.datasets():
+        recipe = col.recipe_for(ds) or {}
+        aa_paper = (recipe.get("paper") or {}).get("autoattack", {})
+        cells = [
+            c
+            for c in attack_cells(col, ds)
+            if split_label(c.label)[0] == "autoattack" and c.decision == "vote" and not c.surrogate
+        ]
+        for run in col.runs_of(ds):
+            mine = sorted((c for c in cells if c.result.run == run.name), key=lambda c: c.eps or 0)
+            head = {
+                "linear": "linear heads",
+                "dml": "DML heads",
+                "rdml": "R-DML heads",
+                "augdml": "AUG-DML heads",
+            }.get(run.head, run.head)
+            base = {
+                "name": run.name,
+                "label": run.label,
+                "dataset": ds,
+                "threat_model": "Linf",
+                "architecture": f"ensemble of {run.members} x {run.backbone} with {head}",
+                "number_forward_passes": 1,
+                "additional_data": False,
+                "members": run.members,
+                "head": run.head,
+                "decision": "vote",
+                "clean_acc_full_test": f"{run.benign['vote']:.2f}"
+                if "vote" in run.benign
+                else None,
+            }
+            if not mine:
+                entries.append(
+                    {
+                        **base,
+                        "eps": None,
+                        "clean_acc": base["clean_acc_full_test"],
+                        "autoattack_acc": None,
+                        "n_eval": None,
+                        "note": "no AutoAttack result in the store",
+                    }
+                )
+                continue
+            for c in mine:
+                p = c.params
+                paper_acc = None
+                numbers = aa_paper.get(run.role, {}) if isinstance(aa_paper, dict) else {}
+                from dmlcli.report.tables import _paper_value
+
+                if isinstance(numbers, dict):
+                    paper_acc = _paper_value(numbers, "autoattack", c.eps)
+                entries.append(
+                    {
+                        **base,
+                        "eps": eps_text(c.eps) if c.eps is not None else None,
+                        "eps_value": c.eps,
+                        "clean_acc": f"{c.clean:.2f}",
+                        "autoattack_acc": f"{c.robust:.2f}",
+                        "n_eval": c.n,
+                        "autoattack_version": p.get("version"),
+                        "eot": c.result.df["eot"].iloc[0] if "eot" in c.result.df else None,
+                        "seed": c.result.setting.get("seed"),
+                        "reported": None if paper_acc is None else f"{paper_acc:.2f}",
+                    }
+                )
+    for e in entries:
+        for k, v in list(e.items()):
+            if isinstance(v, float) and math.isnan(v):
+                e[k] = None
+            elif hasattr(v, "item"):
+                e[k] = v.item()
+    return entries
+
+
+def write(report: Report, col: Collection, out: Path, formats: list[str]) -> list[Path]:
+    """Write the chosen formats into ``out`` atomically; returns the files written."""
+    from dmlcli.store import atomic_write_bytes
+
+    files = []
+    for f in formats:
+        path = out / FORMATS[f]
+        if f == "markdown":
+            text = markdown(report)
+        elif f == "html":
+            text = html_report(report)
+        elif f == "latex":
+            text = latex(report)
+        else:
+            text = json.dumps({"entries": robustbench_entries(col)}, indent=1)
+        atomic_write_bytes(path, text.encode("utf-8"))
+        files.append(path)
+    return files

@@ -1,0 +1,217 @@
+"""CLEVER (Weng et al. 2018): exact on linear models, ART agreement, Weibull fit, Lemma 1, CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_ensemble
+from torch import nn
+
+from dmlcli.errors import DmlError
+from dmlcli.eval import clever as cl
+from dmlcli.store import Store, read_parquet
+
+
+def _linear(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+
+
+def _exact_linear_score(model: nn.Module, x: torch.Tensor, p: float, radius: float) -> np.ndarray:
+    """Distance to the nearest decision hyperplane in L_p: min_j margin_j / ||w_c - w_j||_q."""
+    w = model[1].weight.detach().double()
+    q = cl.dual_order(p)
+    with torch.no_grad():
+        logits = model(x).double()
+    out = []
+    for row in logits:
+        c = int(row.argmax())
+        d = [float((row[c] - row[j]) / (w[c] - w[j]).norm(p=q)) for j in range(10) if j != c]
+        out.append(min(min(d), radius))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("norm", ["2", "inf", "1"])
+def test_linear_model_matches_exact_lipschitz_value(norm: str) -> None:
+    model = _linear()
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    p = cl.parse_norm(norm)
+    radius = 10.0
+    s = cl.CleverSettings(norm=p, radius=radius, nb_batches=20, batch_size=32, pool_factor=2)
+    ours = np.array([r.score for r in cl.clever_u(model, x, s)])
+    exact = _exact_linear_score(model, x, p, radius)
+    assert (exact < radius).all()  # the radius cap does not hide the comparison
+    np.testing.assert_allclose(ours, exact, rtol=0.05)
+
+
+def test_radius_caps_the_score() -> None:
+    model = _linear()
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    s = cl.CleverSettings(norm=2.0, radius=1e-3, nb_batches=5, batch_size=8, pool_factor=1)
+    assert [r.score for r in cl.clever_u(model, x, s)] == pytest.approx([1e-3] * 3)
+
+
+def test_sample_ball_inside_and_uniform() -> None:
+    gen = torch.Generator().manual_seed(0)
+    d = 16
+    for p, q in ((2.0, 2), (math.inf, math.inf), (1.0, 1)):
+        pts = cl.sample_ball(4000, (1, 4, 4), 0.5, p, gen).flatten(1)
+        norms = pts.norm(p=q, dim=1)
+        assert (norms <= 0.5 + 1e-5).all()
+        if p != math.inf:  # uniform in volume: E[||x|| / R] = d / (d + 1)
+            assert float((norms / 0.5).mean()) == pytest.approx(d / (d + 1), abs=0.01)
+    signs = cl.sample_ball(4000, (16,), 1.0, 1.0, gen).sign()
+    assert abs(float(signs.mean())) < 0.02
+
+
+def test_weibull_fit_recovers_endpoint() -> None:
+    rng = np.random.default_rng(0)
+    for shape in (2.0, 5.0):
+        maxima = 3.0 - 0.5 * rng.weibull(shape, 500)
+        fit = cl.fit_reverse_weibull(maxima)
+        assert fit.location >= maxima.max()
+        assert fit.location == pytest.approx(3.0, abs=0.1)  # 0.2 of the Weibull scale
+        assert fit.shape == pytest.approx(shape, rel=0.35)
+        assert fit.status == "ok" and fit.ks_pvalue > 0.01
+    const = cl.fit_reverse_weibull(np.full(50, 1.25))
+    assert const.status == "degenerate" and const.location == 1.25
+
+
+def test_parse_norm_and_dual() -> None:
+    assert cl.parse_norm("inf") == math.inf and cl.dual_order(math.inf) == 1.0
+    assert cl.dual_order(1.0) == math.inf and cl.dual_order(2.0) == 2.0
+    with pytest.raises(DmlError, match="choose 1, 2 or inf"):
+        cl.parse_norm("3")
+
+
+def test_bad_settings_and_targets() -> None:
+    with pytest.raises(DmlError, match="radius"):
+        cl.CleverSettings(radius=0.0).validate()
+    with pytest.raises(DmlError, match="nb-batches"):
+        cl.CleverSettings(nb_batches=-1).validate()
+    with pytest.raises(DmlError, match="members are numbered"):
+        cl.ScoredModel(tiny_ensemble(members=3), "member:4")
+
+
+def test_scored_model_sum_and_member() -> None:
+    ens = tiny_ensemble(members=3)
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        logits = ens(x)
+        assert torch.allclose(cl.ScoredModel(ens, "sum")(x), logits.sum(0))
+        assert torch.allclose(cl.ScoredModel(ens, "member:2")(x), logits[1])
+
+
+def test_margin_gradients_match_autograd_per_point() -> None:
+    ens = tiny_ensemble(members=2)
+    model = cl.ScoredModel(ens)
+    pts = torch.rand(5, 1, 8, 8)
+    pred = torch.tensor([0, 1, 2, 3, 4])
+    fast = cl.margin_grad_norms(model, pts, pred, 2.0, 10)
+    for i in range(5):
+        xi = pts[i : i + 1].clone().requires_grad_(True)
+        out = model(xi)[0]
+        (g,) = torch.autograd.grad(out[pred[i]] - out[7], xi)
+        assert float(fast[i, 7]) == pytest.approx(float(g.norm()), rel=1e-4)
+    assert torch.all(fast[torch.arange(5), pred] == 0)
+
+
+def test_head_lipschitz_lemma1() -> None:
+    ens = tiny_ensemble(members=3)
+    bounds = cl.head_lipschitz(ens)
+    m = ens.head.diag_m().detach()
+    for k, b in enumerate(bounds):
+        assert b["p_spectral"] == pytest.approx(float(m[k].max().sqrt()), rel=1e-6)
+        assert b["lemma1"] == pytest.approx(math.sqrt(2) * b["p_spectral"])
+        assert b["paper_diag_upper"] == pytest.approx(float(m[k].max()) ** 0.25, rel=1e-6)
+    # Each distance d_c(z) is ||P||_2-Lipschitz: check on random pairs of embeddings.
+    z1, z2 = torch.randn(2, 3, 200, 10).unbind(0)
+    with torch.no_grad():
+        diff = (ens.head.distances(z1) - ens.head.distances(z2)).abs().amax(-1)  # [K, B]
+    step = (z1 - z2).norm(dim=-1)
+    for k, b in enumerate(bounds):
+        assert (diff[k] <= b["p_spectral"] * step[k] + 1e-5).all()
+    assert cl.head_lipschitz(tiny_ensemble("linear", members=2)) is None
+
+
+@pytest.mark.slow
+def test_agrees_with_art_clever_u() -> None:
+    """Same settings as ART's ``clever_u``: the median score agrees within 10%.
+
+    Per sample the two agree to a few percent except where ART's unconstrained scipy fit
+    runs off to a huge location (score ~0); the median is robust to those.
+    """
+    art_metrics = pytest.importorskip(
+        "art.metrics", reason="adversarial-robustness-toolbox is a test-only dependency"
+    )
+    from art.estimators.classification import PyTorchClassifier
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # ART backpropagates 10 points at a time: threads only hurt
+    try:
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(512, 10),
+        ).eval()
+        x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+        nb, bs, radius = 100, 25, 1.0
+        s = cl.CleverSettings(norm=2.0, radius=radius, nb_batches=nb, batch_size=bs)
+        ours = np.array([r.score for r in cl.clever_u(net, x, s)])
+        clf = PyTorchClassifier(
+            net, nn.CrossEntropyLoss(), (1, 8, 8), nb_classes=10, clip_values=(0.0, 1.0)
+        )
+        np.random.seed(0)
+        art = np.array(
+            [art_metrics.clever_u(clf, xi.numpy(), nb, bs, radius, 2, verbose=False) for xi in x]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert (art < radius).mean() > 0.5  # most scores are not just the cap
+    assert np.median(ours) == pytest.approx(np.median(art), rel=0.10)
+
+
+def _bad(cli, root, *args: str) -> None:
+    before = sorted(p.name for p in (root / "results").rglob("*"))
+    res = cli("clever", "digits-dml", "--artifacts", root, *args)
+    assert res.code == 2, (args, res.out, res.err)
+    assert len(res.err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (root / "results").rglob("*")) == before
+
+
+def test_cli_end_to_end(cli, store_copy) -> None:
+    args = ["--nb-batches", "10", "--batch-size", "16", "--pool-factor", "2", "--n", "6"]
+    res = cli("clever", "digits-dml", "--artifacts", store_copy, *args)
+    assert res.code == 0, res.err
+    assert "Lemma 1" in res.out and "median" in res.out
+    paths = Store(store_copy).list_results("clever")
+    assert len(paths) == 1
+    df, meta = read_parquet(paths[0])
+    assert len(df) == 6 and set(df["model"]) == {"sum"}
+    assert (df["score"] > 0).all() and (df["score"] <= 2.0).all()
+    assert len(df["location"].iloc[0]) == 10
+    assert len(meta["head_lipschitz"]) == 5 and meta["setting"]["nb_batches"] == 10
+    again = cli("clever", "digits-dml", "--artifacts", store_copy, *args)
+    assert again.code == 0 and "exists" in again.out
+    member = cli("clever", "digits-dml", "--artifacts", store_copy, *args, "--target", "member:2")
+    assert member.code == 0, member.err
+    base = cli("clever", "digits-baseline", "--artifacts", store_copy, *args, "--norm", "inf")
+    assert base.code == 0 and "n/a (linear head)" in base.out
+    for bad in (
+        ["--n", "0"],
+        ["--n", "100000"],
+        ["--norm", "3"],
+        ["--radius", "-1"],
+        ["--nb-batches", "-5"],
+        ["--batch-size", "0"],
+        ["--target", "member:6"],
+        ["--target", "vote"],
+    ):
+        _bad(cli, store_copy, *bad)

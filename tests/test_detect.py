@@ -1,0 +1,329 @@
+"""Detection (A.4, A.5, A.5.1): scores, ROC/AUC, the held-out regression, the adaptive attack,
+and ``dml detect`` end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from dmlcli.attacks import create_attack
+from dmlcli.attacks.agreement import (
+    AgreementPGD,
+    agreement_loss,
+    member_draws,
+    runner_up,
+    softmax_variance,
+)
+from dmlcli.errors import DmlError
+from dmlcli.eval import detect as det
+from dmlcli.models.aggregate import REJECT, threshold_vote
+from dmlcli.store import Store, read_parquet, save_ensemble
+from tests.conftest import tiny_ensemble
+
+
+# -- scores and ROC ---------------------------------------------------------------------------
+def test_auc_perfect_and_constant_scores_match_sklearn():
+    positive = np.array([0, 0, 0, 1, 1, 0, 1, 0], dtype=bool)
+    perfect = np.where(positive, 2.0, 1.0) + np.linspace(0, 0.1, 8)
+    curve = det.roc(perfect, positive)
+    assert curve.auc == 1.0 == roc_auc_score(positive, perfect)
+    assert curve.tpr[-1] == 1.0 and curve.fpr[0] == 0.0
+    const = det.roc(np.full(8, 3.0), positive)
+    assert const.auc == 0.5 == roc_auc_score(positive, np.full(8, 3.0))
+    flipped = det.roc(-perfect, positive)
+    assert flipped.auc == 0.0
+    with pytest.raises(DmlError):
+        det.roc(perfect, np.ones(8, dtype=bool))
+
+
+def test_dissent_and_flags_per_nu():
+    # 3 members, 2 samples: sample 0 unanimous on class 1, sample 1 votes 0, 0, 2.
+    logits = torch.full((3, 2, 3), -5.0)
+    logits[:, 0, 1] = 1.0
+    logits[0, 1, 0] = logits[1, 1, 0] = logits[2, 1, 2] = 1.0
+    assert det.dissent(logits).tolist() == [0, 1]
+    flags = det.flags_per_nu(logits)
+    assert flags.tolist() == [[False, False], [False, False], [False, True]]
+    for nu in (1, 2, 3):
+        assert ((threshold_vote(logits, nu) == REJECT) == flags[nu - 1]).all()
+
+
+def test_identical_members_never_flagged_at_unanimity():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 500, 10).expand(5, 500, 10)  # every member says the same
+    assert not det.flags_per_nu(logits)[4].any()
+    assert (det.dissent(logits) == 0).all()
+    probs_var = softmax_variance(logits[None])
+    assert torch.allclose(probs_var, torch.zeros(500))
+
+
+def test_softmax_variance_matches_numpy():
+    torch.manual_seed(1)
+    d = torch.randn(3, 4, 6, 5)  # T=3, K=4, B=6, C=5
+    p = d.softmax(-1).reshape(12, 6, 5).numpy()
+    expected = p.var(0).mean(-1)
+    assert np.allclose(softmax_variance(d).numpy(), expected, atol=1e-7)
+
+
+def test_checks_give_clear_errors():
+    assert det.default_nu(5) == 3 and det.default_nu(4) == 3
+    for bad in (0, 6):
+        with pytest.raises(DmlError, match="between 1 and the number of members"):
+            det.check_nu(bad, 5)
+    with pytest.raises(DmlError, match="randomized head or at least 2 members"):
+        det.check_method("uncertainty", 1, False)
+    det.check_method("uncertainty", 1, True)
+    det.check_method("uncertainty", 2, False)
+    with pytest.raises(DmlError, match="choose one of fgsm, pgd, adaptive"):
+        det.check_attacks(["pgd", "cw"])
+    with pytest.raises(DmlError, match="outside"):
+        det.DetectSettings(eps=1.5).validate()
+
+
+# -- the held-out logistic regression -----------------------------------------------------------
+def test_split_keeps_a_sample_and_its_adversarial_together():
+    samples = np.repeat(np.arange(10, 30), 3)
+    fit = det.split_halves(samples, seed=3)
+    assert fit.sum() == 30
+    for s in np.unique(samples):
+        assert len(set(fit[samples == s])) == 1
+    with pytest.raises(DmlError, match="at least 2"):
+        det.split_halves(np.array([4, 4, 4]), 0)
+
+
+def _obs(values: np.ndarray, k: int = 2) -> det.Observation:
+    n = len(values)
+    logits = torch.zeros(k, n, 3)
+    logits[..., 0] = 5.0
+    return det.Observation(logits, torch.tensor(values, dtype=torch.float32))
+
+
+def test_regression_never_sees_its_eval_half(monkeypatch):
+    from sklearn.pipeline import Pipeline
+
+    seen: list[np.ndarray] = []
+    original = Pipeline.fit
+
+    def spy(self, x, y=None, **kw):
+        seen.append(np.asarray(x).copy())
+        return original(self, x, y, **kw)
+
+    monkeypatch.setattr(Pipeline, "fit", spy)
+    rng = np.random.default_rng(0)
+    n = 40
+    samples = np.arange(100, 100 + n)
+    y = torch.zeros(n, dtype=torch.long)
+    benign = _obs(rng.uniform(1e-4, 2e-4, n))
+    noisy = _obs(rng.uniform(1e-4, 3e-4, n))
+    adv = _obs(rng.uniform(5e-3, 9e-3, n))
+    zero = torch.zeros(n)
+    df, curve, detector = det.detection_rows(
+        "uncertainty", "pgd", 0.3, samples, y, benign, noisy, adv, (zero, zero), seed=7
+    )
+    fit_rows = detector.fit_rows
+    assert len(seen) == 1 and len(seen[0]) == len(fit_rows) == 3 * (n // 2)
+    features = det.uncertainty_features(df["uncertainty"].to_numpy())
+    assert np.array_equal(seen[0], features[fit_rows])
+    assert (df.loc[fit_rows, "half"] == "fit").all()
+    fit_samples = set(df.loc[fit_rows, "sample"])
+    eval_samples = set(df.loc[df["half"] == "eval", "sample"])
+    assert fit_samples.isdisjoint(eval_samples) and len(eval_samples) == n - n // 2
+    # every row of a fit sample (benign, noisy, adversarial) was used; no other row
+    assert set(fit_rows) == set(np.flatnonzero(df["sample"].isin(fit_samples)))
+    assert curve.auc == 1.0  # separable uncertainties, scored on the eval half
+    ev = df[df["half"] == "eval"]
+    assert curve.auc == roc_auc_score(ev["kind"] == "adversarial", ev["lr_score"])
+    rates = det.lr_rates(df)
+    assert rates["detected"] == 100.0 and rates["fpr"] == 0.0
+
+
+def test_vote_rows_columns_and_rates():
+    n = 6
+    samples = np.arange(n)
+    y = torch.zeros(n, dtype=torch.long)
+    benign = _obs(np.zeros(n), k=3)
+    adv_logits = torch.zeros(3, n, 3)
+    adv_logits[0, :, 1] = adv_logits[1, :, 1] = 5.0  # two members fooled to 1
+    adv_logits[2, :3, 0] = 5.0  # member 3 correct on samples 0-2 ...
+    adv_logits[2, 3:, 1] = 5.0  # ... and fooled too on 3-5 (unanimous)
+    adv = det.Observation(adv_logits, torch.zeros(n))
+    zero = torch.zeros(n)
+    df, curve, detector = det.detection_rows(
+        "vote", "adaptive", 0.1, samples, y, benign, benign, adv, (zero, zero)
+    )
+    assert detector is None and (df["half"] == "all").all()
+    assert {"pred_member_1", "pred_member_3", "flagged_nu_1", "flagged_nu_3"} <= set(df.columns)
+    table = det.nu_table(df).set_index("nu")
+    assert table.loc[3, "detected"] == 50.0 and table.loc[3, "undetected_wrong"] == 50.0
+    assert table.loc[2, "detected"] == 0.0 and table.loc[2, "undetected_wrong"] == 100.0
+    assert (table["benign_acc"] == 100.0).all() and (table["fpr"] == 0.0).all()
+    # dissent: 0 on all negatives, 1 on half the adversarials -> AUC = 0.75
+    assert curve.auc == pytest.approx(0.75)
+
+
+# -- the adaptive attack --------------------------------------------------------------------------
+class Constructed(nn.Module):
+    """Three linear members on 2 pixels around (0.5, 0.5), classes 0 (true), 1, 2.
+
+    Member A has a large gain and dominates the summed logits, whose gradient pushes pixel 2
+    *down*; members B and C only flip (to class 1) when pixel 2 goes *up*. PGD on the sum
+    therefore fools A alone (B, C keep the vote right), while an attacker that pushes every
+    member to class 1 (the runner-up of the sum) can fool all three within eps = 0.2.
+    """
+
+    num_members, randomized, trainable_sets = 3, False, [[], [], []]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.flatten(1) - 0.5
+        d1, d2 = d[:, 0], d[:, 1]
+        zero = torch.zeros_like(d1) + 0 * self.dummy
+        a = torch.stack([zero, 100 * d1 - 30 * d2 - 0.9, -100 * d1 - 1], -1)
+        b = torch.stack([zero, 10 * d2 - 1, zero - 5], -1)
+        return torch.stack([a, b, b.clone()])
+
+
+def _undetected_wrong(model: nn.Module, x: torch.Tensor, y: torch.Tensor, nu: int) -> float:
+    pred = threshold_vote(model(x).detach(), nu)
+    return ((pred != REJECT) & (pred != y)).float().mean().item()
+
+
+def test_adaptive_attack_beats_pgd_on_constructed_ensemble():
+    model = Constructed()
+    x = torch.full((8, 1, 1, 2), 0.5)
+    y = torch.zeros(8, dtype=torch.long)
+    assert (model(x).argmax(-1) == 0).all()
+    assert runner_up(member_draws(model, x), y).tolist() == [1] * 8
+    pgd = create_attack("pgd", eps=0.2, steps=40, keep="loss")(model, x, y)  # on the sum
+    adaptive = AgreementPGD(eps=0.2, steps=40, seed=0)(model, x, y)
+    for adv in (pgd, adaptive):
+        assert (adv - x).abs().max() <= 0.2 + 1e-6
+    assert (model(pgd)[0].argmax(-1) != 0).all()  # PGD did fool the dominant member ...
+    for nu in (1, 2, 3):
+        assert _undetected_wrong(model, pgd, y, nu) == 0.0  # ... but never the vote
+        assert _undetected_wrong(model, adaptive, y, nu) == 1.0
+    # the per-member margin zig-zags between members under sign steps: no random start here
+    margin = AgreementPGD(eps=0.2, steps=40, loss="margin", random_start=False)(model, x, y)
+    assert _undetected_wrong(model, margin, y, 3) == 1.0
+
+
+def test_agreement_loss_and_variance_term():
+    logits = torch.tensor([[[4.0, 0.0, 0.0]], [[0.0, 4.0, 0.0]]])[None]  # T=1, K=2, B=1
+    target = torch.tensor([1])
+    ce = agreement_loss(logits, target, "ce")
+    assert ce.item() == pytest.approx(2 * np.log(1 + 2 * np.exp(-4)) + 4, rel=1e-5)
+    assert agreement_loss(logits, target, "margin", kappa=10).item() == pytest.approx(0.0)
+    model = tiny_ensemble("rdml", members=2, head_sigma=0.5, head_samples=2)
+    x = torch.rand(4, 1, 8, 8)
+    y = torch.zeros(4, dtype=torch.long)
+    torch.manual_seed(0)
+    adv = AgreementPGD(eps=0.1, steps=3, var_weight=1.0, eot=3)(model, x, y)
+    assert adv.shape == x.shape and (adv - x).abs().max() <= 0.1 + 1e-6
+    with pytest.raises(DmlError):
+        AgreementPGD(eps=0.1, loss="hinge")
+
+
+# -- the command ----------------------------------------------------------------------------------
+def _results(root) -> list:
+    return sorted((root / "results").glob("*/detect*.parquet"))
+
+
+def test_cli_vote_writes_rows_and_roc_and_is_a_noop_after(cli, store_copy):
+    args = ["detect", "digits-dml", "--artifacts", store_copy, "--n", "60", "--eps", "0.2"]
+    args += ["--attack", "pgd", "--attack", "adaptive", "--steps", "5"]
+    r = cli(*args)
+    assert r.code == 0, r.err
+    assert "threshold-nu vote detector" in r.out and "AUC" in r.out
+    files = _results(store_copy)
+    assert len(files) == 4
+    detect_files = [f for f in files if f.name.startswith("detect-") and "roc" not in f.name]
+    for f in detect_files:
+        df, meta = read_parquet(f)
+        assert meta["kind"] == "detect" and meta["setting"]["method"] == "vote"
+        assert set(df["kind"]) == {"benign", "noisy", "adversarial"}
+        assert [f"flagged_nu_{v}" for v in range(1, 6)] == [
+            c for c in df.columns if c.startswith("flagged_nu_")
+        ]
+        adv = df[df["kind"] == "adversarial"]
+        assert adv["linf"].max() <= 0.2 + 1e-6
+        assert (df[df["kind"] == "benign"]["vote"] == df[df["kind"] == "benign"]["label"]).all()
+        assert not df["flagged_nu_1"].any()
+        roc_path = f.with_name(f.name.replace("detect-", "detect-roc-"))
+        roc_df, roc_meta = read_parquet(roc_path)
+        expected = roc_auc_score(df["kind"] == "adversarial", df["dissent"])
+        assert roc_meta["auc"] == pytest.approx(expected)
+        assert (roc_df["auc"] == roc_meta["auc"]).all()
+        assert {"fpr", "tpr", "threshold"} <= set(roc_df.columns)
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = cli(*args)
+    assert again.code == 0 and "exists" in again.out
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_cli_uncertainty_with_swapped_rdml_head(cli, store_copy):
+    r = cli(
+        "detect", "digits-dml", "--artifacts", store_copy, "--method", "uncertainty",
+        "--head", "rdml", "--head-sigma", "0.5", "--draws", "4", "--eot", "2",
+        "--attack", "fgsm", "--attack", "adaptive", "--n", "60", "--steps", "3", "--eps", "0.2",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    assert "LR det" in r.out
+    for f in _results(store_copy):
+        if "roc" in f.name:
+            continue
+        df, meta = read_parquet(f)
+        assert meta["setting"]["head"] == "rdml" and meta["setting"]["draws"] == 4
+        assert set(df["half"]) == {"fit", "eval"}
+        fit_samples = set(meta["lr_fit_samples"])
+        assert fit_samples == set(df.loc[df["half"] == "fit", "sample"])
+        assert (df["uncertainty"] > 0).all()
+
+
+def _save(ensemble, root, name: str) -> None:
+    store = Store(root)
+    save_ensemble(store.model_path(name), ensemble)
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(cli, store_copy, tmp_path):
+    from dmlcli.config import resolve_config
+    from dmlcli.data import eval_indices, load_dataset
+    from dmlcli.models.ensemble import Ensemble
+
+    base = ["detect", "digits-dml", "--artifacts", store_copy, "--n", "20", "--steps", "2"]
+    bad = [
+        (["--nu", "0"], "--nu must be between 1"),
+        (["--nu", "6"], "--nu must be between 1"),
+        (["--eps", "1.5"], "outside [0, 1]"),
+        (["--attack", "cw"], "unknown attack"),
+        (["--method", "entropy"], "unknown detection method"),
+    ]
+    for extra, message in bad:
+        r = cli(*base, *extra)
+        assert r.code == 2 and message in r.err and "Traceback" not in r.err, (extra, r.err)
+        assert len(r.err.strip().splitlines()) == 1
+    # one member, deterministic head: no variance to measure
+    config = resolve_config("digits", members=2, head="linear")
+    config.update(members=1, trainable_sets=[[]])
+    _save(Ensemble(config).eval(), store_copy, "single")
+    r = cli("detect", "single", "--artifacts", store_copy, "--method", "uncertainty")
+    assert r.code == 2 and "at least 2 members" in r.err
+    # a model that always answers one class, on a sample of another class: nothing correct
+    _, y = load_dataset("digits", "test")
+    label = int(y[eval_indices(len(y), 1, 0)][0])
+    config = resolve_config("digits", members=2, head="linear")
+    wrong = Ensemble(config).eval()
+    with torch.no_grad():
+        for name, p in wrong.named_parameters():
+            p.zero_()
+            if name.endswith("classifier__3__bias"):
+                p[:, (label + 1) % 10] = 5.0
+    _save(wrong, store_copy, "wrong")
+    r = cli("detect", "wrong", "--artifacts", store_copy, "--n", "1")
+    assert r.code == 2 and "classified correctly" in r.err
+    assert _results(store_copy) == []

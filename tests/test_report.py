@@ -1,0 +1,810 @@
+"""``dml report``: tables and figures from hand-written result files in the other commands'
+schemas; the numbers in the rendered tables are asserted, and so is graceful skipping."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dmlcli.recipes import save_recipe_json, validate_recipe
+from dmlcli.report import render_report
+from dmlcli.report import tables as tb
+from dmlcli.store import Store, save_ensemble, write_parquet
+from tests.conftest import tiny_ensemble
+
+N = 20  # evaluation samples of every fixture result
+K = 3  # members
+
+
+# -- a store written by hand, in the exact schemas of dml train/attack/transfer/... -----------
+def _run(store: Store, name: str, head: str, benign: dict[str, float], epochs: int = 3) -> None:
+    ens = tiny_ensemble(head=head, members=K)
+    ens.config["training"] = {"epochs": epochs}
+    save_ensemble(store.model_path(name), ens, {"benign": benign, "run": name})
+    hist = pd.DataFrame(
+        {
+            "epoch": np.arange(1, epochs + 1),
+            "lr": [1e-3] * epochs,
+            "seconds": [1.0] * epochs,
+            "train_total": [2.0, 1.0, 0.5][:epochs],
+            "train_ce": [1.9, 0.9, 0.4][:epochs],
+            "train_ortho": [0.0] * epochs,
+            "train_l1": [0.0] * epochs,
+            "train_acc": [50.0, 80.0, 95.0][:epochs],
+            "test_vote": [60.0, 85.0, benign["vote"]][:epochs],
+            "test_meta-vote": [60.0, 85.0, benign["vote"]][:epochs],
+            "test_sum": [60.0, 85.0, benign["vote"]][:epochs],
+            "test_mean-softmax": [60.0, 85.0, benign["vote"]][:epochs],
+            **{f"test_member:{k}": [55.0, 80.0, 90.0][:epochs] for k in range(1, K + 1)},
+        }
+    )
+    write_parquet(store.run_dir(name) / "history.parquet", hist, {"run": name})
+
+
+def _attack(
+    store: Store,
+    run: str,
+    label: str,
+    eps: float | None,
+    robust: int,
+    *,
+    clean: int = N,
+    suite: str = "paper",
+    surface: str = "sum",
+    steps: int | None = None,
+    restarts: int | None = None,
+    params: dict | None = None,
+    broken: list[int] | None = None,
+) -> None:
+    """One ``dml attack`` result: ``clean`` of N samples right, the first ``robust`` robust
+    (or every sample but those in ``broken``)."""
+    samples = np.arange(100, 100 + N)
+    clean_ok = np.arange(N) < clean
+    rob = np.arange(N) < robust if broken is None else ~np.isin(np.arange(N), broken)
+    rob &= clean_ok
+    norm = "l2" if eps is None else "linf"
+    df = pd.DataFrame(
+        {
+            "run": run,
+            "checkpoint": "0" * 64,
+            "dataset": "digits",
+            "sample": samples,
+            "label": samples % 10,
+            "attack": label,
+            "suite": suite,
+            "norm": norm,
+            "eps": eps,
+            "steps": steps,
+            "step_size": None if steps is None else 2.5 * (eps or 0) / steps,
+            "restarts": restarts,
+            "targeted": False,
+            "loss": "ce",
+            "surface": surface,
+            "decision": "vote",
+            "eot": 1,
+            "seed": 0,
+            "surrogate": None,
+            "target": -1,
+            "clean_pred": samples % 10,
+            "adv_pred": np.where(rob, samples % 10, (samples + 1) % 10),
+            **{f"member_{k}": samples % 10 for k in range(1, K + 1)},
+            "clean_correct": clean_ok,
+            "adv_correct": rob,
+            "robust": rob,
+            "target_hit": False,
+            "linf": 0.0 if eps is None else eps,
+            "l2": 1.5,
+            "seconds": 0.01,
+        }
+    )
+    setting = {
+        "run": run,
+        "checkpoint": "0" * 64,
+        "dataset": "digits",
+        "n": N,
+        "seed": 0,
+        "attack": label,
+        "attack_name": label.split("-")[0],
+        "params": params or {"eps": eps, "steps": steps, "restarts": restarts},
+        "surface": surface,
+        "decision": "vote",
+        "eot": 1,
+        "surrogate": None,
+    }
+    store.write_result("attack", run, setting, df, {"warnings": [], "batch_size": 500})
+    x = np.linspace(0, 1, 64).tolist()
+    examples = pd.DataFrame(
+        {
+            "sample": samples[:4],
+            "label": samples[:4] % 10,
+            "clean_pred": samples[:4] % 10,
+            "adv_pred": (samples[:4] + 1) % 10,
+            "shape": [[1, 8, 8]] * 4,
+            "x": [x] * 4,
+            "x_adv": [x[::-1]] * 4,
+        }
+    )
+    store.write_result("adv-examples", run, setting, examples, {"warnings": []})
+
+
+def _transfer(store: Store, run: str, accs: dict[str, int], targeted: bool) -> None:
+    """``dml transfer`` rows from member:1: ``accs[scored]`` of N correct after the attack."""
+    parts = []
+    for scored, ok in accs.items():
+        samples = np.arange(100, 100 + N)
+        adv_ok = np.arange(N) < ok
+        parts.append(
+            pd.DataFrame(
+                {
+                    "sample": samples,
+                    "label": samples % 10,
+                    "source": "member:1",
+                    "scored": scored,
+                    "target": (samples + 3) % 10 if targeted else -1,
+                    "clean_pred": samples % 10,
+                    "adv_pred": np.where(adv_ok, samples % 10, (samples + 3) % 10),
+                    "clean_correct": np.arange(N) < N - 1,  # 95 % benign everywhere
+                    "adv_correct": adv_ok,
+                    "target_hit": ~adv_ok if targeted else False,
+                    "linf": 0.2,
+                    "l2": 2.0,
+                    "seconds": 0.01,
+                }
+            )
+        )
+    df = pd.concat(parts, ignore_index=True)
+    for key, v in {
+        "run": run,
+        "checkpoint": "0" * 64,
+        "dataset": "digits",
+        "attack": "pgd",
+        "eps": 0.2,
+        "kappa": None,
+        "targeted": targeted,
+        "decision": "vote",
+        "seed": 0,
+    }.items():
+        df[key] = v
+    params = {
+        "eps": 0.2,
+        "steps": 10,
+        "restarts": 1,
+        "loss": "ce",
+        "targeted": targeted,
+        "step_size": None,
+        "keep": "loss",
+    }
+    setting = {
+        "run": run,
+        "checkpoint": "0" * 64,
+        "dataset": "digits",
+        "n": N,
+        "seed": 0,
+        "decision": "vote",
+        "targeted": targeted,
+        "kind": "transfer",
+        "source": "member:1",
+        "attack": "pgd",
+        "params": params,
+    }
+    store.write_result("transfer", run, setting, df)
+
+
+def _cw(store: Store, run: str, source: str, kappa: float, acc: int, l2: list[float]) -> None:
+    """``dml transfer --cw-distortion`` rows: ``acc`` of N still right; fooled ones have ``l2``."""
+    samples = np.arange(100, 100 + N)
+    ok = np.arange(N) < acc
+    dist = np.zeros(N)
+    dist[acc:] = np.resize(l2, N - acc)
+    df = pd.DataFrame(
+        {
+            "sample": samples,
+            "label": samples % 10,
+            "source": source,
+            "scored": source,
+            "target": -1,
+            "clean_pred": samples % 10,
+            "adv_pred": samples % 10,
+            "vote": 0,
+            "clean_correct": True,
+            "adv_correct": ok,
+            "robust": ok,
+            "fooled": ~ok,
+            "linf": 0.1,
+            "l2": dist,
+            "seconds": 0.01,
+        }
+    )
+    for key, v in {
+        "run": run,
+        "checkpoint": "0" * 64,
+        "dataset": "digits",
+        "attack": "cw",
+        "eps": None,
+        "kappa": kappa,
+        "targeted": False,
+        "decision": "vote",
+        "seed": 0,
+    }.items():
+        df[key] = v
+    params = {"c": 1.0, "kappa": kappa, "steps": 100, "lr": 0.1, "targeted": False}
+    setting = {
+        "run": run,
+        "checkpoint": "0" * 64,
+        "dataset": "digits",
+        "n": N,
+        "seed": 0,
+        "decision": "vote",
+        "targeted": False,
+        "kind": "cw-distortion",
+        "source": source,
+        "attack": "cw",
+        "params": params,
+    }
+    store.write_result("cw-distortion", run, setting, df)
+
+
+def _others(store: Store, run: str, scores: np.ndarray) -> None:
+    """clever, certify, gradients, surface, detect and detect-roc rows."""
+    extra = {"dataset": "digits", "members": K, "head": "dml"}
+    clever = pd.DataFrame(
+        {
+            "sample": np.arange(len(scores)),
+            "idx": np.arange(len(scores)),
+            "label": 0,
+            "pred": 0,
+            "correct": True,
+            "model": "sum",
+            "score": scores,
+            "score_label": scores,
+            "argmin_class": 1,
+            "seconds": 0.1,
+        }
+    )
+    store.write_result(
+        "clever",
+        run,
+        {
+            "norm": "2",
+            "radius": 2.0,
+            "nb_batches": 20,
+            "batch_size": 64,
+            "pool_factor": 10,
+            "c_init": 1.0,
+            "n": len(scores),
+            "seed": 0,
+            "target": "sum",
+            "checkpoint": run,
+        },
+        clever,
+        extra,
+    )
+    certify = pd.DataFrame(
+        {
+            "idx": np.arange(4),
+            "label": 0,
+            "predict": [0, 0, 0, -1],
+            "radius": [0.1, 0.3, 0.8, 0.0],
+            "correct": [1, 1, 0, 0],
+            "seconds": 0.1,
+            "p_a": 0.9,
+            "smoothed": 0,
+            "smoothed_correct": 1,
+        }
+    )
+    store.write_result(
+        "certify",
+        run,
+        {
+            "sigma": 0.25,
+            "n0": 100,
+            "n": 1000,
+            "alpha": 0.001,
+            "n_samples": 4,
+            "decision": "vote",
+            "seed": 0,
+            "head": "dml",
+            "checkpoint": run,
+        },
+        certify,
+        extra,
+    )
+    grads = pd.DataFrame(
+        {
+            "idx": np.arange(N),
+            "label": 0,
+            "member_a": 1,
+            "member_b": 2,
+            "cosine": np.linspace(-0.2, 0.4, N),
+            "sign_cosine": np.linspace(0, 0.5, N),
+            "norm_a": 1.0,
+            "norm_b": 1.0,
+        }
+    )
+    store.write_result("gradients", run, {"n": N, "seed": 0, "checkpoint": run}, grads, extra)
+    r, t = np.meshgrid(np.linspace(0, 0.1, 5), np.linspace(-0.1, 0.1, 5), indexing="ij")
+    surf = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "idx": 7,
+                    "label": 3,
+                    "model": m,
+                    "r": r.ravel(),
+                    "theta": t.ravel(),
+                    "loss": (i + 1) * r.ravel() + t.ravel() ** 2,
+                }
+            )
+            for i, m in enumerate(["member:1", "member:2", "member:3", "sum"])
+        ],
+        ignore_index=True,
+    )
+    store.write_result(
+        "surface", run, {"n": 1, "grid": 5, "seed": 0, "checkpoint": run}, surf, extra
+    )
+    rows = []
+    for kind, flagged in (("benign", 2), ("noisy", 3), ("adversarial", 15)):
+        for i in range(N):
+            rows.append(
+                {
+                    "sample": i,
+                    "label": 1,
+                    "kind": kind,
+                    "attack": "pgd",
+                    "eps": 0.3,
+                    "method": "vote",
+                    "vote": 1 if kind != "adversarial" or i < 5 else 2,
+                    "dissent": int(i < flagged),
+                    "uncertainty": 0.1 * (kind == "adversarial") + 0.01 * i,
+                    **{f"pred_member_{m}": 1 for m in range(1, K + 1)},
+                    **{f"flagged_nu_{nu}": bool(nu == K and i < flagged) for nu in range(1, K + 1)},
+                    "linf": 0.3,
+                    "half": "all",
+                }
+            )
+    det_setting = {
+        "method": "vote",
+        "attack": "pgd",
+        "eps": 0.3,
+        "draws": 1,
+        "noise_sigma": 0.1,
+        "seed": 0,
+        "n": N,
+        "checkpoint": run,
+        "head": "dml",
+    }
+    det_extra = {"auc": 0.875, "members": K, "dataset": "digits", "n_correct": N}
+    store.write_result("detect", run, det_setting, pd.DataFrame(rows), det_extra)
+    roc = pd.DataFrame(
+        {
+            "method": "vote",
+            "attack": "pgd",
+            "eps": 0.3,
+            "fpr": [0.0, 0.1, 1.0],
+            "tpr": [0.0, 0.75, 1.0],
+            "threshold": [np.inf, 1.0, 0.0],
+            "auc": 0.875,
+        }
+    )
+    store.write_result("detect-roc", run, det_setting, roc, det_extra)
+
+
+RECIPE = {
+    "recipe": {"name": "fixture", "dataset": "digits", "seed": 0, "n": N},
+    "train": {
+        "baseline": {"baseline": True, "name": "fx-base", "members": K},
+        "dml": {"name": "fx-dml", "members": K, "prior": "baseline"},
+    },
+    "paper": {
+        "source": "the paper's MNIST tables",
+        "whitebox": {
+            "table": "Table 2",
+            "baseline": {"benign": 98.79, "fgsm@0.2": 23.81, "pgd-10@0.2": 0.0, "cw": 0.0},
+            "dml": {
+                "benign": 93.66,
+                "fgsm@0.2": 68.55,
+                "pgd-10@0.2": 62.92,
+                "cw": 85.0,
+                "bim-10@0.2": 63.08,
+            },
+        },
+        "transfer": {
+            "table": "Table 4",
+            "dml": {
+                "benign": [93.66, 86.56, 69.57, 95.40],
+                "untargeted": [58.24, 33.79, 44.96, 66.14],
+                "targeted": [83.07, 58.24, 58.03, 84.53],
+            },
+        },
+        "cw_distortion": {
+            "table": "Table 5",
+            "dml": {
+                "accuracy": [66.0, 45.0, 0.0, 8.0, 1.0],
+                "distortion": [2.31, 3.79, 1.34, 1.41, 1.52],
+            },
+        },
+        "autoattack": {"table": "Table 7", "dml": {"benign": 93.66, "autoattack@0.2": 73.46}},
+    },
+}
+
+
+def build_store(root: Path) -> Path:
+    """The fixture store (runs fx-base and fx-dml; every result kind; the recipe JSON)."""
+    store = Store(root)
+    _run(
+        store,
+        "fx-base",
+        "linear",
+        {
+            "vote": 98.0,
+            "meta-vote": 98.0,
+            "sum": 97.5,
+            "mean-softmax": 97.0,
+            "member:1": 96.0,
+            "member:2": 97.0,
+            "member:3": 98.0,
+        },
+    )
+    _run(
+        store,
+        "fx-dml",
+        "dml",
+        {
+            "vote": 95.5,
+            "meta-vote": 95.0,
+            "sum": 95.25,
+            "mean-softmax": 95.0,
+            "member:1": 90.0,
+            "member:2": 91.0,
+            "member:3": 92.0,
+        },
+    )
+    for run, fgsm, pgd, cw in (("fx-base", 5, 0, 1), ("fx-dml", 14, 12, 17)):
+        _attack(store, run, "fgsm", 0.2, fgsm, params={"eps": 0.2, "loss": "ce"})
+        _attack(store, run, "pgd-10", 0.2, pgd, steps=10, restarts=1)
+        _attack(store, run, "pgd-10", 0.3, max(pgd - 4, 0), steps=10, restarts=1)
+        _attack(
+            store,
+            run,
+            "cw-200",
+            None,
+            cw,
+            params={"c": 1.0, "steps": 200, "lr": 0.01, "kappa": 0.0},
+        )
+    # The adaptive picture on fx-dml at eps 0.2: AutoAttack 10/20, two APGD surfaces that
+    # break different samples; the worst case over all attacks keeps only the rest.
+    _attack(
+        store,
+        "fx-dml",
+        "autoattack-standard",
+        0.2,
+        10,
+        suite="autoattack",
+        params={"eps": 0.2, "version": "standard", "steps": 100},
+    )
+    _attack(
+        store,
+        "fx-dml",
+        "apgd-ce",
+        0.2,
+        0,
+        suite="adaptive",
+        surface="members",
+        steps=100,
+        restarts=1,
+        broken=[0, 1, 2, 13, 14],
+    )
+    _attack(
+        store,
+        "fx-dml",
+        "apgd-dlr",
+        0.2,
+        0,
+        suite="adaptive",
+        surface="member:1",
+        steps=100,
+        restarts=1,
+        broken=[3, 4, 5, 6, 13, 15],
+    )
+    _attack(
+        store,
+        "fx-dml",
+        "worst-case",
+        0.2,
+        0,
+        suite="worst-case",
+        surface="-",
+        broken=[0, 1, 2, 3, 4, 5, 6, 13, 14, 15] + list(range(10, 20)),
+    )
+    _transfer(
+        store, "fx-dml", {"ensemble": 13, "member:1": 4, "member:2": 16, "member:3": 15}, False
+    )
+    _transfer(
+        store, "fx-dml", {"ensemble": 17, "member:1": 9, "member:2": 18, "member:3": 19}, True
+    )
+    _cw(store, "fx-dml", "ensemble", 0.0, 12, [2.0, 3.0])
+    _cw(store, "fx-dml", "ensemble", 0.1, 8, [4.0])
+    for k, (acc, l2) in enumerate([(0, [1.0]), (2, [1.5]), (1, [0.5, 1.5])], start=1):
+        _cw(store, "fx-dml", f"member:{k}", 0.0, acc, l2)
+    _others(store, "fx-dml", np.array([0.0, 0.0, 0.1, 0.3, 0.5, 0.9, 1.2, 2.0]))
+    _others(store, "fx-base", np.array([0.0, 0.0, 0.0, 0.05, 0.1, 0.25]))
+    save_recipe_json(root, validate_recipe(RECIPE, Path("recipes/fixture.toml")))
+    return root
+
+
+@pytest.fixture(scope="module")
+def fixture_report(tmp_path_factory):
+    root = build_store(tmp_path_factory.mktemp("report") / "art")
+    report, files = render_report(root, None, ["markdown", "html", "latex", "json"])
+    tables = {t.key: t for s in report.sections for t in s.tables}
+    return root, report, files, tables
+
+
+# -- tables: the numbers ------------------------------------------------------------------
+def test_whitebox_table_numbers_and_paper_columns(fixture_report):
+    _, _, _, tables = fixture_report
+    t = tables["whitebox"]
+    assert t.columns[:3] == ["Model", "Benign", "paper"]
+    assert "FGSM eps=0.2" in t.columns and "PGD-10 eps=0.3" in t.columns
+    assert t.cell("Baseline", "Benign") == 98.0
+    assert t.cell("DML Ensemble", "FGSM eps=0.2") == pytest.approx(70.0)
+    assert t.cell("Baseline", "FGSM eps=0.2") == pytest.approx(25.0)
+    assert t.cell("DML Ensemble", "PGD-10 eps=0.2") == pytest.approx(60.0)
+    assert t.cell("DML Ensemble", "PGD-10 eps=0.3") == pytest.approx(40.0)
+    assert t.cell("DML Ensemble", "CW-200 c=1") == pytest.approx(85.0)
+    # each paper number stands right after our column
+    row = next(r for r in t.rows if r[0] == "DML Ensemble")
+    j = t.columns.index("FGSM eps=0.2")
+    assert t.columns[j + 1] == "paper" and row[j + 1] == 68.55
+    j = t.columns.index("CW-200 c=1")
+    assert row[j + 1] == 85.0
+    # a paper column we did not run is shown, with our cell empty
+    j = t.columns.index("BIM-10 eps=0.2 (not run)")
+    assert row[j] is None and row[j + 1] == 63.08
+    assert any("n = 20" in n for n in t.notes) and any("majority vote" in n for n in t.notes)
+    assert any("PGD-10: 10 steps" in n for n in t.notes)
+
+
+def test_transfer_and_cw_tables(fixture_report):
+    _, _, _, tables = fixture_report
+    t = tables["transfer"]
+    assert t.columns[:5] == ["Model", "eps", "Accuracy", "Ensemble", "paper"]
+    benign, untargeted, targeted = t.rows
+    assert benign[2] == "Benign" and benign[3] == pytest.approx(95.0) and benign[4] == 93.66
+    assert untargeted[3] == pytest.approx(65.0) and untargeted[4] == 58.24
+    assert untargeted[t.columns.index("Model 1")] == pytest.approx(20.0)
+    assert untargeted[t.columns.index("Model 2")] == pytest.approx(80.0)
+    assert targeted[t.columns.index("Model 3")] == pytest.approx(95.0)
+    cw = tables["cw_distortion"]
+    assert cw.columns[2:4] == ["Ensemble kappa=0", "paper"]
+    acc, dist = cw.rows
+    assert acc[2] == pytest.approx(60.0) and acc[3] == 66.0
+    assert dist[2] == pytest.approx(2.5)  # fooled: 2, 3, 2, 3, ... mean 2.5
+    assert dist[cw.columns.index("Ensemble kappa=0.1")] == pytest.approx(4.0)
+    assert acc[cw.columns.index("Model 3")] == pytest.approx(5.0)
+    assert dist[cw.columns.index("Model 3")] == pytest.approx(np.resize([0.5, 1.5], N - 1).mean())
+
+
+def test_adaptive_worst_case_beside_paper_protocol(fixture_report):
+    _, _, _, tables = fixture_report
+    t = tables["adaptive"]
+    row = next(r for r in t.rows if r[0] == "DML Ensemble" and r[1] == "0.2")
+    paper_protocol = row[t.columns.index("paper protocol")]
+    assert paper_protocol == pytest.approx(60.0)  # min(FGSM 70, PGD-10 60)
+    assert row[t.columns.index("its strongest attack")] == "PGD-10"
+    assert row[t.columns.index("AutoAttack")] == pytest.approx(50.0)
+    assert row[t.columns.index("adaptive suite worst case")] == pytest.approx(15.0)
+    # robust under every stored attack at 0.2: samples 7..9 only (AA breaks 10..19)
+    worst = row[t.columns.index("worst case, all stored attacks")]
+    assert worst == pytest.approx(15.0)
+    assert row[t.columns.index("change vs paper (pp)")] == pytest.approx(-45.0)
+    base = next(r for r in t.rows if r[0] == "Baseline" and r[1] == "0.2")
+    assert base[t.columns.index("AutoAttack")] is None
+
+
+def test_autoattack_benign_clever_certify_detect_tables(fixture_report):
+    _, _, _, tables = fixture_report
+    aa = tables["autoattack"]
+    assert aa.cell("DML Ensemble", "AutoAttack eps=0.2") == pytest.approx(50.0)
+    j = aa.columns.index("AutoAttack eps=0.2")
+    assert aa.columns[j + 1] == "paper" and aa.rows[0][j + 1] == 73.46
+    b = tables["benign"]
+    assert b.cell("DML Ensemble", "member mean") == pytest.approx(91.0)
+    assert b.cell("Baseline", "member range") == "96.00-98.00"
+    cl = tables["clever"]
+    assert cl.cell("DML Ensemble", "> 0") == 6 and cl.cell("DML Ensemble", "> 0.2") == 5
+    assert cl.cell("Baseline", "median") == pytest.approx(0.025)
+    ce = tables["certify"]
+    assert ce.cell("DML Ensemble", "r=0") == pytest.approx(50.0)
+    assert ce.cell("DML Ensemble", "r=0.25") == pytest.approx(25.0)
+    assert ce.cell("DML Ensemble", "r=0.5") == 0.0
+    de = tables["detect"]
+    assert de.cell("DML Ensemble", "AUC") == 0.875
+    assert de.cell("DML Ensemble", "FPR nu=K") == pytest.approx(10.0)
+    assert de.cell("DML Ensemble", "detected nu=K") == pytest.approx(75.0)
+    assert "rdml" not in tables  # no R-DML run: skipped, not an error
+
+
+def test_rendered_formats_carry_the_numbers(fixture_report):
+    root, report, files, _ = fixture_report
+    out = root / "report"
+    assert {p.name for p in files} == {"report.md", "report.html", "report.tex", "robustbench.json"}
+    md = (out / "report.md").read_text()
+    assert "| DML Ensemble | 95.50 | 93.66 | 70.00 | 68.55 |" in md
+    assert "![CLEVER score distribution (paper Fig. 1, 7, 8)](figures/digits-clever.png)" in md
+    assert "DML vs R-DML ensembles" in md and "no R-DML run" in md  # skipped with a note
+    for f in (
+        "clever",
+        "surfaces",
+        "roc",
+        "uncertainty",
+        "gradients",
+        "training",
+        "certify",
+        "distortion",
+        "examples",
+        "transfer",
+    ):
+        png = out / "figures" / f"digits-{f}.png"
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", f
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 10 and 'src="figures/' not in html
+    assert "<td>70.00</td>" in html and '<td class="paper">68.55</td>' in html
+    tex = (out / "report.tex").read_text()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"FGSM $\epsilon$=0.2" in tex and r"\includegraphics" in tex
+    entries = json.loads((out / "robustbench.json").read_text())["entries"]
+    dml = next(e for e in entries if e["name"] == "fx-dml")
+    assert dml["autoattack_acc"] == "50.00" and dml["clean_acc"] == "100.00"
+    assert dml["eps"] == "0.2" and dml["threat_model"] == "Linf" and dml["reported"] == "73.46"
+    assert dml["number_forward_passes"] == 1 and dml["dataset"] == "digits"
+    assert "3 x small-cnn" in dml["architecture"]
+    base = next(e for e in entries if e["name"] == "fx-base")
+    assert base["autoattack_acc"] is None
+
+
+def test_eps_as_fraction_of_255_and_helpers():
+    assert tb.attack_title("pgd-20x5", 8 / 255) == "PGD-20x5 eps=8/255"
+    assert tb.attack_title("cw-200", None, 1.0) == "CW-200 c=1"
+    assert tb.split_label("autoattack-rand") == ("autoattack", None, None)
+    assert tb.fmt(1 / 3) == "0.33" and tb.fmt(None) == "-" and tb.fmt(float("nan")) == "-"
+
+
+def test_report_of_a_store_with_runs_only_skips_the_rest(tmp_path, cli):
+    store = Store(tmp_path / "art")
+    _run(store, "only-dml", "dml", {"vote": 90.0})
+    res = cli("report", tmp_path / "art", "--format", "html")
+    assert res.code == 0, res.err
+    assert (tmp_path / "art" / "report" / "report.html").is_file()
+    assert "skipped" in res.out and "figure" in res.out
+    figures = sorted(p.name for p in (tmp_path / "art" / "report" / "figures").iterdir())
+    assert figures == ["digits-training.png"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "pdf"], "unknown report format 'pdf'"),
+        (["--out", "FILE"], "is not a directory"),
+    ],
+)
+def test_report_bad_input(tmp_path, cli, args, message):
+    build = Store(tmp_path / "art")
+    _run(build, "r", "dml", {"vote": 90.0})
+    (tmp_path / "FILE").write_text("x")
+    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args]
+    res = cli("report", tmp_path / "art", *args)
+    assert res.code == 2 and res.err.startswith("error:") and message in res.err
+    assert len(res.err.strip().splitlines()) == 1
+    assert not (tmp_path / "art" / "report").exists()
+
+
+def test_report_of_a_missing_store(tmp_path, cli):
+    res = cli("report", tmp_path / "nope")
+    assert res.code == 2 and "does not exist" in res.err
+
+
+def test_fixture_schemas_match_what_the_commands_write():
+    """Guard against schema drift: the attack and transfer rows the fixtures imitate are the
+    columns the other commands' library functions produce on a tiny real model."""
+    from dmlcli.eval import robustness as rob
+    from dmlcli.eval import transfer as tr
+
+    ens = tiny_ensemble(members=K)
+    images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(6) % 10
+    idx = torch.arange(6)
+    spec = rob.AttackSpec("fgsm", "fgsm", {"eps": 0.1}, suite="paper")
+    attack = spec.build(0)
+    df, examples, _ = rob.run_spec(ens, spec, images, labels, idx, seed=0)
+    ctx = {"run": "r", "checkpoint": "c", "dataset": "digits", "seed": 0}
+    real = rob.describe(df, spec, attack, ctx)
+    assert list(real.columns) == _attack_columns()
+    assert set(examples.columns) == {
+        "sample",
+        "label",
+        "clean_pred",
+        "adv_pred",
+        "shape",
+        "x",
+        "x_adv",
+    }
+    rows = tr.transfer_rows(ens, "member:1", "fgsm", {"eps": 0.1}, images, labels, idx, seed=0)
+    assert set(rows.columns) >= {"sample", "source", "scored", "clean_correct", "adv_correct"}
+
+
+def _attack_columns() -> list[str]:
+    class _Capture(Store):
+        def write_result(self, kind, run, setting, df, extra=None):  # noqa: ANN001
+            self.frames = getattr(self, "frames", {})
+            self.frames.setdefault(kind, df)
+            return Path("/dev/null")
+
+    cap = _Capture(Path("/nonexistent"))
+    _attack(cap, "r", "fgsm", 0.1, 3)
+    return list(cap.frames["attack"].columns)
+
+
+# -- HTML in a real browser --------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs /usr/bin/chromium (apt-get install chromium) to render the HTML report headless",
+)
+def test_html_report_renders_in_headless_chromium(fixture_report, tmp_path):
+    root, _, _, _ = fixture_report
+    html = root / "report" / "report.html"
+    shot = tmp_path / "shot.png"
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1400,3000",
+        html.as_uri(),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data[:4] == b"\x89PNG"
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.shape == (3000, 1400)
+    assert img.std() > 10  # tables and figures, not a blank page
+
+
+@pytest.mark.skipif(
+    shutil.which("pdflatex") is None,
+    reason="needs pdflatex (apt-get install "
+    "texlive-latex-base texlive-latex-recommended) to compile the LaTeX report",
+)
+def test_latex_report_compiles(fixture_report, tmp_path):
+    root, _, _, _ = fixture_report
+    out = tmp_path / "tex"
+    shutil.copytree(root / "report", out)
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (out / "report.pdf").read_bytes()[:4] == b"%PDF"
