@@ -89,7 +89,9 @@ def test_batched_and_looped_members_agree(head):
     (out_a * w).sum().backward()
     (out_b * w).sum().backward()
     assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
-    for (name, pa), (_, pb) in zip(batched.named_parameters(), looped.named_parameters(), strict=True):
+    for (name, pa), (_, pb) in zip(
+        batched.named_parameters(), looped.named_parameters(), strict=True
+    ):
         assert torch.allclose(pa.grad, pb.grad, atol=1e-5), name
 
 
