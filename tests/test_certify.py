@@ -115,7 +115,7 @@ def test_certify_samples_rows_are_independent_of_the_subset() -> None:
     ens = tiny_ensemble("dml", members=3)
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([1, 2, 3])
-    s = ce.CertifySettings(sigma=0.25, n0=20, n=300, predict_n=50, batch_size=128)
+    s = ce.CertifySettings(sigma=0.25, n0=20, n=200, predict_n=40, batch_size=256)
     full = ce.certify_samples(ens, "vote", x, y, [10, 11, 12], s, seed=5)
     part = ce.certify_samples(ens, "vote", x[1:], y[1:], [11, 12], s, seed=5)
     cols = ["idx", "label", "predict", "radius", "correct", "smoothed"]

@@ -569,7 +569,7 @@ def test_whitebox_table_numbers_and_paper_columns(fixture_report):
     j = t.columns.index("BIM-10 eps=0.2 (not run)")
     assert row[j] is None and row[j + 1] == 63.08
     assert any("n = 20" in n for n in t.notes) and any("majority vote" in n for n in t.notes)
-    assert any("PGD-10: 10 steps" in n for n in t.notes)
+    assert any("PGD-10: 10 steps, step 0.25 x eps, 1 restart" in n for n in t.notes)
 
 
 def test_transfer_and_cw_tables(fixture_report):

@@ -230,10 +230,11 @@ def _print_tables(
             )
     summary(f"{run}: threshold-nu vote detector (Eq. 8), eps {format_eps(eps)}", cols, rows)
 
-    head = ["attack", "AUC", f"det % nu={nu}", f"undet+wrong % nu={nu}"]
+    head = ["attack", "AUC", f"det % nu={nu}", f"u+w % nu={nu}"]
     if method == "uncertainty":
-        head += ["LR FPR %", "LR det %", "LR undet+wrong %"]
-    head += ["vote acc adv %"]
+        head += ["LR FPR %", "LR det %", "LR u+w %"]
+    else:
+        head += ["adv vote acc %"]
     rows = []
     for a in attacks:
         r = tables[a].loc[nu]
@@ -241,7 +242,9 @@ def _print_tables(
         if method == "uncertainty":
             lr = det.lr_rates(frames[a])
             row += [lr["fpr"], lr["detected"], lr["undetected_wrong"]]
-        row += [r["adv_vote_acc"]]
+        else:
+            row += [r["adv_vote_acc"]]
         rows.append(row)
     what = "dissent (K - top votes)" if method == "vote" else "uncertainty + LR, eval half"
-    summary(f"{run}: detection by {what}, eps {format_eps(eps)}", head, rows, files)
+    title = f"{run}: detection by {what}, eps {format_eps(eps)} (u+w: undetected and wrong)"
+    summary(title, head, rows, files)

@@ -190,10 +190,12 @@ def loss_surface(
     by ``(seed, idx)``. Returns the ``surface`` rows described in the module docstring.
     """
     s = settings.validate()
-    rs = torch.linspace(0, s.r_max, s.grid, device=x.device)
-    thetas = torch.linspace(-s.theta_max, s.theta_max, s.grid, device=x.device)
-    rr, tt = torch.meshgrid(rs, thetas, indexing="ij")
-    rr, tt = rr.reshape(-1), tt.reshape(-1)
+    steps = np.arange(s.grid, dtype=np.float64)
+    rs = steps / (s.grid - 1) * s.r_max
+    thetas = (2 * steps - (s.grid - 1)) / (s.grid - 1) * s.theta_max  # exact 0 for odd grids
+    r_np, t_np = (a.reshape(-1) for a in np.meshgrid(rs, thetas, indexing="ij"))
+    rr = torch.as_tensor(r_np, dtype=x.dtype, device=x.device)
+    tt = torch.as_tensor(t_np, dtype=x.dtype, device=x.device)
     frames = []
     for i in range(len(x)):
         gen = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + int(idx[i]))
@@ -218,8 +220,8 @@ def loss_surface(
                         "idx": int(idx[i]),
                         "label": int(y[i]),
                         "model": name,
-                        "r": rr.cpu().numpy().astype(np.float64),
-                        "theta": tt.cpu().numpy().astype(np.float64),
+                        "r": r_np,
+                        "theta": t_np,
                         "loss": loss[m],
                     }
                 )
@@ -230,9 +232,11 @@ def loss_surface(
 
 
 def surface_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per model: the loss at ``x`` (r = theta = 0) and its maximum on the grid, averaged
-    over samples."""
-    at_x = df[(df.r == 0) & (df.theta.abs() < 1e-12)].groupby("model")["loss"].mean()
+    """Per model: the loss at ``x`` (r = 0, the theta nearest 0) and its maximum on the
+    grid, averaged over samples."""
+    near = df[df.r == 0]
+    near = near[near.theta.abs() == near.theta.abs().min()]  # theta = 0 (odd grids)
+    at_x = near.groupby("model")["loss"].mean()
     peak = df.groupby(["model", "idx"])["loss"].max().groupby("model").mean()
     out = pd.DataFrame({"loss_at_x": at_x, "loss_max": peak}).reset_index()
     order = {m: i for i, m in enumerate(sorted(out.model, key=lambda m: (m == "sum", m)))}

@@ -169,7 +169,9 @@ class AttackCell:
             if steps:
                 parts.append(f"{steps} steps")
             ss = p.get("step_size", _first(df, "step_size"))
-            if ss:
+            if ss and self.eps:  # relative to eps, so one phrase holds for every eps
+                parts.append(f"step {float(ss) / self.eps:.3g} x eps")
+            elif ss:
                 parts.append(f"step {float(ss):.4g}")
             r = p.get("restarts", _first(df, "restarts"))
             if r:
@@ -352,7 +354,17 @@ def _grid_table(
         notes.append(
             f"'{plabel}' columns: the published numbers{(' (' + src + ')') if src else ''}."
         )
-    return Table(key, title, header, rows, notes, paper_idx)
+    return _drop_empty_paper(Table(key, title, header, rows, notes, paper_idx))
+
+
+def _drop_empty_paper(table: Table) -> Table:
+    """Remove the paper columns in which the paper has no number for any row."""
+    empty = {j for j in table.paper_columns if all(r[j] is None for r in table.rows)}
+    keep = [j for j in range(len(table.columns)) if j not in empty]
+    table.columns = [table.columns[j] for j in keep]
+    table.rows = [[r[j] for j in keep] for r in table.rows]
+    table.paper_columns = {i for i, j in enumerate(keep) if j in table.paper_columns}
+    return table
 
 
 def _recipe_roles(col: Collection, dataset: str, exclude: set[str]) -> list[str]:
@@ -728,6 +740,7 @@ def certify_table(col: Collection, dataset: str) -> Table | Skip:
                 *certified_curve(r.df, RADII),
             ]
         )
+    rows.sort(key=lambda r: (r[0], r[1] != "dml", r[1], r[2]))
     s = results[0].setting
     notes = [
         f"Cohen et al. CERTIFY with n0={s.get('n0', '?')}, n={s.get('n', '?')} noise draws, "
@@ -764,6 +777,7 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
                 100.0 * float((a["vote"] == a["label"]).mean()) if len(a) else None,
             ]
         )
+    rows.sort(key=lambda r: (r[0], r[1] != "vote", r[1], r[2], r[3]))
     s = results[0].setting
     notes = [
         "Negatives: correctly classified benign (and Gaussian-noisy) test samples; positives: "
