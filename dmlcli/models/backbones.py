@@ -56,12 +56,13 @@ class LeNet5(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, image_size: int = 28) -> None:
         super().__init__()
         self.features = nn.Sequential(
+            # relu(maxpool(x)) == maxpool(relu(x)); pooling first halves the ReLU work.
             nn.Conv2d(in_channels, 6, 5, padding=2),
-            nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.ReLU(),
             nn.Conv2d(6, 16, 5),
-            nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.ReLU(),
         )
         side = (image_size // 2 - 4) // 2
         self.classifier = nn.Sequential(

@@ -82,7 +82,9 @@ class Ensemble(nn.Module):
             for _ in range(k)
         ]
         params, buffers = stack_module_state(members)
-        self.backbone = nn.ParameterDict({_key(n): nn.Parameter(p) for n, p in params.items()})
+        self.backbone = nn.ParameterDict(
+            {_key(n): nn.Parameter(_member_channels_last(p)) for n, p in params.items()}
+        )
         for n, b in buffers.items():
             self.register_buffer("bb_" + _key(n), b)
         self._param_names = list(params)
@@ -135,10 +137,18 @@ class Ensemble(nn.Module):
                 return functional_call(template, (p, b), (inp,))
 
             return vmap(one, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
+        p_k = {n: t.unbind(0) for n, t in params.items()}  # unbind: one backward, not K
+        if x.device.type == "cpu" and x.dim() == 4:
+            # oneDNN's convolutions and pooling run faster on NHWC (channels-last) than on
+            # NCHW (benchmarks/train_throughput.py); the values are the same. Conv weights
+            # are stored channels-last per member too (they decide the layout for 1-channel
+            # inputs).
+            x = x.contiguous(memory_format=torch.channels_last)
+        b_k = {n: t.unbind(0) for n, t in buffers.items()}
         outs = []
         for k in range(self.num_members):
-            p = {n: t[k] for n, t in params.items()}
-            b = {n: t[k] for n, t in buffers.items()}
+            p = {n: t[k] for n, t in p_k.items()}
+            b = {n: t[k] for n, t in b_k.items()}
             outs.append(functional_call(template, (p, b), (x,)))
         return torch.stack(outs)
 
@@ -168,6 +178,19 @@ class Ensemble(nn.Module):
             for name, tensor in self.state_dict(keep_vars=True).items():
                 if not name.startswith("head."):
                     tensor.copy_(source[name].expand_as(tensor))
+
+
+def _member_channels_last(stacked: torch.Tensor) -> torch.Tensor:
+    """Stacked conv weights ``[K, O, I, H, W]`` laid out so every member's slice is
+    channels-last (same values; other tensors are returned as they are)."""
+    if stacked.dim() != 5:
+        return stacked
+    k, o, i, h, w = stacked.shape
+    # Explicit strides: with one input channel the layouts are equal up to the stride of
+    # the size-1 dimension, which oneDNN reads to pick the layout.
+    strides = (o * h * w * i, h * w * i, 1, w * i, i)
+    out = torch.empty_strided(stacked.shape, strides, dtype=stacked.dtype, device=stacked.device)
+    return out.copy_(stacked)
 
 
 class _Member(nn.Module):
