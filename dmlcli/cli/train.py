@@ -24,8 +24,8 @@ from dmlcli.errors import DmlError
 # Epochs, batch size, optimizer and lr per dataset when the flags are not given.
 DEFAULTS = {
     "digits": (12, 64, "adam", 2e-3),
-    "mnist": (10, 128, "adam", 1e-3),
-    "fashion-mnist": (10, 128, "adam", 1e-3),
+    "mnist": (10, 128, "adam", 2e-3),
+    "fashion-mnist": (10, 128, "adam", 2e-3),
     "cifar10": (100, 128, "sgd", 0.1),
     "resisc45": (60, 64, "sgd", 0.05),
 }
