@@ -813,10 +813,14 @@ def run_step(step: Step) -> None:
 
     command = _click_group()
     try:
-        command.main(args=list(step.argv), prog_name="dml", standalone_mode=False)
+        rc = command.main(args=list(step.argv), prog_name="dml", standalone_mode=False)
+        if rc == 130:  # Ctrl-C inside the step: stop the whole run, not only the step
+            raise KeyboardInterrupt
     except DmlError as exc:
         raise DmlError(f"step {step.id} failed: {exc}") from None
     except SystemExit as exc:
+        if exc.code == 130:
+            raise
         if exc.code not in (0, None):
             raise DmlError(f"step {step.id} failed (exit {exc.code}): {step.shell}") from None
     except click_exceptions.UsageError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -78,24 +79,40 @@ def _train_cmd(root, *extra):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_weights(tmp_path):
+    """SIGKILL ``dml train`` at 5 seeded points, each followed by ``--resume``: the final
+    weights equal an uninterrupted run's bit for bit."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = tmp_path / "ref"
     subprocess.run(_train_cmd(ref), check=True, env=env, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    resume = killed / "models" / "digits-dml" / "resume.safetensors"
-    deadline = time.time() + 120
-    while not resume.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "models" / "digits-dml" / "model.safetensors").exists()
+    run_dir = killed / "models" / "digits-dml"
+    resume, final = run_dir / "resume.safetensors", run_dir / "model.safetensors"
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(5):
+        before = resume.stat().st_mtime_ns if resume.exists() else None
+        proc = subprocess.Popen(
+            _train_cmd(killed, "--resume"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 120
+        # wait for this process's first checkpoint, then a seeded extra delay
+        while time.time() < deadline and proc.poll() is None:
+            if resume.exists() and resume.stat().st_mtime_ns != before:
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if final.exists():  # finished before the kill: nothing left to interrupt
+            break
+        kills += 1
+    assert kills == 5, f"only {kills} of 5 kills landed before training finished"
     subprocess.run(_train_cmd(killed, "--resume"), check=True, env=env, capture_output=True)
     a, _, _ = read_tensors(ref / "models" / "digits-dml" / "model.safetensors")
-    b, _, _ = read_tensors(killed / "models" / "digits-dml" / "model.safetensors")
+    b, _, _ = read_tensors(final)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key

@@ -11,7 +11,7 @@ try:  # typer >= 0.22 vendors click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions
 
-from dmlcli.cli import attack, certify, clever, detect, geometry, ls, train, transfer
+from dmlcli.cli import attack, certify, clever, detect, geometry, ls, merge, train, transfer
 from dmlcli.cli import report as report_cli
 from dmlcli.cli import run as run_cli
 from dmlcli.errors import DmlError
@@ -36,6 +36,7 @@ COMMANDS = [
     ("geometry", geometry.geometry_command),
     ("report", report_cli.command),
     ("run", run_cli.command),
+    ("merge", merge.command),
 ]
 for _name, _fn in COMMANDS:
     app.command(_name)(_fn)
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run ``dml``; a user's mistake prints one line and exits 2, never a traceback."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="dml", standalone_mode=False)
+        rc = command.main(args=argv, prog_name="dml", standalone_mode=False)
+        if rc == 130:  # typer turns a KeyboardInterrupt inside a command into 130
+            raise KeyboardInterrupt
     except DmlError as exc:
         fail(str(exc))
     except click_exceptions.NoArgsIsHelpError as exc:

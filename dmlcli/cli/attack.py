@@ -91,15 +91,27 @@ def command(
         str | None, typer.Option(help="Adaptive: transfer from this run (e.g. a baseline).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 500,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Compute only shard i/n of the batches (default: torchrun's RANK)."),
+    ] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Attack trained ensembles; one parquet row per (sample, attack setting)."""
+    """Attack trained ensembles; one parquet row per (sample, attack setting).
+
+    Every batch is kept as a part file as soon as it is done: after Ctrl-C or a kill, the
+    same command computes only the missing batches. ``--shard i/n`` computes the i-th block
+    of batches only; ``dml merge`` then writes the results (see :mod:`dmlcli.eval.parts`).
+    """
     from dmlcli.data import dataset_info, eval_indices, load_dataset
     from dmlcli.eval import robustness as rob
+    from dmlcli.eval.parts import exit_on_interrupt, parse_shard, rank_device
     from dmlcli.store import load_ensemble
+
+    shard_of = parse_shard(shard)
 
     suites = list(suite or ([] if attack else ["paper"]))
     for s in suites:
@@ -133,7 +145,7 @@ def command(
     )
     budgets.validate()
     eps_values = [parse_eps(e) for e in eps] if eps else None
-    dev = resolve_device(device)
+    dev = resolve_device(rank_device(device))
     store = open_store(artifacts)
 
     models = []
@@ -189,7 +201,7 @@ def command(
         plans.append((run, m, specs))
 
     tables, files, warnings = {}, [], []
-    with progress() as bar:
+    with exit_on_interrupt(), progress() as bar:
         for run, m, specs in plans:
             m.to(dev)
             context = {"run": run, "checkpoint": m.digest, "dataset": wanted, "n": n, "seed": seed}
@@ -198,14 +210,14 @@ def command(
             for spec in specs:
                 df, status, path, warns = _run_one(
                     bar, store, rob, m, spec, context, images, labels, indices, seed,
-                    batch_size, dev, sur, force,
+                    batch_size, dev, sur, force, shard_of,
                 )  # fmt: skip
                 results.append((spec, df))
                 files.append((path, status))
                 where = "" if spec.eps is None else f" eps {format_eps(spec.eps)}"
                 warnings += [f"{run} {spec.label}{where}: {w}" for w in warns]
                 rows.append(_table_row(spec, df, status))
-            if "adaptive" in suites:
+            if "adaptive" in suites and shard_of is None:
                 for spec, df, status, path in _worst_cases(store, rob, results, context, force):
                     files.append((path, status))
                     rows.append(_table_row(spec, df, status))
@@ -221,6 +233,13 @@ def command(
     for i, (run, rows) in enumerate(tables.items()):
         title = f"{run}: robust accuracy on {n} {wanted} test samples (seed {seed})"
         summary(title, columns, rows, new if i == len(tables) - 1 else [])
+    if shard_of is not None:
+        console.print(
+            f"shard {shard_of}: batches kept in {store.root / 'results'}/<run>/.parts; "
+            f"run `dml merge --artifacts {store.root}` once every shard is done",
+            soft_wrap=True,
+        )
+        return
     cached = len(files) - len(new)
     if cached:
         console.print(f"{cached} result(s) were already in {store.root} (--force recomputes)")
@@ -259,19 +278,24 @@ def _run_one(
     device,
     surrogate,
     force,
+    shard=None,
 ) -> tuple[Any, str, Path, list[str]]:
-    """Run ``spec`` on ``model`` or read its stored result: (rows, status, path, warnings)."""
+    """Run ``spec`` on ``model`` batch by batch (kept as part files), or read its stored
+    result: (rows, status, path, warnings). A shard returns its own rows only."""
+    import pandas as pd
     import torch
 
     from dmlcli.attacks import random_targets
     from dmlcli.cli.common import format_eps
+    from dmlcli.eval.parts import Parts, finalize, parts_dir, run_batches
     from dmlcli.store import read_parquet
 
     attack = spec.build(seed)
     setting = rob.setting_of(spec, attack, context)
     if spec.surrogate:
         setting["surrogate_checkpoint"] = surrogate.digest
-    path = store.result_path("attack", context["run"], setting)
+    run = context["run"]
+    path = store.result_path("attack", run, setting)
     if path.is_file() and not force:
         df, meta = read_parquet(path)
         return df, "cached", path, meta.get("warnings", [])
@@ -280,35 +304,63 @@ def _run_one(
         gen = torch.Generator().manual_seed(seed)
         targets = random_targets(labels[indices], model.num_classes, gen)
     eps = "-" if spec.eps is None else format_eps(spec.eps)
-    task = bar.add_task(
-        f"{context['run']} {spec.label} {spec.surface} eps {eps}", total=len(indices), info=""
+    result = {
+        "kind": "attack",
+        "run": run,
+        "setting": setting,
+        "extra": {"batch_size": batch_size},
+        "sides": {"examples": {"kind": "adv-examples", "head": rob.EXAMPLES}},
+    }
+    parts = Parts(
+        parts_dir(store, "attack", run, setting),
+        indices.tolist(),
+        batch_size,
+        result,
+        columns=["label", "clean_correct", "robust", "seconds"],
+        sides=["examples"],
+        label=f"{spec.label} {spec.surface} eps {eps}",
     )
-    batches = -(-len(indices) // batch_size)
+    mine = parts.batches_of(shard)
+    parts.prepare(force, mine)
+    task = bar.add_task(
+        f"{run} {spec.label} {spec.surface} eps {eps}", total=parts.rows_of(mine), info=""
+    )
+    state = {"done": 0, "robust": 0, "batches": 0}
+    frames: list[pd.DataFrame] = []
 
-    def on_batch(done: int, robust: int, seconds: float) -> None:
-        b = -(-done // batch_size)
+    def compute(b: int, start: int, stop: int) -> tuple[dict, dict]:
+        rows, examples, warns = rob.attack_batch(
+            model, spec, images, labels, indices, start, stop, seed=seed,
+            batch_size=batch_size, device=device,
+            surrogate=surrogate if spec.surrogate else None, targets=targets,
+        )  # fmt: skip
+        df = rob.describe(pd.DataFrame(rows), spec, attack, context)
+        return {"part": df, "examples": pd.DataFrame(examples)}, {"warnings": warns}
+
+    def on_batch(b: int, got: dict) -> None:
+        df = got["part"]
+        frames.append(df)
+        state["done"] += len(df)
+        state["robust"] += int(df["robust"].sum())
+        state["batches"] += 1
+        info = f"batch {state['batches']}/{len(mine)} robust "
         bar.update(
-            task, completed=done, info=f"batch {b}/{batches} robust {100.0 * robust / done:.1f}%"
+            task,
+            completed=state["done"],
+            info=info + f"{100.0 * state['robust'] / state['done']:.1f}%",
         )
 
-    df, examples, warns = rob.run_spec(
-        model,
-        spec,
-        images,
-        labels,
-        indices,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        surrogate=surrogate if spec.surrogate else None,
-        targets=targets,
-        on_batch=on_batch,
-    )
-    df = rob.describe(df, spec, attack, context)
-    extra = {"warnings": warns, "batch_size": batch_size}
-    store.write_result("adv-examples", context["run"], setting, examples, extra)
-    store.write_result("attack", context["run"], setting, df, extra)
-    return df, "new", path, warns
+    run_batches(parts, compute, shard=shard, on_batch=on_batch)
+    if shard is not None:
+        df = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame({"clean_correct": [], "robust": [], "seconds": []})
+        )
+        return df, f"shard {shard}", parts.folder, []
+    finalize(store, parts)
+    df, meta = read_parquet(path)
+    return df, "new", path, meta.get("warnings", [])
 
 
 def _worst_cases(store, rob, results, context, force) -> list:

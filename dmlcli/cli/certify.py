@@ -45,25 +45,48 @@ def command(
     ] = 1000,
     batch_size: Annotated[int, typer.Option(help="Noise draws per forward pass.")] = 1000,
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files.")] = None,
+    part_size: Annotated[
+        int, typer.Option(help="Samples per part file (resume and --shard granularity).")
+    ] = 10,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Compute only shard i/n of the parts (default: torchrun's RANK)."),
+    ] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     artifacts: ArtifactsOpt = None,
 ) -> None:
-    """CERTIFY and PREDICT the smoothed ensemble; certified accuracy at radii 0..1."""
-    import torch
+    """CERTIFY and PREDICT the smoothed ensemble; certified accuracy at radii 0..1.
 
+    Every ``--part-size`` samples are kept as a part file: after Ctrl-C or a kill the same
+    command computes only the missing ones; ``--shard i/n`` computes the i-th block only and
+    ``dml merge`` writes the result (see :mod:`dmlcli.eval.parts`).
+    """
     from dmlcli.data import eval_indices, load_dataset, to_float
     from dmlcli.eval import certify as ce
+    from dmlcli.eval.parts import (
+        Parts,
+        exit_on_interrupt,
+        finalize,
+        parse_shard,
+        parts_dir,
+        rank_device,
+        run_batches,
+    )
     from dmlcli.models.aggregate import create_decision
     from dmlcli.store import load_ensemble, read_parquet
+
+    if part_size < 1:
+        raise DmlError(f"--part-size must be at least 1; got {part_size}")
+    shard_of = parse_shard(shard)
 
     settings = ce.CertifySettings(
         sigma=sigma, n0=n0, n=n, alpha=alpha, predict_n=predict_n, batch_size=batch_size
     ).validate()
     if (head_sigma is not None or head_samples is not None) and head is None:
         raise DmlError("--head-sigma/--head-samples only apply with --head dml|rdml|augdml")
-    dev = resolve_device(device)
+    dev = resolve_device(rank_device(device))
     store = open_store(artifacts)
     ckpt = store.resolve_checkpoint(checkpoint)
     run = store.run_name_of(ckpt)
@@ -92,7 +115,6 @@ def command(
         df, _ = read_parquet(path)
     else:
         ensemble = ensemble.to(dev)
-        torch.manual_seed(seed)  # randomized heads draw from the global generator
         x = to_float(x_all[idx]).to(dev)
         y = y_all[idx]
         console.print(
@@ -100,30 +122,58 @@ def command(
             + (f", sigma_R={cfg['head_sigma']:g}" if ensemble.randomized else "")
             + f") on {n_samples} samples, sigma={sigma:g}, n0={n0}, n={n}, alpha={alpha:g}"
         )
-        state = {"certified": 0, "correct": 0}
-        with progress() as bar:
-            task = bar.add_task("certify", total=n_samples, info="")
+        result = {
+            "kind": "certify",
+            "run": run,
+            "setting": setting,
+            "extra": {
+                "dataset": cfg["dataset"],
+                "members": ensemble.num_members,
+                "trained_head": trained_head,
+            },
+        }
+        parts = Parts(
+            parts_dir(store, "certify", run, setting),
+            idx.tolist(),
+            part_size,
+            result,
+            id_column="idx",
+            columns=["label", "predict", "radius", "correct", "seconds", "smoothed_correct"],
+            label=f"certify {decision} sigma={sigma:g}",
+        )
+        mine = parts.batches_of(shard_of)
+        parts.prepare(force, mine)
+        state = {"done": 0, "certified": 0, "correct": 0}
+        with exit_on_interrupt(), progress() as bar:
+            task = bar.add_task("certify", total=parts.rows_of(mine), info="")
 
             def done(row: dict) -> None:
-                state["certified"] += int(row["predict"] != ce.ABSTAIN)
-                state["correct"] += row["correct"]
+                bar.update(task, advance=1)
+
+            def compute(b: int, start: int, stop: int) -> tuple[dict, dict]:
+                part = ce.certify_samples(
+                    ensemble, decision, x[start:stop], y[start:stop], idx[start:stop].tolist(),
+                    settings, seed=seed, on_sample=done,
+                )  # fmt: skip
+                return {"part": part}, {}
+
+            def on_batch(b: int, frames: dict) -> None:
+                part = frames["part"]
+                state["done"] += len(part)
+                state["certified"] += int((part["predict"] != ce.ABSTAIN).sum())
+                state["correct"] += int(part["correct"].sum())
                 bar.update(
                     task,
-                    advance=1,
+                    completed=state["done"],
                     info=f"certified {state['certified']}, correct {state['correct']}",
                 )
 
-            df = ce.certify_samples(
-                ensemble, decision, x, y, idx.tolist(), settings, seed=seed, on_sample=done
-            )
-        curve = ce.certified_accuracy(df, ce.fine_radii(df))
-        extra = {
-            "dataset": cfg["dataset"],
-            "members": ensemble.num_members,
-            "trained_head": trained_head,
-            "curve": {"radius": curve["radius"].tolist(), "accuracy": curve["accuracy"].tolist()},
-        }
-        files.append(store.write_result("certify", run, setting, df, extra))
+            run_batches(parts, compute, shard=shard_of, on_batch=on_batch)
+        if shard_of is not None:
+            console.print(parts.shard_note(shard_of, store), soft_wrap=True)
+            return
+        files.append(finalize(store, parts)[-1])
+        df, _ = read_parquet(path)
     acc = ce.certified_accuracy(df, ce.REPORT_RADII)
     abstain = int((df["predict"] == ce.ABSTAIN).sum())
     smoothed = 100.0 * df["smoothed_correct"].mean()

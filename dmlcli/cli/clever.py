@@ -42,18 +42,44 @@ def command(
     c_init: Annotated[float, typer.Option(help="Initial Weibull shape of the fit.")] = 1.0,
     grad_batch: Annotated[int, typer.Option(help="Points per forward/backward pass.")] = 2048,
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files.")] = None,
+    part_size: Annotated[
+        int, typer.Option(help="Samples per part file (resume and --shard granularity).")
+    ] = 10,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Compute only shard i/n of the parts (default: torchrun's RANK)."),
+    ] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Untargeted CLEVER scores (Weng et al. 2018) per sample, and the head's Lipschitz bound."""
-    import numpy as np
-    import torch
+    """Untargeted CLEVER scores (Weng et al. 2018) per sample, and the head's Lipschitz bound.
 
+    Every ``--part-size`` samples are kept as a part file: after Ctrl-C or a kill the same
+    command computes only the missing ones; ``--shard i/n`` computes the i-th block only and
+    ``dml merge`` writes the result (see :mod:`dmlcli.eval.parts`).
+    """
+    import numpy as np
+
+    from dmlcli.attacks import seeded
     from dmlcli.data import eval_indices, load_dataset, to_float
+    from dmlcli.errors import DmlError
     from dmlcli.eval import clever as cl
+    from dmlcli.eval.parts import (
+        Parts,
+        exit_on_interrupt,
+        finalize,
+        parse_shard,
+        parts_dir,
+        rank_device,
+        run_batches,
+    )
     from dmlcli.store import load_ensemble, read_parquet
+
+    if part_size < 1:
+        raise DmlError(f"--part-size must be at least 1; got {part_size}")
+    shard_of = parse_shard(shard)
 
     settings = cl.CleverSettings(
         norm=cl.parse_norm(norm),
@@ -64,7 +90,7 @@ def command(
         c_init=c_init,
         grad_batch=grad_batch,
     ).validate()
-    dev = resolve_device(device)
+    dev = resolve_device(rank_device(device))
     store = open_store(artifacts)
     ckpt = store.resolve_checkpoint(checkpoint)
     run = store.run_name_of(ckpt)
@@ -90,7 +116,6 @@ def command(
         for p in ensemble.parameters():
             p.requires_grad_(False)
         scored = scored.to(dev)
-        torch.manual_seed(seed)  # randomized heads draw from the global generator
         x = to_float(x_all[idx]).to(dev)
         y = y_all[idx].numpy()
         console.print(
@@ -98,25 +123,56 @@ def command(
             f"R={radius:g}, {nb_batches}x{batch_size} maxima from {settings.pool} gradients "
             f"per sample ({cfg['head']} head, K={ensemble.num_members})"
         )
-        scores: list[float] = []
-        with progress() as bar:
-            task = bar.add_task("clever", total=n, info="")
+        result = {
+            "kind": "clever",
+            "run": run,
+            "setting": setting,
+            "extra": {
+                "dataset": cfg["dataset"],
+                "members": ensemble.num_members,
+                "head": cfg["head"],
+                "head_lipschitz": bounds,
+            },
+        }
+        parts = Parts(
+            parts_dir(store, "clever", run, setting),
+            idx.tolist(),
+            part_size,
+            result,
+            id_column="idx",
+            columns=["sample", "score", "score_label", "fit_status", "seconds"],
+            label=f"clever {target} L{cl.norm_name(settings.norm)} R={radius:g}",
+        )
+        mine = parts.batches_of(shard_of)
+        parts.prepare(force, mine)
+        seeds = [seed * 1_000_003 + int(i) for i in idx]
+        with exit_on_interrupt(), progress() as bar:
+            task = bar.add_task("clever", total=parts.rows_of(mine), info="")
+            scores: list[float] = []
 
             def done(i: int, res: cl.CleverResult) -> None:
-                scores.append(res.score)
-                bar.update(task, advance=1, info=f"median {float(np.median(scores)):.3f}")
+                bar.update(task, advance=1)
 
-            seeds = [seed * 1_000_003 + int(i) for i in idx]
-            results = cl.clever_u(scored, x, settings, seeds=seeds, on_sample=done)
-        df = cl.results_frame(results, idx.numpy(), y, target)
-        extra = {
-            "dataset": cfg["dataset"],
-            "members": ensemble.num_members,
-            "head": cfg["head"],
-            "head_lipschitz": bounds,
-            "quantiles": cl.score_quantiles(df["score"].to_numpy()),
-        }
-        files.append(store.write_result("clever", run, setting, df, extra))
+            def compute(b: int, start: int, stop: int) -> tuple[dict, dict]:
+                # randomized heads draw from the global generator: seeded per part
+                with seeded(seed + start, dev):
+                    res = cl.clever_u(
+                        scored, x[start:stop], settings, seeds=seeds[start:stop], on_sample=done
+                    )
+                part = cl.results_frame(res, idx[start:stop].numpy(), y[start:stop], target, start)
+                return {"part": part}, {}
+
+            def on_batch(b: int, frames: dict) -> None:
+                scores.extend(frames["part"]["score"].tolist())
+                median = float(np.median(scores))
+                bar.update(task, completed=len(scores), info=f"median {median:.3f}")
+
+            run_batches(parts, compute, shard=shard_of, on_batch=on_batch)
+        if shard_of is not None:
+            console.print(parts.shard_note(shard_of, store), soft_wrap=True)
+            return
+        files.append(finalize(store, parts)[-1])
+        df, _ = read_parquet(path)
     _print(run, target, settings, df, bounds, files)
 
 

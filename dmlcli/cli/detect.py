@@ -85,16 +85,32 @@ def command(
         int | None, typer.Option(help="Monte-Carlo draws inside the swapped head.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Attack / inference batch size.")] = 500,
+    shard: Annotated[
+        str | None, typer.Option(help="Not supported: the detector is fit on every sample.")
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files.")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
     artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Detect adversarials by disagreement (threshold-nu vote) or uncertainty; ROC/AUC."""
+    """Detect adversarials by disagreement (threshold-nu vote) or uncertainty; ROC/AUC.
+
+    Every crafted batch of adversarials is kept as a part file, so after Ctrl-C or a kill
+    the same command crafts only the missing batches. ``--shard`` is refused (also under
+    torchrun): the logistic regression and the ROC need every sample, so detection runs
+    in one process (see :mod:`dmlcli.eval.parts`).
+    """
     from dmlcli.data import eval_indices, load_dataset, to_float
     from dmlcli.eval import detect as det
+    from dmlcli.eval.parts import exit_on_interrupt, parse_shard
     from dmlcli.store import load_ensemble, read_parquet
+
+    if parse_shard(shard) is not None:
+        raise DmlError(
+            "dml detect cannot be sharded: its detector is fit on every sample; run it in one "
+            "process (unset WORLD_SIZE under torchrun); an interrupted run resumes its batches"
+        )
 
     attacks = det.check_attacks(attack or DEFAULT_ATTACKS)
     eps_value = parse_eps(eps)
@@ -171,12 +187,12 @@ def command(
             f"{run}: {len(data.y)} of {n} samples correctly classified; "
             f"K={k}, head {cfg['head']}, draws {draws}, eps {format_eps(eps_value)}"
         )
-        with progress() as bar:
+        with exit_on_interrupt(), progress() as bar:
             for a in todo:
                 task = bar.add_task(f"{method}/{a}", total=len(data.y), info="")
-                df, curve, detector = det.detect_attack(
-                    model, data, a, settings, lambda b, t=task: bar.update(t, advance=b)
-                )
+                parts = _parts(store, run, settings_of[a], data, batch_size, a, force)
+                adv = _craft(parts, model, a, settings, data, bar, task)
+                df, curve, detector = det.detect_attack(model, data, a, settings, adv=adv)
                 extra = {
                     "auc": curve.auc,
                     "members": k,
@@ -191,12 +207,56 @@ def command(
                 files.append(store.write_result("detect", run, settings_of[a], df, extra))
                 files.append(store.write_result("detect-roc", run, settings_of[a], roc_df, extra))
                 frames[a], aucs[a] = df, curve.auc
+                parts.remove()
                 bar.update(task, info=f"AUC {curve.auc:.3f}")
     for a in attacks:
         if a not in frames:
             frames[a], meta = read_parquet(store.result_path("detect", run, settings_of[a]))
             aucs[a] = float(meta["auc"])
     _print_tables(run, method, eps_value, nu, attacks, frames, aucs, files)
+
+
+def _parts(store, run, setting, data, batch_size, attack, force) -> Any:
+    """The part folder of one attack's adversarials (rows: sample, x_adv)."""
+    from dmlcli.eval.parts import Parts, parts_dir
+
+    result = {"kind": "detect", "run": run, "setting": setting}
+    parts = Parts(
+        parts_dir(store, "detect", run, setting),
+        data.samples.tolist(),
+        batch_size,
+        result,
+        columns=["x_adv"],
+        label=f"detect {attack} adversarials",
+    )
+    parts.prepare(force)
+    return parts
+
+
+def _craft(parts, model, attack, settings, data, bar, task) -> Any:
+    """Adversarials ``[N, C, H, W]`` of every correct sample, batch by batch, kept as parts."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from dmlcli.eval import detect as det
+    from dmlcli.eval.parts import run_batches
+
+    batches: dict[int, torch.Tensor] = {}
+
+    def compute(b: int, start: int, stop: int) -> tuple[dict, dict]:
+        x, y = data.x[start:stop], data.y[start:stop]
+        adv = det.craft_batch(model, attack, settings, x, y, start)
+        rows = {"sample": data.samples[start:stop], "x_adv": list(adv.flatten(1).numpy())}
+        return {"part": pd.DataFrame(rows)}, {}
+
+    def on_batch(b: int, frames: dict) -> None:
+        flat = np.stack(frames["part"]["x_adv"].to_numpy()).astype(np.float32)
+        batches[b] = torch.from_numpy(flat).view(-1, *data.x.shape[1:])
+        bar.update(task, advance=len(flat))
+
+    run_batches(parts, compute, on_batch=on_batch)
+    return torch.cat([batches[b] for b in sorted(batches)])
 
 
 def _print_tables(

@@ -63,6 +63,11 @@ class CertifySettings:
         ):
             if value < 1:
                 raise DmlError(f"{flag} must be at least 1; got {value}")
+        if self.n0 > self.n:
+            raise DmlError(
+                f"--n0 {self.n0} is larger than --n {self.n}: the class guess should take "
+                "fewer draws than the bound (Cohen et al.: n0 100, n 100000)"
+            )
         return self
 
     def setting(self) -> dict[str, Any]:
@@ -112,11 +117,15 @@ def sample_counts(
     ``x``: one image ``[C, H, W]``; draws run in batches of ``batch_size``.
     """
     counts = torch.zeros(num_classes, dtype=torch.long, device=x.device)
+    # One noise buffer for every batch, filled in place: no allocation per draw batch.
+    buf = torch.empty(min(batch_size, num), *x.shape, dtype=x.dtype, device=x.device)
     remaining = num
     while remaining > 0:
         b = min(batch_size, remaining)
-        noise = torch.randn(b, *x.shape, generator=generator, device=x.device) * sigma
-        labels = classify(x[None] + noise)
+        batch = buf[:b]
+        torch.randn(batch.shape, generator=generator, out=batch)
+        batch.mul_(sigma).add_(x)
+        labels = classify(batch)
         labels = labels[labels >= 0]
         counts += torch.bincount(labels, minlength=num_classes)
         remaining -= b
@@ -172,20 +181,25 @@ def certify_samples(
 ) -> pd.DataFrame:
     """CERTIFY and PREDICT every image of ``x`` ``[N, C, H, W]`` (labels ``y`` ``[N]``).
 
-    Each sample draws from its own generator seeded by ``(seed, idx)``, so a row does not
-    depend on which other samples were evaluated. Returns the rows described in the module
-    docstring.
+    Each sample draws from its own generator seeded by ``(seed, idx)`` (and so does a
+    randomized head, through the global generator forked per sample), so a row does not
+    depend on which other samples were evaluated: any subset, resumed or sharded, gives the
+    same rows. Returns the rows described in the module docstring.
     """
+    from dmlcli.attacks.base import seeded
+
     s = settings.validate()
     classify = base_classifier(ensemble, decision)
     c = ensemble.num_classes
     rows = []
     for i in range(len(x)):
         t0 = time.perf_counter()
-        gen = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + int(idx[i]))
+        sample_seed = seed * 1_000_003 + int(idx[i])
+        gen = torch.Generator(device=x.device).manual_seed(sample_seed)
         label = int(y[i])
-        pred, radius, p_a = certify(classify, x[i], s, c, gen)
-        smoothed = predict(classify, x[i], s, c, gen)
+        with seeded(sample_seed, x.device):
+            pred, radius, p_a = certify(classify, x[i], s, c, gen)
+            smoothed = predict(classify, x[i], s, c, gen)
         row = {
             "idx": int(idx[i]),
             "label": label,

@@ -254,18 +254,24 @@ def margin_grad_norms(
     """``||grad_x (f_c - f_j)(point)||_q`` for every point and class: ``[N, C]`` (0 at j = c).
 
     ``points``: ``[N, C_in, H, W]``; ``pred``: ``[N]`` the reference class c of each point.
-    One forward pass and ``C`` backward passes over the whole batch.
+    One forward pass and ``C - 1`` vector-Jacobian products over the whole batch: the k-th
+    backs ``e_c - e_j`` through the logits with ``j`` the k-th class other than each point's
+    ``c`` (the margin to c itself is identically 0 and needs no pass).
     """
+    n = len(points)
     points = points.detach().requires_grad_(True)
+    pred = pred.to(points.device)
+    rows = torch.arange(n, device=points.device)
+    out = torch.zeros(n, num_classes, device=points.device)
     with torch.enable_grad():
         logits = model(points)
-        out = torch.zeros(len(points), num_classes, device=points.device)
-        f_c = logits.gather(1, pred[:, None]).squeeze(1)
-        for j in range(num_classes):
-            (grad,) = torch.autograd.grad(
-                (f_c - logits[:, j]).sum(), points, retain_graph=j < num_classes - 1
-            )
-            out[:, j] = grad.flatten(1).norm(p=q, dim=1)
+        for k in range(num_classes - 1):
+            j = k + (pred <= k).long()  # skip c: classes 0..c-1, then c+1..C-1
+            v = torch.zeros_like(logits)
+            v[rows, pred] = 1.0
+            v[rows, j] = -1.0
+            (grad,) = torch.autograd.grad(logits, points, v, retain_graph=k < num_classes - 2)
+            out[rows, j] = grad.flatten(1).norm(p=q, dim=1).to(out.dtype)
     return out.detach()
 
 
@@ -376,8 +382,10 @@ def results_frame(
     idx: np.ndarray,
     labels: np.ndarray,
     target: str,
+    first: int = 0,
 ) -> pd.DataFrame:
-    """One row per sample: ``sample`` (position in the evaluation subset), ``idx`` (test-set
+    """One row per sample: ``sample`` (position in the evaluation subset, counted from
+    ``first`` for a batch starting there), ``idx`` (test-set
     index), ``label``, ``pred``, ``correct``, ``model`` (the scored target), ``score``
     (CLEVER w.r.t. the predicted class), ``score_label`` (``score`` if the prediction is
     right, else 0: the paper's "non-zero CLEVER scores"), ``argmin_class``, ``seconds``, and
@@ -393,7 +401,7 @@ def results_frame(
 
         rows.append(
             {
-                "sample": pos,
+                "sample": first + pos,
                 "idx": int(i),
                 "label": int(y),
                 "pred": res.pred,

@@ -442,16 +442,44 @@ def _linf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).flatten(1).abs().max(1).values
 
 
+def craft_batch(
+    model: nn.Module, attack: str, s: DetectSettings, x: torch.Tensor, y: torch.Tensor, start: int
+) -> torch.Tensor:
+    """Adversarials ``[B, C, H, W]`` (CPU) of one batch: float pixels ``x``, labels ``y``
+    ``[B]``, at position ``start`` of the correct samples. Its randomness (randomized heads,
+    random starts) derives from ``(seed, attack, start)`` only, so a batch crafted alone
+    (resumed) equals the same batch of an uninterrupted run."""
+    from dmlcli.attacks import seeded
+
+    device = _device(model)
+    with seeded((s.seed + 1 + ATTACKS.index(attack)) * 1_000_003 + start, device):
+        return make_attack(attack, s)(model, x.to(device), y.to(device)).detach().cpu()
+
+
 def detect_attack(
     model: nn.Module,
     data: Benign,
     attack: str,
     s: DetectSettings,
     on_batch: Callable[[int], None] | None = None,
+    adv: torch.Tensor | None = None,
 ) -> tuple[pd.DataFrame, Roc, UncertaintyDetector | None]:
-    """Craft ``attack`` on the correct samples and score the detector (:func:`detection_rows`)."""
-    torch.manual_seed(s.seed + 1 + ATTACKS.index(attack))
-    adv = craft(model, make_attack(attack, s), data.x, data.y, s.batch_size, on_batch)
+    """Craft ``attack`` on the correct samples and score the detector (:func:`detection_rows`).
+
+    ``adv`` ``[N, C, H, W]``: adversarials already crafted by :func:`craft_batch` (batches
+    of ``s.batch_size``, e.g. read back from part files); crafted here when ``None``.
+    """
+    if adv is None:
+        batches = []
+        for start in range(0, len(data.x), s.batch_size):
+            stop = start + s.batch_size
+            batches.append(
+                craft_batch(model, attack, s, data.x[start:stop], data.y[start:stop], start)
+            )
+            if on_batch is not None:
+                on_batch(len(batches[-1]))
+        adv = torch.cat(batches)
+    torch.manual_seed(s.seed + 1 + ATTACKS.index(attack))  # randomized heads in observe
     obs = observe(model, adv, s.draws, s.batch_size)
     linf = (data.noisy_linf, _linf(adv, data.x))
     return detection_rows(

@@ -213,76 +213,111 @@ def run_spec(
     ``[n]``. ``surrogate`` (same input shape) crafts the adversarials when the spec is a
     transfer attack; ``targets`` ``[n]`` are the labels of a targeted attack. ``on_batch(done,
     robust, seconds)`` reports progress. Returns (rows, the first ``EXAMPLES`` adversarial
-    images as rows, warnings of the attack).
+    images as rows, warnings of the attack). Batch ``b`` (positions ``b * batch_size`` on)
+    is :func:`attack_batch` with its own seed, so any batch can be recomputed alone.
     """
+    columns: dict[str, list] = {}
+    examples: list[dict] = []
+    warnings: list[str] = []
+    done = robust_total = 0
+    for start in range(0, len(indices), batch_size):
+        stop = min(start + batch_size, len(indices))
+        rows, ex, warns = attack_batch(
+            model, spec, images, labels, indices, start, stop, seed=seed,
+            batch_size=batch_size, device=device, surrogate=surrogate, targets=targets,
+        )  # fmt: skip
+        for key, values in rows.items():
+            columns.setdefault(key, []).extend(values)
+        examples += ex
+        warnings += [w for w in warns if w not in warnings]
+        done += stop - start
+        robust_total += int(sum(rows["robust"]))
+        if on_batch is not None:
+            on_batch(done, robust_total, rows["seconds"][0] * (stop - start))
+    return pd.DataFrame(columns), pd.DataFrame(examples), warnings
+
+
+def batch_seed(seed: int, start: int, batch_size: int) -> int:
+    """The seed of the batch at position ``start``: ``seed + start // batch_size``."""
+    return seed + start // batch_size
+
+
+def attack_batch(
+    model: nn.Module,
+    spec: AttackSpec,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    start: int,
+    stop: int,
+    *,
+    seed: int,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    surrogate: nn.Module | None = None,
+    targets: torch.Tensor | None = None,
+) -> tuple[dict[str, list], list[dict], list[str]]:
+    """Attack positions ``start..stop-1`` of ``indices`` ``[n]`` (one batch) and score them.
+
+    All randomness of the batch (random starts, randomized heads) derives from
+    :func:`batch_seed` of ``(seed, start)``, never from a generator carried over from
+    other batches, so a batch gives the same rows in any run, resumed or sharded.
+    Returns (rows as columns, example rows of positions below ``EXAMPLES``, warnings).
+    """
+    s = batch_seed(seed, start, batch_size)
     objective = Objective(
         model, spec.surface if surrogate is None else "sum", spec.decision, spec.eot
     )
     crafter = objective if surrogate is None else Objective(surrogate, spec.surface, "vote", 1)
-    columns: dict[str, list] = {}
-    examples = []
-    warnings: list[str] = []
-    done = robust_total = 0
-    for b, start in enumerate(range(0, len(indices), batch_size)):
-        idx = indices[start : start + batch_size]
-        x = to_float(images[idx]).to(device)
-        y = labels[idx].to(device)
-        t = None if targets is None else targets[start : start + batch_size].to(device)
-        attack = spec.build(seed + b)
-        began = time.perf_counter()
-        with seeded(seed + b, device):
-            clean = _logits(objective, x)
-        clean_pred = objective.decide(clean)
-        correct = clean_pred == y
-        x_adv = x.clone()
-        todo = correct.nonzero().squeeze(1)
-        if len(todo):
-            x_adv[todo] = attack(crafter, x[todo], y[todo], None if t is None else t[todo])
-        with seeded(seed + b + 1_000_003, device):
-            adv = _logits(objective, x_adv)
-        seconds = time.perf_counter() - began
-        adv_pred = objective.decide(adv)
-        adv_correct = adv_pred == y
-        robust = correct & adv_correct
-        delta = x_adv - x
-        rows = {
-            "sample": idx.tolist(),
-            "label": y.tolist(),
-            "target": [-1] * len(idx) if t is None else t.tolist(),
-            "clean_pred": clean_pred.tolist(),
-            "adv_pred": adv_pred.tolist(),
-            **{f"member_{k + 1}": adv[k].argmax(-1).tolist() for k in range(adv.shape[0])},
-            "clean_correct": correct.tolist(),
-            "adv_correct": adv_correct.tolist(),
-            "robust": robust.tolist(),
-            "target_hit": (adv_pred == t).tolist() if t is not None else [False] * len(idx),
-            "linf": flat_norm(delta, "linf").tolist(),
-            "l2": flat_norm(delta, "l2").tolist(),
-            "seconds": [seconds / len(idx)] * len(idx),
+    idx = indices[start:stop]
+    x = to_float(images[idx]).to(device)
+    y = labels[idx].to(device)
+    t = None if targets is None else targets[start:stop].to(device)
+    attack = spec.build(s)
+    began = time.perf_counter()
+    with seeded(s, device):
+        clean = _logits(objective, x)
+    clean_pred = objective.decide(clean)
+    correct = clean_pred == y
+    x_adv = x.clone()
+    todo = correct.nonzero().squeeze(1)
+    if len(todo):
+        x_adv[todo] = attack(crafter, x[todo], y[todo], None if t is None else t[todo])
+    with seeded(s + 1_000_003, device):
+        adv = _logits(objective, x_adv)
+    seconds = time.perf_counter() - began
+    adv_pred = objective.decide(adv)
+    adv_correct = adv_pred == y
+    robust = correct & adv_correct
+    delta = x_adv - x
+    rows = {
+        "sample": idx.tolist(),
+        "label": y.tolist(),
+        "target": [-1] * len(idx) if t is None else t.tolist(),
+        "clean_pred": clean_pred.tolist(),
+        "adv_pred": adv_pred.tolist(),
+        **{f"member_{k + 1}": adv[k].argmax(-1).tolist() for k in range(adv.shape[0])},
+        "clean_correct": correct.tolist(),
+        "adv_correct": adv_correct.tolist(),
+        "robust": robust.tolist(),
+        "target_hit": (adv_pred == t).tolist() if t is not None else [False] * len(idx),
+        "linf": flat_norm(delta, "linf").tolist(),
+        "l2": flat_norm(delta, "l2").tolist(),
+        "seconds": [seconds / len(idx)] * len(idx),
+    }
+    examples = [
+        {
+            "sample": int(idx[i]),
+            "label": int(y[i]),
+            "clean_pred": int(clean_pred[i]),
+            "adv_pred": int(adv_pred[i]),
+            "shape": list(x.shape[1:]),
+            "x": x[i].flatten().cpu().tolist(),
+            "x_adv": x_adv[i].flatten().cpu().tolist(),
         }
-        for key, values in rows.items():
-            columns.setdefault(key, []).extend(values)
-        if len(examples) < EXAMPLES:
-            for i in range(min(EXAMPLES - len(examples), len(idx))):
-                examples.append(
-                    {
-                        "sample": int(idx[i]),
-                        "label": int(y[i]),
-                        "clean_pred": int(clean_pred[i]),
-                        "adv_pred": int(adv_pred[i]),
-                        "shape": list(x.shape[1:]),
-                        "x": x[i].flatten().cpu().tolist(),
-                        "x_adv": x_adv[i].flatten().cpu().tolist(),
-                    }
-                )
-        for w in getattr(attack, "warnings", []):
-            if w not in warnings:
-                warnings.append(w)
-        done += len(idx)
-        robust_total += int(robust.sum())
-        if on_batch is not None:
-            on_batch(done, robust_total, seconds)
-    return pd.DataFrame(columns), pd.DataFrame(examples), warnings
+        for i in range(max(0, min(EXAMPLES - start, len(idx))))
+    ]
+    return rows, examples, list(dict.fromkeys(getattr(attack, "warnings", [])))
 
 
 def describe(
