@@ -65,28 +65,20 @@ def command(
     """
     from dmlcli.data import eval_indices, load_dataset, to_float
     from dmlcli.eval import certify as ce
-    from dmlcli.eval.parts import (
-        Parts,
-        exit_on_interrupt,
-        finalize,
-        parse_shard,
-        parts_dir,
-        rank_device,
-        run_batches,
-    )
+    from dmlcli.eval import parts as pt
     from dmlcli.models.aggregate import create_decision
     from dmlcli.store import load_ensemble, read_parquet
 
     if part_size < 1:
         raise DmlError(f"--part-size must be at least 1; got {part_size}")
-    shard_of = parse_shard(shard)
+    shard_of = pt.parse_shard(shard)
 
     settings = ce.CertifySettings(
         sigma=sigma, n0=n0, n=n, alpha=alpha, predict_n=predict_n, batch_size=batch_size
     ).validate()
     if (head_sigma is not None or head_samples is not None) and head is None:
         raise DmlError("--head-sigma/--head-samples only apply with --head dml|rdml|augdml")
-    dev = resolve_device(rank_device(device))
+    dev = resolve_device(pt.rank_device(device))
     store = open_store(artifacts)
     ckpt = store.resolve_checkpoint(checkpoint)
     run = store.run_name_of(ckpt)
@@ -132,8 +124,8 @@ def command(
                 "trained_head": trained_head,
             },
         }
-        parts = Parts(
-            parts_dir(store, "certify", run, setting),
+        parts = pt.Parts(
+            pt.parts_dir(store, "certify", run, setting),
             idx.tolist(),
             part_size,
             result,
@@ -144,7 +136,7 @@ def command(
         mine = parts.batches_of(shard_of)
         parts.prepare(force, mine)
         state = {"done": 0, "certified": 0, "correct": 0}
-        with exit_on_interrupt(), progress() as bar:
+        with pt.exit_on_interrupt(), progress() as bar:
             task = bar.add_task("certify", total=parts.rows_of(mine), info="")
 
             def done(row: dict) -> None:
@@ -168,11 +160,11 @@ def command(
                     info=f"certified {state['certified']}, correct {state['correct']}",
                 )
 
-            run_batches(parts, compute, shard=shard_of, on_batch=on_batch)
+            pt.run_batches(parts, compute, shard=shard_of, on_batch=on_batch)
         if shard_of is not None:
             console.print(parts.shard_note(shard_of, store), soft_wrap=True)
             return
-        files.append(finalize(store, parts)[-1])
+        files.append(pt.finalize(store, parts)[-1])
         df, _ = read_parquet(path)
     acc = ce.certified_accuracy(df, ce.REPORT_RADII)
     abstain = int((df["predict"] == ce.ABSTAIN).sum())

@@ -66,20 +66,12 @@ def command(
     from dmlcli.data import eval_indices, load_dataset, to_float
     from dmlcli.errors import DmlError
     from dmlcli.eval import clever as cl
-    from dmlcli.eval.parts import (
-        Parts,
-        exit_on_interrupt,
-        finalize,
-        parse_shard,
-        parts_dir,
-        rank_device,
-        run_batches,
-    )
+    from dmlcli.eval import parts as pt
     from dmlcli.store import load_ensemble, read_parquet
 
     if part_size < 1:
         raise DmlError(f"--part-size must be at least 1; got {part_size}")
-    shard_of = parse_shard(shard)
+    shard_of = pt.parse_shard(shard)
 
     settings = cl.CleverSettings(
         norm=cl.parse_norm(norm),
@@ -90,7 +82,7 @@ def command(
         c_init=c_init,
         grad_batch=grad_batch,
     ).validate()
-    dev = resolve_device(rank_device(device))
+    dev = resolve_device(pt.rank_device(device))
     store = open_store(artifacts)
     ckpt = store.resolve_checkpoint(checkpoint)
     run = store.run_name_of(ckpt)
@@ -134,8 +126,8 @@ def command(
                 "head_lipschitz": bounds,
             },
         }
-        parts = Parts(
-            parts_dir(store, "clever", run, setting),
+        parts = pt.Parts(
+            pt.parts_dir(store, "clever", run, setting),
             idx.tolist(),
             part_size,
             result,
@@ -146,7 +138,7 @@ def command(
         mine = parts.batches_of(shard_of)
         parts.prepare(force, mine)
         seeds = [seed * 1_000_003 + int(i) for i in idx]
-        with exit_on_interrupt(), progress() as bar:
+        with pt.exit_on_interrupt(), progress() as bar:
             task = bar.add_task("clever", total=parts.rows_of(mine), info="")
             scores: list[float] = []
 
@@ -167,11 +159,11 @@ def command(
                 median = float(np.median(scores))
                 bar.update(task, completed=len(scores), info=f"median {median:.3f}")
 
-            run_batches(parts, compute, shard=shard_of, on_batch=on_batch)
+            pt.run_batches(parts, compute, shard=shard_of, on_batch=on_batch)
         if shard_of is not None:
             console.print(parts.shard_note(shard_of, store), soft_wrap=True)
             return
-        files.append(finalize(store, parts)[-1])
+        files.append(pt.finalize(store, parts)[-1])
         df, _ = read_parquet(path)
     _print(run, target, settings, df, bounds, files)
 
