@@ -69,9 +69,7 @@ def command(
     from dmlcli.models.aggregate import create_decision
     from dmlcli.store import load_ensemble, read_parquet
 
-    if part_size < 1:
-        raise DmlError(f"--part-size must be at least 1; got {part_size}")
-    shard_of = pt.parse_shard(shard)
+    shard_of = pt.parse_part_options(shard, part_size)
 
     settings = ce.CertifySettings(
         sigma=sigma, n0=n0, n=n, alpha=alpha, predict_n=predict_n, batch_size=batch_size

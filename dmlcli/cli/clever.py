@@ -64,14 +64,11 @@ def command(
 
     from dmlcli.attacks import seeded
     from dmlcli.data import eval_indices, load_dataset, to_float
-    from dmlcli.errors import DmlError
     from dmlcli.eval import clever as cl
     from dmlcli.eval import parts as pt
     from dmlcli.store import load_ensemble, read_parquet
 
-    if part_size < 1:
-        raise DmlError(f"--part-size must be at least 1; got {part_size}")
-    shard_of = pt.parse_shard(shard)
+    shard_of = pt.parse_part_options(shard, part_size)
 
     settings = cl.CleverSettings(
         norm=cl.parse_norm(norm),

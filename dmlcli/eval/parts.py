@@ -100,6 +100,13 @@ def parse_shard(text: str | None) -> Shard | None:
     return Shard(i, n) if n > 1 else None
 
 
+def parse_part_options(shard: str | None, part_size: int) -> Shard | None:
+    """Check ``--part-size`` and read ``--shard`` (see :func:`parse_shard`)."""
+    if part_size < 1:
+        raise DmlError(f"--part-size must be at least 1; got {part_size}")
+    return parse_shard(shard)
+
+
 def rank_device(device: str) -> str:
     """``--device auto`` under torchrun with GPUs: ``cuda:<LOCAL_RANK>``, one GPU per rank."""
     import torch
