@@ -13,6 +13,7 @@ from dmlcli.cli.common import (
     ForceOpt,
     SeedOpt,
     console,
+    finish_parts,
     open_store,
     progress,
     resolve_device,
@@ -159,11 +160,11 @@ def command(
                 )
 
             pt.run_batches(parts, compute, shard=shard_of, on_batch=on_batch)
-        if shard_of is not None:
-            console.print(parts.shard_note(shard_of, store), soft_wrap=True)
+        written = finish_parts(store, parts, shard_of)
+        if written is None:
             return
-        files.append(pt.finalize(store, parts)[-1])
-        df, _ = read_parquet(path)
+        files.append(written)
+        df, _ = read_parquet(written)
     acc = ce.certified_accuracy(df, ce.REPORT_RADII)
     abstain = int((df["predict"] == ce.ABSTAIN).sum())
     smoothed = 100.0 * df["smoothed_correct"].mean()

@@ -14,6 +14,7 @@ from dmlcli.cli.common import (
     ForceOpt,
     SeedOpt,
     console,
+    finish_parts,
     open_store,
     progress,
     resolve_device,
@@ -157,11 +158,11 @@ def command(
                 bar.update(task, completed=len(scores), info=f"median {median:.3f}")
 
             pt.run_batches(parts, compute, shard=shard_of, on_batch=on_batch)
-        if shard_of is not None:
-            console.print(parts.shard_note(shard_of, store), soft_wrap=True)
+        written = finish_parts(store, parts, shard_of)
+        if written is None:
             return
-        files.append(pt.finalize(store, parts)[-1])
-        df, _ = read_parquet(path)
+        files.append(written)
+        df, _ = read_parquet(written)
     _print(run, target, settings, df, bounds, files)
 
 

@@ -104,3 +104,15 @@ def summary(
     console.print(table)
     for path in files:
         console.print(f"[dim]wrote[/dim] {path}")
+
+
+def finish_parts(store: Store, parts: Any, shard: Any) -> Path | None:
+    """After the batches of ``parts`` ran: a shard says how to merge and returns ``None``;
+    an unsharded run writes the final result (:func:`dmlcli.eval.parts.finalize`) and
+    returns its path."""
+    from dmlcli.eval.parts import finalize
+
+    if shard is not None:
+        console.print(parts.shard_note(shard, store), soft_wrap=True)
+        return None
+    return finalize(store, parts)[-1]
