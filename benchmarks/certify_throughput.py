@@ -70,7 +70,7 @@ def raw(ensemble, decision, x, s: ce.CertifySettings, device: str) -> float:
 
 
 def main() -> None:
-    from dmlcli.store import load_ensemble
+    from dmlcli.store import load_run
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help=".safetensors file of a stored run (default: untrained)")
@@ -92,7 +92,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     if args.checkpoint:
-        ensemble = load_ensemble(args.checkpoint)
+        ensemble = load_run(args.checkpoint)
     else:
         ensemble = Ensemble(resolve_config(args.dataset, members=args.members, seed=0))
     ensemble = ensemble.eval().to(args.device)

@@ -103,8 +103,8 @@ def command(
     """Attack trained ensembles; one parquet row per (sample, attack setting).
 
     Every batch is kept as a part file as soon as it is done: after Ctrl-C or a kill, the
-    same command computes only the missing batches. ``--shard i/n`` computes the i-th block
-    of batches only; ``dml merge`` then writes the results (see :mod:`dmlcli.eval.parts`).
+    same command computes only the missing batches. '--shard i/n' computes the i-th block
+    of batches only; 'dml merge' then writes the results.
     """
     from dmlcli.data import dataset_info, eval_indices, load_dataset
     from dmlcli.eval import robustness as rob

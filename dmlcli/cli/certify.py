@@ -60,9 +60,9 @@ def command(
 ) -> None:
     """CERTIFY and PREDICT the smoothed ensemble; certified accuracy at radii 0..1.
 
-    Every ``--part-size`` samples are kept as a part file: after Ctrl-C or a kill the same
-    command computes only the missing ones; ``--shard i/n`` computes the i-th block only and
-    ``dml merge`` writes the result (see :mod:`dmlcli.eval.parts`).
+    Every '--part-size' samples are kept as a part file: after Ctrl-C or a kill the same
+    command computes only the missing ones; '--shard i/n' computes the i-th block only and
+    'dml merge' writes the result.
     """
     from dmlcli.data import eval_indices, load_dataset, to_float
     from dmlcli.eval import certify as ce

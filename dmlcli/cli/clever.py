@@ -41,7 +41,9 @@ def command(
         str, typer.Option(help="sum (summed member logits, the paper) or member:K.")
     ] = "sum",
     c_init: Annotated[float, typer.Option(help="Initial Weibull shape of the fit.")] = 1.0,
-    grad_batch: Annotated[int, typer.Option(help="Points per forward/backward pass.")] = 2048,
+    grad_batch: Annotated[
+        int, typer.Option(help="Points per forward/backward pass (speed and memory only).")
+    ] = 512,
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files.")] = None,
     part_size: Annotated[
         int, typer.Option(help="Samples per part file (resume and --shard granularity).")
@@ -57,9 +59,9 @@ def command(
 ) -> None:
     """Untargeted CLEVER scores (Weng et al. 2018) per sample, and the head's Lipschitz bound.
 
-    Every ``--part-size`` samples are kept as a part file: after Ctrl-C or a kill the same
-    command computes only the missing ones; ``--shard i/n`` computes the i-th block only and
-    ``dml merge`` writes the result (see :mod:`dmlcli.eval.parts`).
+    Every '--part-size' samples are kept as a part file: after Ctrl-C or a kill the same
+    command computes only the missing ones; '--shard i/n' computes the i-th block only and
+    'dml merge' writes the result.
     """
     import numpy as np
 

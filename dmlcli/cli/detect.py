@@ -97,9 +97,9 @@ def command(
     """Detect adversarials by disagreement (threshold-nu vote) or uncertainty; ROC/AUC.
 
     Every crafted batch of adversarials is kept as a part file, so after Ctrl-C or a kill
-    the same command crafts only the missing batches. ``--shard`` is refused (also under
+    the same command crafts only the missing batches. '--shard' is refused (also under
     torchrun): the logistic regression and the ROC need every sample, so detection runs
-    in one process (see :mod:`dmlcli.eval.parts`).
+    in one process.
     """
     from dmlcli.data import eval_indices, load_dataset, to_float
     from dmlcli.eval import detect as det

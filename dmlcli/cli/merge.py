@@ -18,9 +18,9 @@ def command(
 ) -> None:
     """Write the final result of every pending attack/clever/certify result from its parts.
 
-    Every sample must be present exactly once; otherwise one ``error:`` line names the
+    Every sample must be present exactly once; otherwise one 'error:' line names the
     missing batches and nothing is written. Detection parts are not merged here (its
-    logistic regression needs every sample): rerun ``dml detect`` to finish them.
+    logistic regression needs every sample): rerun 'dml detect' to finish them.
     """
     from dmlcli.eval.parts import FINISHERS, Parts, finalize, missing, pending
     from dmlcli.store import validate_name

@@ -41,6 +41,7 @@ from dmlcli.errors import DmlError
 from dmlcli.models.aggregate import parse_member
 
 NORMS = {"1": 1.0, "2": 2.0, "inf": math.inf}
+DRAW_CHUNK = 256  # points drawn per generator call: fixed, so draws never depend on batching
 
 
 def parse_norm(text: str | float) -> float:
@@ -185,7 +186,9 @@ def fit_reverse_weibull(maxima: np.ndarray, c_init: float = 1.0) -> WeibullFit:
 class CleverSettings:
     """CLEVER settings; defaults are the paper's (Weng et al.'s ``N_b = 500``, ``N_s = 1024``).
 
-    ``grad_batch`` is how many points go through one forward/backward (memory vs speed).
+    ``grad_batch`` is how many points go through one forward/backward; it changes speed and
+    memory, never the scores (512 was fastest for LeNet-5 on 1 and 2 CPU threads:
+    ``benchmarks/clever_throughput.py``).
     """
 
     norm: float = 2.0
@@ -194,7 +197,7 @@ class CleverSettings:
     batch_size: int = 1024
     pool_factor: int = 10
     c_init: float = 1.0
-    grad_batch: int = 2048
+    grad_batch: int = 512
 
     def validate(self) -> CleverSettings:
         self.norm = parse_norm(self.norm)
@@ -327,8 +330,9 @@ def clever_u(
 
     ``model`` maps pixels to logits ``[B, classes]`` (e.g. :class:`ScoredModel`); ``seeds``
     (one per sample, default ``0..N-1``) make each sample's draws independent of the others
-    and of the batching. Points are streamed through gradient batches of
-    ``settings.grad_batch`` (a small pool shares a batch with other samples' pools);
+    and of the batching (drawn :data:`DRAW_CHUNK` points at a time). Points are streamed
+    through gradient batches of ``settings.grad_batch`` (a small pool shares a batch with
+    other samples' pools);
     ``on_sample(i, result)`` is called as each sample completes.
     """
     s = settings.validate()
@@ -349,7 +353,12 @@ def clever_u(
     def flush() -> None:
         pts = torch.cat([p for _, p in buffer])
         ref = torch.cat([preds[i].expand(len(p)) for i, p in buffer])
-        norms = margin_grad_norms(model, pts, ref, q, c)
+        norms = torch.cat(
+            [
+                margin_grad_norms(model, p, r, q, c)
+                for p, r in zip(pts.split(s.grad_batch), ref.split(s.grad_batch), strict=True)
+            ]
+        )
         for (i, _), part in zip(buffer, norms.split([len(p) for _, p in buffer]), strict=True):
             collected[i].append(part)
             if sum(len(t) for t in collected[i]) == s.pool:
@@ -366,8 +375,8 @@ def clever_u(
     for i in range(len(x)):
         gens[i] = torch.Generator(device=device).manual_seed(seeds[i])
         collected[i] = []
-        for done in range(0, s.pool, s.grad_batch):
-            m = min(s.grad_batch, s.pool - done)
+        for done in range(0, s.pool, DRAW_CHUNK):
+            m = min(DRAW_CHUNK, s.pool - done)
             pts = x[i] + sample_ball(m, shape, s.radius, s.norm, gens[i], device)
             buffer.append((i, pts.clamp_(0, 1)))
             if sum(len(p) for _, p in buffer) >= s.grad_batch:
