@@ -158,6 +158,27 @@ def test_cw_needs_less_l2_than_fgsm(mlp, digits):
     assert torch.equal(cw[missed], x[missed])
 
 
+def test_cw_binary_search_never_worse_than_its_fixed_c(mlp, digits):
+    """With c too small, fixed-c CW fails on most samples and calls them robust; the search
+    starts from the same c (its first round is that run), so every sample it returns is at
+    least as close, and it fools many more."""
+    x, y = digits[0][:100], digits[1][:100]
+    right = ~_fooled(mlp, x, y)
+    fixed = create_attack("cw", c=0.01, steps=60, lr=0.05)(mlp, x, y)
+    search = create_attack("cw", c=0.01, steps=60, lr=0.05, search_steps=5)(mlp, x, y)
+    ok_fixed = _fooled(mlp, fixed, y) & right
+    ok_search = _fooled(mlp, search, y) & right
+    assert ok_search.sum() >= ok_fixed.sum() + 20, (ok_fixed.sum(), ok_search.sum())
+    assert bool((ok_search | ~ok_fixed).all())  # nothing the fixed run fooled is lost
+    l2 = lambda a: (a - x).flatten(1).norm(dim=1)  # noqa: E731
+    assert bool((l2(search)[ok_fixed] <= l2(fixed)[ok_fixed] + 1e-6).all())
+    assert torch.equal(search[~ok_search & right], x[~ok_search & right])
+    spec = create_attack("cw", search_steps=5).setting()
+    assert spec["search_steps"] == 5 and "search_steps" not in create_attack("cw").setting()
+    with pytest.raises(DmlError, match="search_steps"):
+        create_attack("cw", search_steps=-1)
+
+
 def test_eot_matters_only_for_a_randomized_head(digits):
     x, y = digits[0][:16], digits[1][:16]
     attack = create_attack("pgd", eps=EPS, steps=3, keep="loss")

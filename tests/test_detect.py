@@ -4,6 +4,7 @@ and ``dml detect`` end to end."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -162,6 +163,33 @@ def test_vote_rows_columns_and_rates():
     assert (table["benign_acc"] == 100.0).all() and (table["fpr"] == 0.0).all()
     # dissent: 0 on all negatives, 1 on half the adversarials -> AUC = 0.75
     assert curve.auc == pytest.approx(0.75)
+
+
+def test_worst_case_takes_any_attack_per_sample():
+    """Attack A wins on samples 0-1, attack B on 1-2: the worst case is 3 of 4 samples, more
+    than either attack alone; flagged or right answers never count."""
+
+    def frame(flagged: list[bool], vote: list[int]) -> pd.DataFrame:
+        benign = pd.DataFrame(
+            {"sample": range(4), "kind": "benign", "flagged_nu_3": False, "vote": 0, "label": 0}
+        )
+        adv = pd.DataFrame(
+            {
+                "sample": range(4),
+                "kind": "adversarial",
+                "flagged_nu_3": flagged,
+                "vote": vote,
+                "label": 0,
+            }
+        )
+        return pd.concat([benign, adv], ignore_index=True)
+
+    a = frame([False, False, False, True], [1, 1, 0, 1])  # wins on 0, 1
+    b = frame([True, False, False, False], [1, 2, 2, 0])  # wins on 1, 2
+    assert det.worst_case_undetected_wrong([a], "flagged_nu_3") == 50.0
+    assert det.worst_case_undetected_wrong([b], "flagged_nu_3") == 50.0
+    assert det.worst_case_undetected_wrong([a, b], "flagged_nu_3") == 75.0
+    assert det.worst_case_undetected_wrong([a, a], "flagged_nu_3") == 50.0
 
 
 # -- the adaptive attack --------------------------------------------------------------------------

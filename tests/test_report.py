@@ -349,51 +349,60 @@ def _others(store: Store, run: str, scores: np.ndarray) -> None:
     store.write_result(
         "surface", run, {"n": 1, "grid": 5, "seed": 0, "checkpoint": run}, surf, extra
     )
-    rows = []
-    for kind, flagged in (("benign", 2), ("noisy", 3), ("adversarial", 15)):
-        for i in range(N):
-            rows.append(
-                {
-                    "sample": i,
-                    "label": 1,
-                    "kind": kind,
-                    "attack": "pgd",
-                    "eps": 0.3,
-                    "method": "vote",
-                    "vote": 1 if kind != "adversarial" or i < 5 else 2,
-                    "dissent": int(i < flagged),
-                    "uncertainty": 0.1 * (kind == "adversarial") + 0.01 * i,
-                    **{f"pred_member_{m}": 1 for m in range(1, K + 1)},
-                    **{f"flagged_nu_{nu}": bool(nu == K and i < flagged) for nu in range(1, K + 1)},
-                    "linf": 0.3,
-                    "half": "all",
-                }
-            )
-    det_setting = {
-        "method": "vote",
-        "attack": "pgd",
-        "eps": 0.3,
-        "draws": 1,
-        "noise_sigma": 0.1,
-        "seed": 0,
-        "n": N,
-        "checkpoint": run,
-        "head": "dml",
-    }
-    det_extra = {"auc": 0.875, "members": K, "dataset": "digits", "n_correct": N}
-    store.write_result("detect", run, det_setting, pd.DataFrame(rows), det_extra)
-    roc = pd.DataFrame(
-        {
+    # pgd: adversarials 0-14 flagged, 5-19 wrong -> 15-19 undetected and wrong (25%);
+    # adaptive: 10-19 flagged, all wrong -> 0-9 (50%); worst case per sample: 75%.
+    for attack, adv_flag, adv_wrong in (
+        ("pgd", lambda i: i < 15, lambda i: i >= 5),
+        ("adaptive", lambda i: i >= 10, lambda i: True),
+    ):
+        rows = []
+        for kind, flagged in (("benign", 2), ("noisy", 3), ("adversarial", None)):
+            for i in range(N):
+                flag = adv_flag(i) if flagged is None else i < flagged
+                wrong = flagged is None and adv_wrong(i)
+                rows.append(
+                    {
+                        "sample": i,
+                        "label": 1,
+                        "kind": kind,
+                        "attack": attack,
+                        "eps": 0.3,
+                        "method": "vote",
+                        "vote": 2 if wrong else 1,
+                        "dissent": int(flag),
+                        "uncertainty": 0.1 * (kind == "adversarial") + 0.01 * i,
+                        **{f"pred_member_{m}": 1 for m in range(1, K + 1)},
+                        **{f"flagged_nu_{nu}": bool(nu == K and flag) for nu in range(1, K + 1)},
+                        "linf": 0.3,
+                        "half": "all",
+                    }
+                )
+        det_setting = {
             "method": "vote",
-            "attack": "pgd",
+            "attack": attack,
             "eps": 0.3,
-            "fpr": [0.0, 0.1, 1.0],
-            "tpr": [0.0, 0.75, 1.0],
-            "threshold": [np.inf, 1.0, 0.0],
-            "auc": 0.875,
+            "draws": 1,
+            "noise_sigma": 0.1,
+            "seed": 0,
+            "n": N,
+            "checkpoint": run,
+            "head": "dml",
         }
-    )
-    store.write_result("detect-roc", run, det_setting, roc, det_extra)
+        auc = 0.875 if attack == "pgd" else 0.5
+        det_extra = {"auc": auc, "members": K, "dataset": "digits", "n_correct": N}
+        store.write_result("detect", run, det_setting, pd.DataFrame(rows), det_extra)
+        roc = pd.DataFrame(
+            {
+                "method": "vote",
+                "attack": attack,
+                "eps": 0.3,
+                "fpr": [0.0, 0.1, 1.0],
+                "tpr": [0.0, 0.75, 1.0],
+                "threshold": [np.inf, 1.0, 0.0],
+                "auc": auc,
+            }
+        )
+        store.write_result("detect-roc", run, det_setting, roc, det_extra)
 
 
 RECIPE = {
@@ -626,9 +635,15 @@ def test_autoattack_benign_clever_certify_detect_tables(fixture_report):
     assert ce.cell("DML Ensemble", "r=0.25") == pytest.approx(25.0)
     assert ce.cell("DML Ensemble", "r=0.5") == 0.0
     de = tables["detect"]
-    assert de.cell("DML Ensemble", "AUC") == 0.875
-    assert de.cell("DML Ensemble", "FPR nu=K") == pytest.approx(10.0)
-    assert de.cell("DML Ensemble", "detected nu=K") == pytest.approx(75.0)
+    rows = {r[de.columns.index("attack")]: r for r in de.rows if r[0] == "DML Ensemble"}
+    assert list(rows) == ["adaptive", "pgd", "worst case"]
+    pgd, adaptive, worst = rows["pgd"], rows["adaptive"], rows["worst case"]
+    assert pgd[de.columns.index("AUC")] == 0.875
+    assert pgd[de.columns.index("FPR nu=K")] == pytest.approx(10.0)
+    assert pgd[de.columns.index("detected nu=K")] == pytest.approx(75.0)
+    assert pgd[de.columns.index("undetected+wrong nu=K")] == pytest.approx(25.0)
+    assert adaptive[de.columns.index("undetected+wrong nu=K")] == pytest.approx(50.0)
+    assert worst[de.columns.index("undetected+wrong nu=K")] == pytest.approx(75.0)
     assert "rdml" not in tables  # no R-DML run: skipped, not an error
 
 

@@ -76,6 +76,9 @@ def command(
     cw_steps: Annotated[int, typer.Option(help="CW Adam steps (paper: 200).")] = 200,
     cw_lr: Annotated[float, typer.Option(help="CW Adam learning rate.")] = 0.01,
     cw_kappa: Annotated[float, typer.Option(help="CW confidence kappa.")] = 0.0,
+    cw_search_steps: Annotated[
+        int, typer.Option(help="CW binary-search rounds over c (0: the paper's fixed c).")
+    ] = 0,
     apgd_steps: Annotated[int, typer.Option(help="APGD iterations (adaptive).")] = 100,
     apgd_restarts: Annotated[int, typer.Option(help="APGD restarts (adaptive).")] = 1,
     eot: Annotated[int, typer.Option(help="EOT draws on randomized heads.")] = 20,
@@ -134,6 +137,7 @@ def command(
         cw_steps=cw_steps,
         cw_lr=cw_lr,
         cw_kappa=cw_kappa,
+        cw_search_steps=cw_search_steps,
         apgd_steps=apgd_steps,
         apgd_restarts=apgd_restarts,
         eot=eot,

@@ -288,6 +288,10 @@ def _print_tables(
                     t["undetected_wrong"],
                 ]
             )
+        if len(attacks) > 1:  # per sample, whichever attack works
+            flag = f"flagged_nu_{v}"
+            worst = det.worst_case_undetected_wrong([frames[a] for a in attacks], flag)
+            rows.append([v if v != nu else f"{v} *", "worst case", "", "", "", "", worst])
     summary(f"{run}: threshold-nu vote detector (Eq. 8), eps {format_eps(eps)}", cols, rows)
 
     head = ["attack", "AUC", f"det % nu={nu}", f"u+w % nu={nu}"]
@@ -305,6 +309,18 @@ def _print_tables(
         else:
             row += [r["adv_vote_acc"]]
         rows.append(row)
+    if len(attacks) > 1:
+        flag = f"flagged_nu_{nu}"
+        row = ["worst case", "", "", det.worst_case_undetected_wrong(list(frames.values()), flag)]
+        if method == "uncertainty":
+            evals = [f[f["half"] == "eval"] for f in frames.values()]
+            row += ["", "", det.worst_case_undetected_wrong(evals, "flagged_lr")]
+        else:
+            row += [""]
+        rows.append(row)
     what = "dissent (K - top votes)" if method == "vote" else "uncertainty + LR, eval half"
-    title = f"{run}: detection by {what}, eps {format_eps(eps)} (u+w: undetected and wrong)"
+    title = (
+        f"{run}: detection by {what}, eps {format_eps(eps)} (u+w: undetected and wrong; "
+        "worst case: per sample, any attack)"
+    )
     summary(title, head, rows, files)

@@ -67,6 +67,9 @@ def command(
     cw_c: Annotated[float, typer.Option(help="CW penalty constant (paper's gamma).")] = 1.0,
     cw_steps: Annotated[int, typer.Option(help="CW Adam steps (Table 5: 1000).")] = 1000,
     cw_lr: Annotated[float, typer.Option(help="CW Adam learning rate (Table 5: 0.1).")] = 0.1,
+    cw_search_steps: Annotated[
+        int, typer.Option(help="CW binary-search rounds over c (0: the paper's fixed c).")
+    ] = 0,
     n: Annotated[
         int | None, typer.Option("--n", help="Samples (default 1000; 100 with --cw-distortion).")
     ] = None,
@@ -136,6 +139,8 @@ def command(
         jobs = []
         for kap in kappas:
             params = {"c": cw_c, "kappa": kap, "steps": cw_steps, "lr": cw_lr, "targeted": targeted}
+            if cw_search_steps:  # absent at 0: results stored before the search keep their key
+                params["search_steps"] = cw_search_steps
             create_attack("cw", **params)  # validates before any work
             jobs += [(s, kap, params) for s in sources]
     else:
@@ -189,13 +194,14 @@ def command(
     mode = "targeted" if targeted else "untargeted"
     label = attack if attack == "fgsm" else f"{attack}-{steps}"
     if cw_distortion:
+        search = f", searched {cw_search_steps} rounds" if cw_search_steps else ""
         rows = []
         for (src, kap, df), status in zip(frames, statuses, strict=True):
             acc, dist, fooled = tr.cw_summary(df)
             shown = "-" if dist != dist else dist  # nan: nothing was fooled
             rows.append([src, f"{kap:g}", acc, shown, fooled, len(df), status])
         summary(
-            f"{run}: CW-L2 (c={cw_c:g}, {cw_steps} steps, lr {cw_lr:g}), {mode}, n={n}",
+            f"{run}: CW-L2 (c={cw_c:g}{search}, {cw_steps} steps, lr {cw_lr:g}), {mode}, n={n}",
             ["attacked", "kappa", "adv acc", "mean L2 (fooled)", "fooled %", "n", "status"],
             rows,
             files,

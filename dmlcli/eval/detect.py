@@ -521,6 +521,24 @@ def lr_rates(df: pd.DataFrame) -> dict[str, float]:
     return rates(df[df["half"] == "eval"], "flagged_lr")
 
 
+def worst_case_undetected_wrong(frames: Sequence[pd.DataFrame], flag: str) -> float:
+    """% of samples for which at least one attack's adversarial is undetected and wrong.
+
+    ``frames``: the rows of several attacks on the same samples (one frame per attack); only
+    the rows each frame keeps are used (pass eval halves for the logistic regression). An
+    attacker tries every attack and keeps whichever works, so this per-sample worst case,
+    not the best single attack, is what the detector is worth (an adaptive attack that is
+    weaker than plain PGD on some samples does not make the defense look better).
+    """
+    hits: pd.Series | None = None
+    for df in frames:
+        a = df[df["kind"] == "adversarial"].set_index("sample")
+        h = ~a[flag].astype(bool) & (a["vote"] != a["label"])
+        hits = h if hits is None else hits.reindex(hits.index.union(h.index), fill_value=False)
+        hits = hits | h.reindex(hits.index, fill_value=False)
+    return _pct(hits) if hits is not None else float("nan")
+
+
 def run_detection(
     model: nn.Module,
     x: torch.Tensor,

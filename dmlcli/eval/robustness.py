@@ -68,6 +68,7 @@ class Budgets:
     cw_steps: int = 200
     cw_lr: float = 0.01
     cw_kappa: float = 0.0
+    cw_search_steps: int = 0  # 0: the paper's fixed c; S: Carlini & Wagner's binary search
     apgd_steps: int = 100
     apgd_restarts: int = 1
     eot: int = 20
@@ -77,6 +78,11 @@ class Budgets:
     square_queries: int = 5000
     surfaces: tuple[str, ...] = field(default_factory=tuple)  # adaptive; empty = all
 
+    def cw_params(self) -> dict[str, Any]:
+        """CW-L2's parameters from these budgets."""
+        params = {"c": self.cw_c, "steps": self.cw_steps, "lr": self.cw_lr, "kappa": self.cw_kappa}
+        return params | {"search_steps": self.cw_search_steps}
+
     def validate(self) -> None:
         for key in ("pgd_restarts", "cw_steps", "apgd_steps", "apgd_restarts", "eot", "aa_steps"):
             if getattr(self, key) < 1:
@@ -84,7 +90,7 @@ class Budgets:
         if self.square_queries < 1:
             raise DmlError("--square-queries must be at least 1")
         # Building one of each checks the remaining values with the attacks' own messages.
-        create_attack("cw", c=self.cw_c, steps=self.cw_steps, lr=self.cw_lr, kappa=self.cw_kappa)
+        create_attack("cw", **self.cw_params())
         AutoAttack(eps=0.0, version=self.aa_version, attacks=self.aa_attacks, steps=self.aa_steps)
 
 
@@ -100,9 +106,9 @@ def paper_suite(eps_list: Sequence[float], budgets: Budgets, decision: str) -> l
             AttackSpec(f"pgd-20x{r}", "pgd", {"eps": eps, "steps": 20, "restarts": r}),
             AttackSpec(f"pgd-40x{r}", "pgd", {"eps": eps, "steps": 40, "restarts": r}),
         ]
-    cw = {"c": budgets.cw_c, "steps": budgets.cw_steps, "lr": budgets.cw_lr}
-    cw["kappa"] = budgets.cw_kappa
-    specs.append(AttackSpec(f"cw-{budgets.cw_steps}", "cw", cw))
+    cw = budgets.cw_params()
+    search = f"-search{budgets.cw_search_steps}" if budgets.cw_search_steps else ""
+    specs.append(AttackSpec(f"cw-{budgets.cw_steps}{search}", "cw", cw))
     for s in specs:
         s.decision, s.suite = decision, "paper"
     return specs
@@ -425,9 +431,7 @@ def custom_specs(
         allowed = attack_parameters(name)
         params = {k: v for k, v in options.items() if v is not None and k in allowed}
         if name in ("cw", "cw-l2"):
-            params.update(
-                c=budgets.cw_c, steps=budgets.cw_steps, lr=budgets.cw_lr, kappa=budgets.cw_kappa
-            )
+            params.update(budgets.cw_params())
             epss: Sequence[float | None] = [None]
         elif name == "autoattack":
             params.pop("steps", None)

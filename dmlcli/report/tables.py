@@ -9,6 +9,7 @@ followed by a ``paper`` column (``-`` where the paper has no number, or we have 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -751,33 +752,53 @@ def certify_table(col: Collection, dataset: str) -> Table | Skip:
     return Table("certify", title, cols, rows, notes)
 
 
+#: Setting keys of one detection attack; the rest say which detector and samples it faced.
+_DETECT_ATTACK_KEYS = {"attack", "steps", "step_size", "keep", "adaptive_loss", "var_weight", "eot"}
+
+
 def detect_table(col: Collection, dataset: str) -> Table | Skip:
     """Detection by disagreement / uncertainty (A.4, A.5): AUC and unanimity rates."""
     title = "Adversary detection: ROC AUC and unanimity (nu = K) rates (A.4, A.5)"
     results = [r for r in col.of("detect", dataset) if "kind" in r.df.columns]
     if not results:
         return Skip("detect", title, "no detection results (dml detect)")
+    from dmlcli.eval.detect import worst_case_undetected_wrong
+
     rows = []
+    groups: dict[tuple, list[pd.DataFrame]] = {}
     for r in results:
         df, s = r.df, r.setting
         k = len([c for c in df.columns if c.startswith("pred_member_")]) or 1
         flag = f"flagged_nu_{k}"
         ev = df[df["half"] != "fit"] if "half" in df.columns else df
         b, a = ev[ev["kind"] == "benign"], ev[ev["kind"] == "adversarial"]
+        key = [
+            col.label(r.run),
+            str(s.get("method", _first(df, "method", "?"))),
+            str(s.get("attack", _first(df, "attack", "?"))),
+            eps_text(float(s.get("eps", _first(df, "eps", 0.0)))),
+        ]
+        u_w = worst_case_undetected_wrong([ev], flag) if flag in a else None
         rows.append(
             [
-                col.label(r.run),
-                str(s.get("method", _first(df, "method", "?"))),
-                str(s.get("attack", _first(df, "attack", "?"))),
-                eps_text(float(s.get("eps", _first(df, "eps", 0.0)))),
+                *key,
                 len(b),
                 float(r.meta.get("auc", math.nan)),
                 100.0 * float(b[flag].mean()) if flag in b else None,
                 100.0 * float(a[flag].mean()) if flag in a else None,
+                u_w,
                 100.0 * float((a["vote"] == a["label"]).mean()) if len(a) else None,
             ]
         )
-    rows.sort(key=lambda r: (r[0], r[1] != "vote", r[1], r[2], r[3]))
+        other = {n: v for n, v in s.items() if n not in _DETECT_ATTACK_KEYS}
+        group = (key[0], key[1], key[3], json.dumps(other, sort_keys=True, default=str), flag)
+        if flag in a:
+            groups.setdefault(group, []).append(ev)
+    for (model, method, eps, _, flag), frames in groups.items():
+        if len(frames) > 1:  # per sample, whichever attack works
+            worst = worst_case_undetected_wrong(frames, flag)
+            rows.append([model, method, "worst case", eps, None, None, None, None, worst, None])
+    rows.sort(key=lambda r: (r[0], r[1] != "vote", r[1], r[3], r[2] == "worst case", r[2]))
     s = results[0].setting
     notes = [
         "Negatives: correctly classified benign (and Gaussian-noisy) test samples; positives: "
@@ -785,7 +806,9 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
         "AUC of the detector score (vote: number of dissenting members; uncertainty: logistic "
         "regression on the variance across members and draws, evaluated on held-out half).",
         "FPR / detected = share of benign / adversarial inputs rejected when all K members must "
-        "agree (unanimity, Eq. 8 with nu = K).",
+        "agree (unanimity, Eq. 8 with nu = K); undetected+wrong = adversarials answered with a "
+        "wrong label. Worst case: samples for which at least one of the attacks above gives "
+        "an undetected wrong answer (an attacker keeps whichever attack works).",
     ]
     cols = [
         "Model",
@@ -796,6 +819,7 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
         "AUC",
         "FPR nu=K",
         "detected nu=K",
+        "undetected+wrong nu=K",
         "vote acc on adv",
     ]
     return Table("detect", title, cols, rows, notes)
