@@ -53,6 +53,20 @@ def test_certify_linear_classifier_matches_analytic_radius() -> None:
     assert radius == pytest.approx(distance, abs=0.03)
 
 
+def test_max_certifiable_radius_is_what_a_constant_classifier_gets() -> None:
+    """A classifier that always answers 1 gets every vote: its radius is the ceiling of n draws
+    (sigma 0.25, n = 100000, alpha 0.001: about 0.95, as in Cohen et al.)."""
+    assert ce.max_certifiable_radius(0.25, 100_000, 0.001) == pytest.approx(0.9529, abs=1e-3)
+    assert ce.max_certifiable_radius(0.25, 10_000, 0.001) == pytest.approx(0.7996, abs=1e-3)
+
+    def always_one(batch: torch.Tensor) -> torch.Tensor:
+        return torch.ones(len(batch), dtype=torch.long)
+
+    s = ce.CertifySettings(sigma=0.25, n0=10, n=10_000, alpha=0.001, batch_size=5000)
+    label, radius, _ = ce.certify(always_one, torch.zeros(1, 2, 2), s, 2, torch.Generator())
+    assert label == 1 and radius == pytest.approx(ce.max_certifiable_radius(0.25, 10_000, 0.001))
+
+
 def test_certify_and_predict_abstain_on_the_boundary() -> None:
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(1, 4, 4, generator=gen)

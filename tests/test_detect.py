@@ -165,6 +165,41 @@ def test_vote_rows_columns_and_rates():
     assert curve.auc == pytest.approx(0.75)
 
 
+def test_operating_point_at_fpr_is_set_on_the_fit_half_only():
+    """The threshold is the fit half's benign (1 - fpr) quantile: it flags at most 5% of the
+    benign fit rows, and moving eval-half scores never moves it."""
+    rng = np.random.default_rng(0)
+    n = 400
+    rows = []
+    for half in ("fit", "eval"):
+        for kind, loc in (("benign", 0.0), ("noisy", 0.5), ("adversarial", 2.0)):
+            for i in range(n):
+                rows.append(
+                    {
+                        "sample": i + (n if half == "eval" else 0),
+                        "kind": kind,
+                        "half": half,
+                        "lr_score": float(rng.normal(loc, 1.0)),
+                        "vote": 0,
+                        "label": 0 if kind != "adversarial" else 1,
+                    }
+                )
+    df = pd.DataFrame(rows)
+    ev = det.flag_at_fpr(df, 0.05)
+    assert set(ev["half"]) == {"eval"}
+    fit_benign = df[(df["half"] == "fit") & (df["kind"] == "benign")]["lr_score"]
+    threshold = np.quantile(fit_benign, 0.95, method="higher")
+    assert (fit_benign > threshold).mean() <= 0.05
+    assert ev["flagged_fpr"].equals(ev["lr_score"] > threshold)
+    r = det.lr_rates_at_fpr(df, 0.05)
+    assert 1.0 <= r["fpr"] <= 10.0 and r["detected"] > 50.0  # ~5%; ~TPR of a 2-sigma shift
+    moved = df.copy()
+    moved.loc[moved["half"] == "eval", "lr_score"] += 100.0
+    assert det.flag_at_fpr(moved, 0.05)["flagged_fpr"].all()  # same threshold, all above it
+    with pytest.raises(DmlError, match="--fpr"):
+        det.flag_at_fpr(df, 1.0)
+
+
 def test_worst_case_takes_any_attack_per_sample():
     """Attack A wins on samples 0-1, attack B on 1-2: the worst case is 3 of 4 samples, more
     than either attack alone; flagged or right answers never count."""
@@ -330,6 +365,8 @@ def test_cli_bad_input_exits_2_and_writes_nothing(cli, store_copy, tmp_path):
         (["--eps", "1.5"], "outside [0, 1]"),
         (["--attack", "cw"], "unknown attack"),
         (["--method", "entropy"], "unknown detection method"),
+        (["--fpr", "0"], "--fpr must be in (0, 1)"),
+        (["--fpr", "1.5"], "--fpr must be in (0, 1)"),
     ]
     for extra, message in bad:
         r = cli(*base, *extra)

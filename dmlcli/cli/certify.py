@@ -171,7 +171,8 @@ def command(
     title = (
         f"{run}: certified accuracy (%), {decision}, {cfg['head']} head, sigma={sigma:g}, "
         f"n={n}; abstain {abstain}/{len(df)}, PREDICT acc {smoothed:.1f}%, "
-        f"{df['seconds'].mean():.2f} s/sample"
+        f"{df['seconds'].mean():.2f} s/sample; no radius above "
+        f"{ce.max_certifiable_radius(sigma, n, alpha):.2f} is certifiable with n={n}"
     )
     rows = [(f"{r:g}", 100.0 * a) for r, a in zip(acc["radius"], acc["accuracy"], strict=True)]
     summary(title, ["radius", "certified accuracy"], rows, files)

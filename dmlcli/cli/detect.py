@@ -71,6 +71,12 @@ def command(
     steps: Annotated[int, typer.Option(help="PGD / adaptive iterations.")] = 40,
     step_size: Annotated[str | None, typer.Option(help="PGD step (default 2.5*eps/steps).")] = None,
     adaptive_loss: Annotated[str, typer.Option(help="Adaptive attack loss: ce or margin.")] = "ce",
+    fpr: Annotated[
+        float,
+        typer.Option(
+            help="Uncertainty: also report the regression at this benign FPR (set on the fit half)."
+        ),
+    ] = 0.05,
     var_weight: Annotated[
         float, typer.Option(help="Adaptive vs uncertainty: weight of the variance match.")
     ] = 1.0,
@@ -113,6 +119,8 @@ def command(
         )
 
     attacks = det.check_attacks(attack or DEFAULT_ATTACKS)
+    if not 0.0 < fpr < 1.0:
+        raise DmlError(f"--fpr must be in (0, 1); got {fpr}")
     eps_value = parse_eps(eps)
     step_value = parse_eps(step_size) if step_size is not None else None
     if (head_sigma is not None or head_samples is not None) and head is None:
@@ -213,7 +221,7 @@ def command(
         if a not in frames:
             frames[a], meta = read_parquet(store.result_path("detect", run, settings_of[a]))
             aucs[a] = float(meta["auc"])
-    _print_tables(run, method, eps_value, nu, attacks, frames, aucs, files)
+    _print_tables(run, method, eps_value, nu, attacks, frames, aucs, files, fpr)
 
 
 def _parts(store, run, setting, data, batch_size, attack, force) -> Any:
@@ -268,6 +276,7 @@ def _print_tables(
     frames: dict[str, Any],
     aucs: dict[str, float],
     files: list[Path],
+    fpr: float = 0.05,
 ) -> None:
     from dmlcli.eval import detect as det
 
@@ -294,29 +303,33 @@ def _print_tables(
             rows.append([v if v != nu else f"{v} *", "worst case", "", "", "", "", worst])
     summary(f"{run}: threshold-nu vote detector (Eq. 8), eps {format_eps(eps)}", cols, rows)
 
-    head = ["attack", "AUC", f"det % nu={nu}", f"u+w % nu={nu}"]
+    # vote: the dissent score at the headline nu; uncertainty: the regression at p >= 0.5 and
+    # at a benign FPR set on the fit half (its nu rates are in the table above).
+    at = f"@{100 * fpr:g}%"
     if method == "uncertainty":
-        head += ["LR FPR %", "LR det %", "LR u+w %"]
+        head = ["attack", "AUC", "LR FPR %", "LR det %", "LR u+w %"]
+        head += [f"FPR {at}", f"det {at}", f"u+w {at}"]
     else:
-        head += ["adv vote acc %"]
+        head = ["attack", "AUC", f"det % nu={nu}", f"u+w % nu={nu}", "adv vote acc %"]
     rows = []
     for a in attacks:
-        r = tables[a].loc[nu]
-        row = [a, f"{aucs[a]:.4f}", r["detected"], r["undetected_wrong"]]
+        row = [a, f"{aucs[a]:.4f}"]
         if method == "uncertainty":
-            lr = det.lr_rates(frames[a])
-            row += [lr["fpr"], lr["detected"], lr["undetected_wrong"]]
+            for lr in (det.lr_rates(frames[a]), det.lr_rates_at_fpr(frames[a], fpr)):
+                row += [lr["fpr"], lr["detected"], lr["undetected_wrong"]]
         else:
-            row += [r["adv_vote_acc"]]
+            r = tables[a].loc[nu]
+            row += [r["detected"], r["undetected_wrong"], r["adv_vote_acc"]]
         rows.append(row)
-    if len(attacks) > 1:
-        flag = f"flagged_nu_{nu}"
-        row = ["worst case", "", "", det.worst_case_undetected_wrong(list(frames.values()), flag)]
+    if len(attacks) > 1:  # per sample, whichever attack works
         if method == "uncertainty":
             evals = [f[f["half"] == "eval"] for f in frames.values()]
-            row += ["", "", det.worst_case_undetected_wrong(evals, "flagged_lr")]
+            at_fpr = [det.flag_at_fpr(f, fpr) for f in frames.values()]
+            row = ["worst case", "", "", "", det.worst_case_undetected_wrong(evals, "flagged_lr")]
+            row += ["", "", det.worst_case_undetected_wrong(at_fpr, "flagged_fpr")]
         else:
-            row += [""]
+            worst = det.worst_case_undetected_wrong(list(frames.values()), f"flagged_nu_{nu}")
+            row = ["worst case", "", "", worst, ""]
         rows.append(row)
     what = "dissent (K - top votes)" if method == "vote" else "uncertainty + LR, eval half"
     title = (

@@ -92,6 +92,13 @@ def certified_radius(p_a: float, sigma: float) -> float:
     return float(sigma * norm.ppf(p_a))
 
 
+def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius CERTIFY can return with ``n`` draws: all ``n`` votes for the top class
+    give ``pA = alpha^(1/n)`` (Clopper-Pearson), so ``R = sigma * Phi^-1(alpha^(1/n))``; radii
+    above it are certified for no input, whatever the model."""
+    return certified_radius(lower_confidence_bound(n, n, alpha), sigma)
+
+
 def base_classifier(ensemble: nn.Module, decision: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """Pixels ``[B, C, H, W]`` -> labels ``[B]``: ``decision`` over the member logits."""
     rule = create_decision(decision, ensemble.trainable_sets)

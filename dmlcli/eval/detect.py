@@ -521,6 +521,28 @@ def lr_rates(df: pd.DataFrame) -> dict[str, float]:
     return rates(df[df["half"] == "eval"], "flagged_lr")
 
 
+def flag_at_fpr(df: pd.DataFrame, fpr: float) -> pd.DataFrame:
+    """The eval half of ``df`` with ``flagged_fpr``: the regression's score above a threshold
+    set on the *fit* half so that it flags at most a share ``fpr`` of the benign inputs there.
+
+    p >= 0.5 (``flagged_lr``) is an arbitrary operating point of a class-balanced fit and
+    can reject a third of the clean inputs; a detector is compared at a fixed false-positive
+    rate (e.g. TPR at 5% FPR). The threshold never sees the eval half.
+    """
+    if not 0.0 < fpr < 1.0:
+        raise DmlError(f"--fpr must be in (0, 1); got {fpr}")
+    fit = df[(df["half"] == "fit") & (df["kind"] == "benign")]["lr_score"].to_numpy()
+    threshold = float(np.quantile(fit, 1.0 - fpr, method="higher")) if len(fit) else np.inf
+    ev = df[df["half"] == "eval"].copy()
+    ev["flagged_fpr"] = ev["lr_score"].to_numpy() > threshold
+    return ev
+
+
+def lr_rates_at_fpr(df: pd.DataFrame, fpr: float) -> dict[str, float]:
+    """Rates (%) on the eval half at the threshold of :func:`flag_at_fpr`."""
+    return rates(flag_at_fpr(df, fpr), "flagged_fpr")
+
+
 def worst_case_undetected_wrong(frames: Sequence[pd.DataFrame], flag: str) -> float:
     """% of samples for which at least one attack's adversarial is undetected and wrong.
 

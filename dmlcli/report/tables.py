@@ -752,6 +752,7 @@ def certify_table(col: Collection, dataset: str) -> Table | Skip:
     return Table("certify", title, cols, rows, notes)
 
 
+REPORT_FPR = 0.05  # operating point of the uncertainty regression in the detection table
 #: Setting keys of one detection attack; the rest say which detector and samples it faced.
 _DETECT_ATTACK_KEYS = {"attack", "steps", "step_size", "keep", "adaptive_loss", "var_weight", "eot"}
 
@@ -762,7 +763,7 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
     results = [r for r in col.of("detect", dataset) if "kind" in r.df.columns]
     if not results:
         return Skip("detect", title, "no detection results (dml detect)")
-    from dmlcli.eval.detect import worst_case_undetected_wrong
+    from dmlcli.eval.detect import lr_rates_at_fpr, worst_case_undetected_wrong
 
     rows = []
     groups: dict[tuple, list[pd.DataFrame]] = {}
@@ -779,6 +780,9 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
             eps_text(float(s.get("eps", _first(df, "eps", 0.0)))),
         ]
         u_w = worst_case_undetected_wrong([ev], flag) if flag in a else None
+        at_fpr = None
+        if "lr_score" in df.columns and (df["half"] == "fit").any():
+            at_fpr = lr_rates_at_fpr(df, REPORT_FPR)["detected"]
         rows.append(
             [
                 *key,
@@ -788,6 +792,7 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
                 100.0 * float(a[flag].mean()) if flag in a else None,
                 u_w,
                 100.0 * float((a["vote"] == a["label"]).mean()) if len(a) else None,
+                at_fpr,
             ]
         )
         other = {n: v for n, v in s.items() if n not in _DETECT_ATTACK_KEYS}
@@ -797,7 +802,8 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
     for (model, method, eps, _, flag), frames in groups.items():
         if len(frames) > 1:  # per sample, whichever attack works
             worst = worst_case_undetected_wrong(frames, flag)
-            rows.append([model, method, "worst case", eps, None, None, None, None, worst, None])
+            blank = [None] * 4
+            rows.append([model, method, "worst case", eps, *blank, worst, None, None])
     rows.sort(key=lambda r: (r[0], r[1] != "vote", r[1], r[3], r[2] == "worst case", r[2]))
     s = results[0].setting
     notes = [
@@ -808,7 +814,9 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
         "FPR / detected = share of benign / adversarial inputs rejected when all K members must "
         "agree (unanimity, Eq. 8 with nu = K); undetected+wrong = adversarials answered with a "
         "wrong label. Worst case: samples for which at least one of the attacks above gives "
-        "an undetected wrong answer (an attacker keeps whichever attack works).",
+        "an undetected wrong answer (an attacker keeps whichever attack works). LR detected "
+        "@5% FPR: the uncertainty regression thresholded on its fit half to flag 5% of benign "
+        "inputs, scored on the eval half.",
     ]
     cols = [
         "Model",
@@ -821,6 +829,7 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
         "detected nu=K",
         "undetected+wrong nu=K",
         "vote acc on adv",
+        "LR detected @5% FPR",
     ]
     return Table("detect", title, cols, rows, notes)
 
