@@ -80,6 +80,28 @@ def test_weibull_fit_recovers_endpoint() -> None:
     assert const.status == "degenerate" and const.location == 1.25
 
 
+def test_pooled_maxima_keep_the_fit_instead_of_the_observed_max() -> None:
+    """Batch maxima resampled from a 1000-point pool repeat its top values; the KS test then
+    rejects, and the fallback to the observed maximum would raise the score. Without the
+    fallback (what a pooled run uses) L stays at the fit, above every observed maximum."""
+    rng = np.random.default_rng(1)
+    pool = 3.0 - 0.5 * rng.weibull(3.0, 1000)
+    maxima = pool[rng.integers(0, 1000, (50, 200))].max(1)
+    assert len(np.unique(maxima)) < 20  # ties
+    old = cl.fit_reverse_weibull(maxima)
+    assert old.status == "ill-conditioned" and old.location == maxima.max()
+    new = cl.fit_reverse_weibull(maxima, ks_fallback=False)
+    assert new.status != "ill-conditioned" and new.location > maxima.max()
+    assert new.ks_pvalue == pytest.approx(old.ks_pvalue)
+    margins = np.array([0.0, 1.0])
+    pooled = cl.score_sample(margins, 0, np.stack([maxima, maxima], 1), cl.CleverSettings())
+    fresh = cl.CleverSettings(pool_factor=0)
+    assert pooled.score == pytest.approx(1.0 / new.location)
+    assert cl.score_sample(margins, 0, np.stack([maxima] * 2, 1), fresh).score == pytest.approx(
+        1.0 / maxima.max()
+    )
+
+
 def test_parse_norm_and_dual() -> None:
     assert cl.parse_norm("inf") == math.inf and cl.dual_order(math.inf) == 1.0
     assert cl.dual_order(1.0) == math.inf and cl.dual_order(2.0) == 2.0
