@@ -234,6 +234,10 @@ class CleverSettings:
         out = asdict(self)
         out["norm"] = norm_name(self.norm)
         out.pop("grad_batch")  # does not change the result
+        # How points are drawn and fits are kept: results computed before either changed
+        # (draws sized by the gradient batch; the KS fallback on pooled maxima) get other keys.
+        out["draw_chunk"] = DRAW_CHUNK
+        out["ks_fallback"] = self.pool_factor == 0
         return out
 
 
