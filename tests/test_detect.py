@@ -276,6 +276,37 @@ def test_adaptive_attack_beats_pgd_on_constructed_ensemble():
     assert _undetected_wrong(model, margin, y, 3) == 1.0
 
 
+class TwoRoutes(nn.Module):
+    """Three identical members; class 0 is right, class 1 the runner-up of the sum but
+    constant (unreachable), class 2 reachable by raising pixel 1 within eps = 0.2."""
+
+    num_members, randomized, trainable_sets = 3, False, [[], [], []]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d1 = x.flatten(1)[:, 0] - 0.5
+        one = torch.ones_like(d1) + 0 * self.dummy
+        z = torch.stack([one, 0.5 * one, 10 * d1], -1)
+        return torch.stack([z, z.clone(), z.clone()])
+
+
+def test_adaptive_tries_more_targets_than_the_runner_up():
+    model = TwoRoutes()
+    x = torch.full((4, 1, 1, 2), 0.5)
+    y = torch.zeros(4, dtype=torch.long)
+    assert runner_up(member_draws(model, x), y).tolist() == [1] * 4
+    one = AgreementPGD(eps=0.2, steps=10, targets=1)(model, x, y)
+    two = AgreementPGD(eps=0.2, steps=10, targets=2)(model, x, y)
+    assert _undetected_wrong(model, one, y, 3) == 0.0  # class 1 cannot be reached
+    assert _undetected_wrong(model, two, y, 3) == 1.0  # class 2 can
+    assert (two - x).abs().max() <= 0.2 + 1e-6
+    with pytest.raises(DmlError, match="adaptive-targets"):
+        AgreementPGD(eps=0.2, targets=0)
+
+
 def test_agreement_loss_and_variance_term():
     logits = torch.tensor([[[4.0, 0.0, 0.0]], [[0.0, 4.0, 0.0]]])[None]  # T=1, K=2, B=1
     target = torch.tensor([1])

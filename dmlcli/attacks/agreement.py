@@ -66,6 +66,12 @@ def runner_up(draw_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return summed.scatter(1, y[:, None], float("-inf")).argmax(-1)
 
 
+def ranked_wrong(draw_logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` wrong classes with the largest summed logits, best first: ``[k, B]``."""
+    summed = draw_logits.mean(0).sum(0).scatter(1, y[:, None], float("-inf"))  # [B, C]
+    return summed.topk(min(k, summed.shape[1] - 1), dim=1).indices.t()
+
+
 def agreement_loss(
     draw_logits: torch.Tensor, target: torch.Tensor, loss: str = "ce", kappa: float = 1.0
 ) -> torch.Tensor:
@@ -127,6 +133,10 @@ class AgreementPGD:
             samples whose vote is already wrong (the others follow the agreement loss alone).
         eot: head draws per step (expectation over transformation for randomized heads).
         random_start: start uniformly inside the eps-ball (seeded by ``seed``).
+        targets: how many target classes to try, in the order of the clean summed logits
+            (runner-up first), each a full run from its own random start (``seed + i``);
+            per sample the best iterate over all of them is kept (as APGD-T restarts over
+            targets). 1: the runner-up only.
 
     It follows the protocol of :mod:`dmlcli.attacks`: ``attack(model, x [B,C,H,W], y [B],
     target=None) -> x_adv``; ``target`` overrides the runner-up; ``model`` may be an
@@ -145,6 +155,7 @@ class AgreementPGD:
     eot: int = 1
     random_start: bool = True
     seed: int = 0
+    targets: int = 1
     name: str = "adaptive"
     norm = "linf"
     targeted = False
@@ -159,6 +170,8 @@ class AgreementPGD:
             raise DmlError(f"--eot must be at least 1; got {self.eot}")
         if not (math.isfinite(self.var_weight) and self.var_weight >= 0):
             raise DmlError(f"--var-weight must be >= 0; got {self.var_weight}")
+        if self.targets < 1:
+            raise DmlError(f"--adaptive-targets must be at least 1; got {self.targets}")
 
     def setting(self) -> dict[str, Any]:
         return {**asdict(self), "norm": self.norm}
@@ -175,13 +188,38 @@ class AgreementPGD:
         x0 = x.detach()
         if self.eps == 0:
             return x0.clone()
-        alpha = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
-        match = self.var_weight > 0
         with torch.no_grad():
             clean = member_draws(model, x0, self.eot)
-            target = runner_up(clean, y) if target is None else target
             log_u0 = torch.log(softmax_variance(clean) + _VAR_FLOOR)
-        adv = _random_start(x0, self.eps, self.seed) if self.random_start else x0.clone()
+        if target is not None:
+            order = target[None]
+        else:
+            order = ranked_wrong(clean, y, self.targets)
+        best = x0.clone()
+        best_key = torch.full((len(x0),), -1, device=x0.device)
+        best_value = torch.full((len(x0),), float("inf"), device=x0.device)
+        for i, t in enumerate(order):
+            adv, key, value = self._run(model, x0, y, t, log_u0, self.seed + i)
+            better = (key > best_key) | ((key == best_key) & (value < best_value))
+            best[better] = adv[better]
+            best_key = torch.where(better, key, best_key)
+            best_value = torch.where(better, value, best_value)
+        return best
+
+    def _run(
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor,
+        log_u0: torch.Tensor,
+        seed: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One run toward ``target`` ``[B]``: the kept iterate and its (key, value) per sample
+        (higher key wins, then lower value; see the class docstring)."""
+        alpha = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        match = self.var_weight > 0
+        adv = _random_start(x0, self.eps, seed) if self.random_start else x0.clone()
         best = adv.clone()
         best_key = torch.full((len(x0),), -1, device=x0.device)
         best_value = torch.full((len(x0),), float("inf"), device=x0.device)
@@ -213,4 +251,4 @@ class AgreementPGD:
                 (grad,) = torch.autograd.grad(loss.sum(), adv)
             with torch.no_grad():
                 adv = _project(adv.detach() - alpha * grad.sign(), x0, self.eps)
-        return best.detach()
+        return best.detach(), best_key, best_value.detach()

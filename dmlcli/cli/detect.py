@@ -71,6 +71,9 @@ def command(
     steps: Annotated[int, typer.Option(help="PGD / adaptive iterations.")] = 40,
     step_size: Annotated[str | None, typer.Option(help="PGD step (default 2.5*eps/steps).")] = None,
     adaptive_loss: Annotated[str, typer.Option(help="Adaptive attack loss: ce or margin.")] = "ce",
+    adaptive_targets: Annotated[
+        int, typer.Option(help="Adaptive: target classes tried per sample, best kept.")
+    ] = 3,
     fpr: Annotated[
         float,
         typer.Option(
@@ -151,6 +154,7 @@ def command(
         steps=steps,
         step_size=step_value,
         adaptive_loss=adaptive_loss,
+        adaptive_targets=adaptive_targets,
         var_weight=var_weight,
         eot=eot if eot is not None else draws,
         batch_size=batch_size,

@@ -220,6 +220,7 @@ class DetectSettings:
     step_size: float | None = None
     adaptive_loss: str = "ce"
     var_weight: float = 1.0
+    adaptive_targets: int = 3
     eot: int = 1
     batch_size: int = 500
 
@@ -254,6 +255,7 @@ class DetectSettings:
             out["keep"] = "loss"
         if attack == "adaptive":
             out["adaptive_loss"] = self.adaptive_loss
+            out["adaptive_targets"] = self.adaptive_targets
             if self.method == "uncertainty":
                 out["var_weight"] = self.var_weight
         return out
@@ -286,6 +288,7 @@ def make_attack(name: str, s: DetectSettings) -> Attack:
             step_size=s.step_size,
             loss=s.adaptive_loss,
             var_weight=s.var_weight if s.method == "uncertainty" else 0.0,
+            targets=s.adaptive_targets,
             eot=s.eot,
             seed=s.seed,
         )
