@@ -754,7 +754,16 @@ def certify_table(col: Collection, dataset: str) -> Table | Skip:
 
 REPORT_FPR = 0.05  # operating point of the uncertainty regression in the detection table
 #: Setting keys of one detection attack; the rest say which detector and samples it faced.
-_DETECT_ATTACK_KEYS = {"attack", "steps", "step_size", "keep", "adaptive_loss", "var_weight", "eot"}
+_DETECT_ATTACK_KEYS = {
+    "attack",
+    "steps",
+    "step_size",
+    "keep",
+    "adaptive_loss",
+    "adaptive_targets",
+    "var_weight",
+    "eot",
+}
 
 
 def detect_table(col: Collection, dataset: str) -> Table | Skip:
@@ -773,10 +782,14 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
         flag = f"flagged_nu_{k}"
         ev = df[df["half"] != "fit"] if "half" in df.columns else df
         b, a = ev[ev["kind"] == "benign"], ev[ev["kind"] == "adversarial"]
+        method = str(s.get("method", _first(df, "method", "?")))
+        attack = str(s.get("attack", _first(df, "attack", "?")))
+        if s.get("adaptive_targets", 1) != 1:
+            attack += f" ({s['adaptive_targets']} targets)"
         key = [
             col.label(r.run),
-            str(s.get("method", _first(df, "method", "?"))),
-            str(s.get("attack", _first(df, "attack", "?"))),
+            f"{method} ({s['head']} head)" if s.get("head") else method,
+            attack,
             eps_text(float(s.get("eps", _first(df, "eps", 0.0)))),
         ]
         u_w = worst_case_undetected_wrong([ev], flag) if flag in a else None
@@ -804,7 +817,9 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
             worst = worst_case_undetected_wrong(frames, flag)
             blank = [None] * 4
             rows.append([model, method, "worst case", eps, *blank, worst, None, None])
-    rows.sort(key=lambda r: (r[0], r[1] != "vote", r[1], r[3], r[2] == "worst case", r[2]))
+    rows.sort(
+        key=lambda r: (r[0], not r[1].startswith("vote"), r[1], r[3], r[2] == "worst case", r[2])
+    )
     s = results[0].setting
     notes = [
         "Negatives: correctly classified benign (and Gaussian-noisy) test samples; positives: "
