@@ -145,8 +145,14 @@ def distortion_accuracy(col: Collection, dataset: str, out: Path) -> Figure | Sk
     for ax, run in zip(axes[0], runs, strict=True):
         mine = [c for c in cells if c.result.run == run]
         labels = sorted({c.label for c in mine}, key=lambda s: split_label(s))
+        clean = [c.clean for c in mine]
+        ax.plot([0.0], [sum(clean) / len(clean)], "kx", ms=7, label="clean")
         for color, label in zip(_colors(len(labels)), labels, strict=True):
             pts = sorted((c.eps, c.robust, c.clean) for c in mine if c.label == label)
+            if len(pts) == 1:  # one budget: a point, not a curve nobody measured
+                name = attack_title(label, None)
+                ax.plot([pts[0][0]], [pts[0][1]], "o", ms=5, color=color, label=name)
+                continue
             xs = [0.0] + [p[0] for p in pts]
             ys = [pts[0][2]] + [p[1] for p in pts]
             ax.plot(xs, ys, "-o", ms=4, color=color, label=attack_title(label, None))
@@ -160,7 +166,8 @@ def distortion_accuracy(col: Collection, dataset: str, out: Path) -> Figure | Sk
     path = _save(fig, out / f"{dataset}-{key}.png")
     caption = (
         "Robust accuracy (crafted on the summed logits, majority vote) against the "
-        "L-inf budget; eps = 0 is clean accuracy on the same samples."
+        "L-inf budget; eps = 0 (x) is clean accuracy on the same samples. Attacks run at a "
+        "single budget are single points."
     )
     return Figure(key, title, caption, path)
 
