@@ -179,6 +179,20 @@ def test_cw_binary_search_never_worse_than_its_fixed_c(mlp, digits):
         create_attack("cw", search_steps=-1)
 
 
+def test_searched_cw_is_labelled_apart_from_the_papers_fixed_c():
+    from dmlcli.report.tables import attack_title
+
+    fixed = [s for s in rob.paper_suite([0.1], rob.Budgets(), "vote") if s.attack == "cw"]
+    searched = rob.paper_suite([0.1], rob.Budgets(cw_search_steps=3), "vote")
+    searched = [s for s in searched if s.attack == "cw"]
+    assert [s.label for s in fixed] == ["cw-200"] and [s.label for s in searched] == [
+        "cw-search-200"
+    ]
+    assert searched[0].params["search_steps"] == 3
+    assert attack_title("cw-200", None, 1.0) == "CW-200 c=1"
+    assert attack_title("cw-search-200", None, 1.0) == "CW (c searched)-200"
+
+
 def test_eot_matters_only_for_a_randomized_head(digits):
     x, y = digits[0][:16], digits[1][:16]
     attack = create_attack("pgd", eps=EPS, steps=3, keep="loss")

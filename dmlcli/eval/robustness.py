@@ -107,8 +107,8 @@ def paper_suite(eps_list: Sequence[float], budgets: Budgets, decision: str) -> l
             AttackSpec(f"pgd-40x{r}", "pgd", {"eps": eps, "steps": 40, "restarts": r}),
         ]
     cw = budgets.cw_params()
-    search = f"-search{budgets.cw_search_steps}" if budgets.cw_search_steps else ""
-    specs.append(AttackSpec(f"cw-{budgets.cw_steps}{search}", "cw", cw))
+    label = "cw-search" if budgets.cw_search_steps else "cw"  # the search is not the paper's
+    specs.append(AttackSpec(f"{label}-{budgets.cw_steps}", "cw", cw))
     for s in specs:
         s.decision, s.suite = decision, "paper"
     return specs
@@ -455,6 +455,8 @@ def custom_specs(
                     if "steps" not in p or name in ("cw", "cw-l2", "autoattack")
                     else (f"{name}-{p['steps']}")
                 )
+                if name in ("cw", "cw-l2") and p.get("search_steps"):
+                    label = "cw-search"
                 if p.get("restarts", 1) > 1:
                     label += f"x{p['restarts']}"
                 specs.append(AttackSpec(label, name, p, surface, decision, eot, "custom"))

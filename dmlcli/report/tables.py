@@ -81,6 +81,7 @@ _DISPLAY = {
     "bim": "BIM",
     "pgd": "PGD",
     "cw": "CW",
+    "cw-search": "CW (c searched)",
     "autoattack": "AutoAttack",
     "apgd-ce": "APGD-CE",
     "apgd-dlr": "APGD-DLR",
@@ -102,7 +103,7 @@ def split_label(label: str) -> tuple[str, int | None, int | None]:
 
 
 def attack_title(label: str, eps: float | None, cw_c: float | None = None) -> str:
-    """``('pgd-20x5', 0.3)`` -> ``'PGD-20x5 eps=0.3'``; CW shows its constant c."""
+    """``('pgd-20x5', 0.3)`` -> ``'PGD-20x5 eps=0.3'``; fixed-c CW shows its constant c."""
     base, steps, restarts = split_label(label)
     name = _DISPLAY.get(base, base)
     if steps is not None:
@@ -110,7 +111,7 @@ def attack_title(label: str, eps: float | None, cw_c: float | None = None) -> st
     if restarts is not None:
         name += f"x{restarts}"
     if eps is None or (isinstance(eps, float) and math.isnan(eps)):
-        return name + (f" c={cw_c:g}" if cw_c is not None else "")
+        return name + (f" c={cw_c:g}" if cw_c is not None and base == "cw" else "")
     return f"{name} eps={eps_text(float(eps))}"
 
 
@@ -152,9 +153,12 @@ class AttackCell:
         p, df = self.params, self.result.df
         base, _, _ = split_label(self.label)
         parts = []
-        if base == "cw":
+        if base in ("cw", "cw-search"):
+            c = f"c={p.get('c', '?')}"
+            if p.get("search_steps"):
+                c = f"binary search over c from {p.get('c', '?')} ({p['search_steps']} rounds)"
             parts.append(
-                f"c={p.get('c', '?')}, {p.get('steps', '?')} Adam steps, lr {p.get('lr', '?')}, "
+                f"{c}, {p.get('steps', '?')} Adam steps, lr {p.get('lr', '?')}, "
                 f"kappa {p.get('kappa', 0)}"
             )
         elif base == "autoattack":
@@ -193,10 +197,14 @@ def attack_cells(col: Collection, dataset: str) -> list[AttackCell]:
         if not {"robust", "clean_correct"} <= set(df.columns) or not len(df):
             continue
         eps = _first(df, "eps", res.setting.get("eps"))
+        label = str(_first(df, "attack", res.setting.get("attack", "?")))
+        params = res.setting.get("params") or {}
+        if params.get("search_steps") and split_label(label)[0] == "cw":
+            label = label.replace("cw", "cw-search", 1)  # results labelled before the rename
         out.append(
             AttackCell(
                 result=res,
-                label=str(_first(df, "attack", res.setting.get("attack", "?"))),
+                label=label,
                 eps=None if eps is None else float(eps),
                 suite=str(_first(df, "suite", "custom")),
                 surface=str(_first(df, "surface", res.setting.get("surface", "sum"))),
@@ -221,7 +229,16 @@ def _paper_protocol(c: AttackCell) -> bool:
     )
 
 
-_ORDER = {"fgsm": 0, "bim": 1, "pgd": 2, "apgd-ce": 3, "apgd-dlr": 4, "cw": 5, "autoattack": 6}
+_ORDER = {
+    "fgsm": 0,
+    "bim": 1,
+    "pgd": 2,
+    "apgd-ce": 3,
+    "apgd-dlr": 4,
+    "cw": 5,
+    "cw-search": 6,
+    "autoattack": 7,
+}
 
 
 def _col_sort(key: tuple[str, float | None]) -> tuple:
