@@ -291,7 +291,7 @@ def _run_one(
 
     from dmlcli.attacks import random_targets
     from dmlcli.cli.common import format_eps
-    from dmlcli.eval.parts import Parts, finalize, parts_dir, run_batches
+    from dmlcli.eval.parts import Parts, finalize, run_batches
     from dmlcli.store import read_parquet
 
     attack = spec.build(seed)
@@ -308,18 +308,15 @@ def _run_one(
         gen = torch.Generator().manual_seed(seed)
         targets = random_targets(labels[indices], model.num_classes, gen)
     eps = "-" if spec.eps is None else format_eps(spec.eps)
-    result = {
-        "kind": "attack",
-        "run": run,
-        "setting": setting,
-        "extra": {"batch_size": batch_size},
-        "sides": {"examples": {"kind": "adv-examples", "head": rob.EXAMPLES}},
-    }
-    parts = Parts(
-        parts_dir(store, "attack", run, setting),
+    parts = Parts.for_result(
+        store,
+        "attack",
+        run,
+        setting,
         indices.tolist(),
         batch_size,
-        result,
+        {"batch_size": batch_size},
+        result_sides={"examples": {"kind": "adv-examples", "head": rob.EXAMPLES}},
         columns=["label", "clean_correct", "robust", "seconds"],
         sides=["examples"],
         label=f"{spec.label} {spec.surface} eps {eps}",

@@ -11,7 +11,9 @@ from dmlcli.cli.common import (
     ArtifactsOpt,
     DeviceOpt,
     ForceOpt,
+    PartSizeOpt,
     SeedOpt,
+    ShardOpt,
     console,
     finish_parts,
     open_store,
@@ -46,13 +48,8 @@ def command(
     ] = 1000,
     batch_size: Annotated[int, typer.Option(help="Noise draws per forward pass.")] = 1000,
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files.")] = None,
-    part_size: Annotated[
-        int, typer.Option(help="Samples per part file (resume and --shard granularity).")
-    ] = 10,
-    shard: Annotated[
-        str | None,
-        typer.Option(help="Compute only shard i/n of the parts (default: torchrun's RANK)."),
-    ] = None,
+    part_size: PartSizeOpt = 10,
+    shard: ShardOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -113,21 +110,19 @@ def command(
             + (f", sigma_R={cfg['head_sigma']:g}" if ensemble.randomized else "")
             + f") on {n_samples} samples, sigma={sigma:g}, n0={n0}, n={n}, alpha={alpha:g}"
         )
-        result = {
-            "kind": "certify",
-            "run": run,
-            "setting": setting,
-            "extra": {
-                "dataset": cfg["dataset"],
-                "members": ensemble.num_members,
-                "trained_head": trained_head,
-            },
+        extra = {
+            "dataset": cfg["dataset"],
+            "members": ensemble.num_members,
+            "trained_head": trained_head,
         }
-        parts = pt.Parts(
-            pt.parts_dir(store, "certify", run, setting),
+        parts = pt.Parts.for_result(
+            store,
+            "certify",
+            run,
+            setting,
             idx.tolist(),
             part_size,
-            result,
+            extra,
             id_column="idx",
             columns=["label", "predict", "radius", "correct", "seconds", "smoothed_correct"],
             label=f"certify {decision} sigma={sigma:g}",

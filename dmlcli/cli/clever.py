@@ -12,7 +12,9 @@ from dmlcli.cli.common import (
     ArtifactsOpt,
     DeviceOpt,
     ForceOpt,
+    PartSizeOpt,
     SeedOpt,
+    ShardOpt,
     console,
     finish_parts,
     open_store,
@@ -45,13 +47,8 @@ def command(
         int, typer.Option(help="Points per forward/backward pass (speed and memory only).")
     ] = 512,
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the dataset's files.")] = None,
-    part_size: Annotated[
-        int, typer.Option(help="Samples per part file (resume and --shard granularity).")
-    ] = 10,
-    shard: Annotated[
-        str | None,
-        typer.Option(help="Compute only shard i/n of the parts (default: torchrun's RANK)."),
-    ] = None,
+    part_size: PartSizeOpt = 10,
+    shard: ShardOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -115,22 +112,20 @@ def command(
             f"R={radius:g}, {nb_batches}x{batch_size} maxima from {settings.pool} gradients "
             f"per sample ({cfg['head']} head, K={ensemble.num_members})"
         )
-        result = {
-            "kind": "clever",
-            "run": run,
-            "setting": setting,
-            "extra": {
-                "dataset": cfg["dataset"],
-                "members": ensemble.num_members,
-                "head": cfg["head"],
-                "head_lipschitz": bounds,
-            },
+        extra = {
+            "dataset": cfg["dataset"],
+            "members": ensemble.num_members,
+            "head": cfg["head"],
+            "head_lipschitz": bounds,
         }
-        parts = pt.Parts(
-            pt.parts_dir(store, "clever", run, setting),
+        parts = pt.Parts.for_result(
+            store,
+            "clever",
+            run,
+            setting,
             idx.tolist(),
             part_size,
-            result,
+            extra,
             id_column="idx",
             columns=["sample", "score", "score_label", "fit_status", "seconds"],
             label=f"clever {target} L{cl.norm_name(settings.norm)} R={radius:g}",

@@ -38,6 +38,14 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even if the r
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 ]
+PartSizeOpt = Annotated[
+    int,
+    typer.Option("--part-size", help="Samples per part file (resume and --shard granularity)."),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option("--shard", help="Compute only shard i/n of the parts (default: torchrun's RANK)."),
+]
 
 
 def open_store(artifacts: Path | None) -> Store:

@@ -230,14 +230,15 @@ def command(
 
 def _parts(store, run, setting, data, batch_size, attack, force) -> Any:
     """The part folder of one attack's adversarials (rows: sample, x_adv)."""
-    from dmlcli.eval.parts import Parts, parts_dir
+    from dmlcli.eval.parts import Parts
 
-    result = {"kind": "detect", "run": run, "setting": setting}
-    parts = Parts(
-        parts_dir(store, "detect", run, setting),
+    parts = Parts.for_result(
+        store,
+        "detect",
+        run,
+        setting,
         data.samples.tolist(),
         batch_size,
-        result,
         columns=["x_adv"],
         label=f"detect {attack} adversarials",
     )

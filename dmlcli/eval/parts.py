@@ -159,6 +159,28 @@ class Parts:
         n = len(self.ids)
         self.ranges = [(s, min(s + self.size, n)) for s in range(0, n, self.size)]
 
+    @classmethod
+    def for_result(
+        cls,
+        store: Store,
+        kind: str,
+        run: str,
+        setting: dict[str, Any],
+        ids: Sequence[int],
+        size: int,
+        extra: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Parts:
+        """The part folder of the result ``store.result_path(kind, run, setting)``;
+        ``extra`` is stored with the final result, ``options`` as in the constructor plus
+        ``result_sides`` (side results, see :func:`finalize`)."""
+        result: dict[str, Any] = {"kind": kind, "run": run, "setting": setting}
+        if extra:
+            result["extra"] = extra
+        if "result_sides" in options:
+            result["sides"] = options.pop("result_sides")
+        return cls(parts_dir(store, kind, run, setting), ids, size, result, **options)
+
     # -- manifest ---------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
         return {
