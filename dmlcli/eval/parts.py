@@ -262,6 +262,11 @@ class Parts:
 
     def read(self, b: int) -> dict[str, pd.DataFrame] | None:
         """Batch ``b``'s frames (``part`` and the sides) if its files are valid, else None."""
+        got = self.load(b)
+        return None if got is None else got[0]
+
+    def load(self, b: int) -> tuple[dict[str, pd.DataFrame], dict[str, Any]] | None:
+        """Batch ``b``'s frames and the metadata of its part, if its files are valid."""
         start, stop = self.ranges[b]
         path = self._file("part", start)
         if not path.is_file():
@@ -277,7 +282,7 @@ class Parts:
             return None
         if [int(v) for v in df[self.id_column]] != self.ids[start:stop]:
             return None
-        return frames
+        return frames, meta
 
     def done(self) -> list[int]:
         """Batch numbers whose parts are valid."""
@@ -292,9 +297,6 @@ class Parts:
         for side in self.sides:
             write_parquet(self._file(side, start), frames[side], {"part": [start, stop]})
         write_parquet(self._file("part", start), part, {**(meta or {}), "part": [start, stop]})
-
-    def read_meta(self, b: int) -> dict[str, Any]:
-        return read_parquet(self._file("part", self.ranges[b][0]))[1]
 
     def missing_text(self, missing: Sequence[int]) -> str:
         """``'positions 10-19 (part-000010), ...'`` for the first few missing batches."""
@@ -394,14 +396,14 @@ def finalize(store: Store, parts: Parts) -> list[Path]:
     sides: dict[str, list[pd.DataFrame]] = {s: [] for s in parts.sides}
     gaps = []
     for b in range(len(parts.ranges)):
-        got = parts.read(b)
+        got = parts.load(b)
         if got is None:
             gaps.append(b)
             continue
-        frames.append(got["part"])
-        metas.append(parts.read_meta(b))
+        frames.append(got[0]["part"])
+        metas.append(got[1])
         for s in parts.sides:
-            sides[s].append(got[s])
+            sides[s].append(got[0][s])
     if gaps:
         raise DmlError(
             f"{parts.label} ({parts.folder.name}) of {result['run']}: {len(gaps)} of "
