@@ -62,8 +62,7 @@ def softmax_variance(draw_logits: torch.Tensor) -> torch.Tensor:
 
 def runner_up(draw_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The wrong class with the largest summed logit: ``[T, K, B, C]``, ``[B]`` -> ``[B]``."""
-    summed = draw_logits.mean(0).sum(0)  # [B, C]
-    return summed.scatter(1, y[:, None], float("-inf")).argmax(-1)
+    return ranked_wrong(draw_logits, y, 1)[0]
 
 
 def ranked_wrong(draw_logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:

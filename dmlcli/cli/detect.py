@@ -122,8 +122,7 @@ def command(
         )
 
     attacks = det.check_attacks(attack or DEFAULT_ATTACKS)
-    if not 0.0 < fpr < 1.0:
-        raise DmlError(f"--fpr must be in (0, 1); got {fpr}")
+    det.check_fpr(fpr)
     eps_value = parse_eps(eps)
     step_value = parse_eps(step_size) if step_size is not None else None
     if (head_sigma is not None or head_samples is not None) and head is None:

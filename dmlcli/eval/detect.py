@@ -54,6 +54,13 @@ def check_nu(nu: int, members: int) -> int:
     return nu
 
 
+def check_fpr(fpr: float) -> float:
+    """``fpr`` if it lies in (0, 1), else a :class:`DmlError`."""
+    if not 0.0 < fpr < 1.0:
+        raise DmlError(f"--fpr must be in (0, 1); got {fpr}")
+    return fpr
+
+
 def check_method(method: str, members: int, randomized: bool) -> str:
     """Validate ``method``; uncertainty needs members (K >= 2) or a randomized head."""
     if method not in METHODS:
@@ -532,8 +539,7 @@ def flag_at_fpr(df: pd.DataFrame, fpr: float) -> pd.DataFrame:
     can reject a third of the clean inputs; a detector is compared at a fixed false-positive
     rate (e.g. TPR at 5% FPR). The threshold never sees the eval half.
     """
-    if not 0.0 < fpr < 1.0:
-        raise DmlError(f"--fpr must be in (0, 1); got {fpr}")
+    check_fpr(fpr)
     fit = df[(df["half"] == "fit") & (df["kind"] == "benign")]["lr_score"].to_numpy()
     threshold = float(np.quantile(fit, 1.0 - fpr, method="higher")) if len(fit) else np.inf
     ev = df[df["half"] == "eval"].copy()

@@ -80,8 +80,13 @@ class Budgets:
 
     def cw_params(self) -> dict[str, Any]:
         """CW-L2's parameters from these budgets."""
-        params = {"c": self.cw_c, "steps": self.cw_steps, "lr": self.cw_lr, "kappa": self.cw_kappa}
-        return params | {"search_steps": self.cw_search_steps}
+        return {
+            "c": self.cw_c,
+            "steps": self.cw_steps,
+            "lr": self.cw_lr,
+            "kappa": self.cw_kappa,
+            "search_steps": self.cw_search_steps,
+        }
 
     def validate(self) -> None:
         for key in ("pgd_restarts", "cw_steps", "apgd_steps", "apgd_restarts", "eot", "aa_steps"):
