@@ -24,10 +24,10 @@ LeNet-5 on 28x28) DML ensemble with K=5.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
+from rounds import interleaved_medians
 
 from dmlcli.config import resolve_config
 from dmlcli.data import eval_indices, load_dataset, to_float
@@ -125,14 +125,10 @@ def main() -> None:
     warm = ce.CertifySettings(sigma=s.sigma, n0=1, n=1, predict_n=1)  # imports scipy, etc.
     raw(ensemble, args.decision, x[:1], warm, args.device)
     ours(ensemble, args.decision, x[:1], y[:1], idx[:1], warm, args.device)
-    rates: dict[str, list[float]] = {name: [] for name in pipelines}
-    for _ in range(args.rounds):  # interleaved, so drifting machine load hits both alike
-        for name, fn in pipelines.items():
-            rates[name].append(fn())
-    limit = statistics.median(next(iter(rates.values())))
+    rates = interleaved_medians(pipelines, args.rounds)
+    limit = next(iter(rates.values()))
     print(f"median of {args.rounds} interleaved rounds")
-    for name, values in rates.items():
-        rate = statistics.median(values)
+    for name, rate in rates.items():
         print(f"{name:60s} {rate:10,.0f} draws/s   {rate / limit:6.1%} of the limit")
 
 

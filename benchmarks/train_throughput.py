@@ -20,11 +20,11 @@ is reported (``--rounds``).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 from PIL import Image
+from rounds import interleaved_medians
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -137,14 +137,10 @@ def main() -> None:
             x, y, args.steps, args.batch_size, args.device, "batched"
         ),
     }
-    rates: dict[str, list[float]] = {name: [] for name in pipelines}
-    for _ in range(args.rounds):  # interleaved, so drifting machine load hits all alike
-        for name, fn in pipelines.items():
-            rates[name].append(fn())
-    ref = statistics.median(next(iter(rates.values())))
+    rates = interleaved_medians(pipelines, args.rounds)
+    ref = next(iter(rates.values()))
     print(f"median of {args.rounds} interleaved rounds")
-    for name, values in rates.items():
-        rate = statistics.median(values)
+    for name, rate in rates.items():
         print(f"{name:52s} {rate:10,.0f} img/s   x{rate / ref:.2f}")
 
 
