@@ -1,15 +1,19 @@
 """Tests of dmlcli.readers on small files written in the real formats.
 
-``pickle`` is used here only to WRITE CIFAR-10 fixtures, as the real files were written;
-the library never unpickles anything.
+``pickle`` writes the CIFAR-10 fixtures, as the real files were written; the library reads
+them with a restricted unpickler, and the malicious pickles here check that it runs nothing.
 """
 
 from __future__ import annotations
 
+import builtins
+import codecs
 import gzip
 import os
 import pickle
+import re
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -260,7 +264,7 @@ def py2_cifar_pickle(data: np.ndarray, labels: list[int]) -> bytes:
     )
 
 
-@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("protocol", [2, 4, 5])
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_cifar_python_batches(tmp_path: Path, protocol: int, split: str) -> None:
     expected = write_cifar_python(tmp_path / "cifar-10-batches-py", protocol)
@@ -347,27 +351,195 @@ def test_cifar_missing_everything(tmp_path: Path) -> None:
         read_cifar10(tmp_path, "test")
 
 
-class RunsACommand:
-    """Unpickling this with pickle would run a shell command."""
+def write_test_batch(tmp_path: Path, payload: bytes) -> Path:
+    """``payload`` as ``tmp_path/cifar-10-batches-py/test_batch``; returns the file."""
+    directory = tmp_path / "cifar-10-batches-py"
+    directory.mkdir(exist_ok=True)
+    file = directory / "test_batch"
+    file.write_bytes(payload)
+    return file
 
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
+def test_cifar_restricted_unpickler_loads_every_protocol(tmp_path: Path, protocol: int) -> None:
+    data, labels = cifar_batch(3, seed=protocol)
+    write_test_batch(tmp_path, pickle.dumps({b"data": data, b"labels": labels}, protocol))
+    x, y = read_cifar10(tmp_path, "test")
+    assert x.dtype == torch.uint8 and x.shape == (3, 3, 32, 32)
+    assert np.array_equal(x.numpy().reshape(3, -1), data)
+    assert y.dtype == torch.int64 and y.tolist() == labels
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("label_dtype", [np.uint8, np.int32, ">i8"])
+def test_cifar_labels_array_fortran_data(tmp_path: Path, protocol: int, label_dtype) -> None:
+    data, labels = cifar_batch(4, seed=1)
+    batch = {
+        b"data": np.asfortranarray(data),  # _reconstruct with is_fortran / _frombuffer "F"
+        b"labels": np.array(labels, dtype=label_dtype),
+        b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"],
+        b"extra": (1.5, None, True, "text", {"nested": [b"x", 2**70]}),
+    }
+    write_test_batch(tmp_path, pickle.dumps(batch, protocol=protocol))
+    x, y = read_cifar10(tmp_path, "test")
+    assert np.array_equal(x.numpy().reshape(4, -1), data)
+    assert y.dtype == torch.int64 and y.tolist() == labels
+
+
+class Payload:
+    """Unpickling this with plain ``pickle`` calls ``function(*args)``."""
+
+    def __init__(self, function, *args) -> None:
+        self.function, self.args = function, args
 
     def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+        return (self.function, self.args)
 
 
-@pytest.mark.parametrize("protocol", [2, 4])
-def test_cifar_refuses_code_in_pickles(tmp_path: Path, protocol: int) -> None:
-    directory = tmp_path / "cifar-10-batches-py"
-    directory.mkdir()
+def malicious_payloads(marker: Path) -> dict[str, tuple[Payload, str]]:
+    """Each creates ``marker`` when unpickled; with the global the refusal must name (below
+    protocol 3 pickle writes Python 2's names: ``__builtin__.eval``, ``commands.call``)."""
+    code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    return {
+        "os.system": (Payload(os.system, f"touch '{marker}'"), r"(posix|nt|os)\.system"),
+        "builtins.eval": (Payload(builtins.eval, code), r"(builtins|__builtin__)\.eval"),
+        "builtins.exec": (Payload(builtins.exec, code), r"(builtins|__builtin__)\.exec"),
+        "subprocess.call": (
+            Payload(subprocess.call, ["touch", str(marker)]),
+            r"(subprocess|commands)\.call",
+        ),
+    }
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+@pytest.mark.parametrize("where", ["extra key", "labels", "top level"])
+@pytest.mark.parametrize("name", ["os.system", "builtins.eval", "builtins.exec", "subprocess.call"])
+def test_cifar_refuses_code_in_pickles(
+    tmp_path: Path, protocol: int, where: str, name: str
+) -> None:
     marker = tmp_path / "pwned"
+    payload, forbidden = malicious_payloads(marker)[name]
     data, labels = cifar_batch(2, seed=0)
-    evil = {b"data": data, b"labels": labels, b"x": RunsACommand(marker)}
-    (directory / "test_batch").write_bytes(pickle.dumps(evil, protocol=protocol))
-    with pytest.raises(DmlError, match=r"test_batch: refusing pickle global \w+\.system"):
+    if where == "top level":
+        evil = payload
+    elif where == "labels":
+        evil = {b"data": data, b"labels": [0, payload]}
+    else:
+        evil = {b"data": data, b"labels": labels, b"x": payload}
+    pickled = pickle.dumps(evil, protocol=protocol)
+    file = write_test_batch(tmp_path, pickled)
+    with pytest.raises(DmlError) as info:
         read_cifar10(tmp_path, "test")
+    message = str(info.value)
+    assert re.fullmatch(
+        rf"{re.escape(str(file))}: refusing pickle global {forbidden}; not a plain CIFAR-10 "
+        r"python batch",
+        message,
+    ), message
     assert not marker.exists()
+    pickle.loads(pickled)  # the control: the payload is live, plain pickle runs it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("reduce", "refusal"),
+    [
+        # numpy.ndarray(shape, "O", buffer) would read object pointers from the file's bytes
+        ((np.ndarray, ((1,), "O", b"A" * 8)), "refusing to call numpy.ndarray"),
+        ((np.ndarray, ((1,), "u1")), "refusing to call numpy.ndarray"),
+        # a dtype state may not add a sub-array or fields (numpy would accept both)
+        (
+            (np.dtype, ("u1", False, True), (3, "|", (np.dtype("u1"), (10**6,)), None, None)),
+            "refusing a structured or sub-array numpy dtype",
+        ),
+        ((np.dtype, ("O8", False, True)), "refusing numpy dtype 'O8'"),
+        ((codecs.encode, ("data", "rot13")), "refusing _codecs.encode other than"),
+        ((np.frombuffer, (b"\x00" * 8, "u1")), r"refusing pickle global numpy\.frombuffer"),
+    ],
+)
+def test_cifar_refuses_abuse_of_numpy_globals(tmp_path: Path, reduce: tuple, refusal: str) -> None:
+    class Evil:
+        def __reduce__(self):
+            return reduce
+
+    data, labels = cifar_batch(2, seed=0)
+    write_test_batch(tmp_path, pickle.dumps({b"data": data, b"labels": labels, b"x": Evil()}, 2))
+    with pytest.raises(DmlError, match=f"test_batch: {refusal}"):
+        read_cifar10(tmp_path, "test")
+
+
+def test_cifar_protocol_2_empty_bytes_are_refused(tmp_path: Path) -> None:
+    """Python 3 writes b"" at protocol 2 as a call of builtins.bytes: no builtin is allowed."""
+    data, labels = cifar_batch(2, seed=0)
+    write_test_batch(tmp_path, pickle.dumps({b"data": data, b"labels": labels, b"": 0}, 2))
+    with pytest.raises(DmlError, match=r"test_batch: refusing pickle global __builtin__\.bytes"):
+        read_cifar10(tmp_path, "test")
+    write_test_batch(tmp_path, pickle.dumps({b"data": data, b"labels": labels, b"": 0}, 3))
+    assert read_cifar10(tmp_path, "test")[1].tolist() == labels
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize(
+    ("key", "array"),
+    [
+        (b"data", np.array([b"a", 1], dtype=object)),
+        (b"filenames", np.array([b"a.png", None], dtype=object)),
+        (b"labels", np.array([0, 1], dtype=object)),
+        (b"data", np.zeros(2, dtype=[("a", "u1"), ("b", "<f4")])),
+        (b"filenames", np.array(["a.png", "b.png"])),
+    ],
+)
+def test_cifar_refuses_object_and_structured_arrays(
+    tmp_path: Path, protocol: int, key: bytes, array: np.ndarray
+) -> None:
+    data, labels = cifar_batch(2, seed=0)
+    batch = {b"data": data, b"labels": labels, key: array}
+    write_test_batch(tmp_path, pickle.dumps(batch, protocol=protocol))
+    with pytest.raises(DmlError, match=r"test_batch: refusing numpy dtype '[OVU]\d+'"):
+        read_cifar10(tmp_path, "test")
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+@pytest.mark.parametrize("keep", [0, 1, 2, 40, 1000, -300, -1])
+def test_cifar_python_truncated_is_one_line(tmp_path: Path, protocol: int, keep: int) -> None:
+    data, labels = cifar_batch(2, seed=0)
+    pickled = pickle.dumps({b"data": data, b"labels": labels}, protocol=protocol)
+    file = write_test_batch(tmp_path, pickled[:keep])
+    with pytest.raises(DmlError) as info:
+        read_cifar10(tmp_path, "test")
+    message = str(info.value)
+    assert message.startswith(f"{file}: ") and "\n" not in message
+    assert "truncated" in message or "malformed" in message, message
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        # LONG_BINPUT 2**31-1: CPython's unpickler would grow its memo to 2**32 slots (32 GiB)
+        (b"\x80\x02Nr\xff\xff\xff\x7f.", r"malformed pickle data \(memo index 2147483647 "),
+        (b"Np9999999999\n.", r"malformed pickle data \(memo index 9999999999 "),
+        # BYTEARRAY8 / BINBYTES8 declaring 2**60 bytes in a 30-byte file: allocated up front
+        (b"\x80\x05\x96" + (2**60).to_bytes(8, "little") + b"abc.", "truncated"),
+        (b"\x80\x04\x8e" + (2**60).to_bytes(8, "little") + b"abc.", "truncated"),
+    ],
+)
+def test_cifar_refuses_declared_sizes_beyond_the_file(
+    tmp_path: Path, capfd: pytest.CaptureFixture, payload: bytes, problem: str
+) -> None:
+    file = write_test_batch(tmp_path, payload)
+    with pytest.raises(DmlError, match=rf"test_batch: .*{problem}") as info:
+        read_cifar10(tmp_path, "test")
+    assert str(info.value).startswith(f"{file}: ")
+    assert capfd.readouterr().err == ""  # CPython prints a SystemError for the bytearray one
+
+
+def test_cifar_python_garbage_is_one_line(tmp_path: Path) -> None:
+    file = write_test_batch(tmp_path, b"\xff" * 64)
+    with pytest.raises(DmlError) as info:
+        read_cifar10(tmp_path, "test")
+    message = str(info.value)
+    assert message.startswith(f"{file}: ") and "not a plain CIFAR-10 python batch" in message
+    assert "\n" not in message
 
 
 def test_cifar_refuses_object_arrays(tmp_path: Path) -> None:
