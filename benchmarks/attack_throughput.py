@@ -65,10 +65,8 @@ def main() -> None:
     else:
         model = load_run(args.checkpoint)
     torch.set_grad_enabled(True)
-    dataset = model.config["dataset"]
-    x_all, y_all = load_dataset(
-        dataset, "test", args.data_dir, image_size=model.config["image_size"]
-    )
+    dataset = model.config.dataset
+    x_all, y_all = load_dataset(dataset, "test", args.data_dir, image_size=model.config.image_size)
     idx = eval_indices(len(y_all), min(args.n, len(y_all)), 0)
     x, y = to_float(x_all[idx]), y_all[idx]
     alpha = 2.5 * args.eps / args.steps
@@ -110,7 +108,7 @@ def main() -> None:
         return 100.0 * ((z.sum(0).argmax(-1) == y) & ok).float().mean().item()
 
     print(
-        f"{dataset} K={model.num_members} {model.config['head']}, n={len(x)}, "
+        f"{dataset} K={model.num_members} {model.config.head}, n={len(x)}, "
         f"PGD-{args.steps} eps {args.eps:g} step {alpha:g}, batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads, best of {args.repeats}"
     )

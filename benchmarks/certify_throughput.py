@@ -29,10 +29,10 @@ import time
 import torch
 from rounds import interleaved_medians
 
-from dmlcli.config import resolve_config
 from dmlcli.data import eval_indices, load_dataset, to_float
 from dmlcli.eval import certify as ce
 from dmlcli.models.aggregate import create_decision
+from dmlcli.models.config import resolve_config
 from dmlcli.models.ensemble import Ensemble
 
 
@@ -70,7 +70,7 @@ def raw(ensemble, decision, x, s: ce.CertifySettings, device: str) -> float:
 
 
 def main() -> None:
-    from dmlcli.store import load_run
+    from dmlcli import load_run
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help=".safetensors file of a stored run (default: untrained)")
@@ -97,7 +97,7 @@ def main() -> None:
         ensemble = Ensemble(resolve_config(args.dataset, members=args.members, seed=0))
     ensemble = ensemble.eval().to(args.device)
     cfg = ensemble.config
-    xs, ys = load_dataset(cfg["dataset"], "test", args.data_dir, image_size=cfg["image_size"])
+    xs, ys = load_dataset(cfg.dataset, "test", args.data_dir, image_size=cfg.image_size)
     idx = eval_indices(len(xs), args.samples, 0)
     x, y = to_float(xs[idx]).to(args.device), ys[idx]
     s = ce.CertifySettings(
@@ -108,9 +108,9 @@ def main() -> None:
         batch_size=args.batch_size,
     ).validate()
     print(
-        f"K={ensemble.num_members} {cfg['backbone']} {cfg['head']} ensemble "
-        f"({'stored' if args.checkpoint else 'untrained'}), {cfg['dataset']} "
-        f"{cfg['image_size']}x{cfg['image_size']}, decision {args.decision}; {args.samples} "
+        f"K={ensemble.num_members} {cfg.backbone} {cfg.head} ensemble "
+        f"({'stored' if args.checkpoint else 'untrained'}), {cfg.dataset} "
+        f"{cfg.image_size}x{cfg.image_size}, decision {args.decision}; {args.samples} "
         f"samples x (n0 {s.n0} + n {s.n} + predict_n {s.predict_n}) draws, sigma {s.sigma:g}, "
         f"batch {s.batch_size}; device {args.device}, {torch.get_num_threads()} threads"
     )

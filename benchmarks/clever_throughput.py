@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmlcli.config import resolve_config
 from dmlcli.data import eval_indices, load_dataset, to_float
 from dmlcli.eval import clever as cl
+from dmlcli.models.config import resolve_config
 from dmlcli.models.ensemble import Ensemble
 
 
@@ -78,7 +78,7 @@ def art(clf, x: torch.Tensor, s: cl.CleverSettings, seed: int) -> tuple[float, n
 def main() -> None:
     from art.estimators.classification import PyTorchClassifier
 
-    from dmlcli.store import load_run
+    from dmlcli import load_run
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help=".safetensors file of a stored run (default: untrained)")
@@ -109,7 +109,7 @@ def main() -> None:
         p.requires_grad_(False)
     cfg = ensemble.config
     model = cl.ScoredModel(ensemble, "sum").eval()
-    xs, _ = load_dataset(cfg["dataset"], "test", args.data_dir, image_size=cfg["image_size"])
+    xs, _ = load_dataset(cfg.dataset, "test", args.data_dir, image_size=cfg.image_size)
     idx = eval_indices(len(xs), args.samples, args.seed)
     x = to_float(xs[idx])
     s = cl.CleverSettings(
@@ -119,18 +119,18 @@ def main() -> None:
         batch_size=args.batch_size,
         pool_factor=args.pool_factor,
     ).validate()
-    size = cfg["image_size"]
+    size = cfg.image_size
     clf = PyTorchClassifier(
         model,
         nn.CrossEntropyLoss(),
-        (cfg["in_channels"], size, size),
-        nb_classes=cfg["num_classes"],
+        (cfg.in_channels, size, size),
+        nb_classes=cfg.num_classes,
         clip_values=(0.0, 1.0),
     )
     print(
-        f"CLEVER-u of the summed logits of a K={ensemble.num_members} {cfg['backbone']} "
-        f"{cfg['head']} ensemble ({'stored' if args.checkpoint else 'untrained'}), "
-        f"{cfg['dataset']} {size}x{size}, {args.samples} test samples; L2, R={args.radius:g}, "
+        f"CLEVER-u of the summed logits of a K={ensemble.num_members} {cfg.backbone} "
+        f"{cfg.head} ensemble ({'stored' if args.checkpoint else 'untrained'}), "
+        f"{cfg.dataset} {size}x{size}, {args.samples} test samples; L2, R={args.radius:g}, "
         f"nb_batches {s.nb_batches}, batch_size {s.batch_size}, pool_factor {s.pool_factor} "
         f"({s.pool} gradients per sample); {torch.get_num_threads()} threads"
     )

@@ -28,8 +28,8 @@ from rounds import interleaved_medians
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dmlcli.config import resolve_config
 from dmlcli.data import load_dataset
+from dmlcli.models.config import resolve_config
 from dmlcli.models.ensemble import Ensemble
 from dmlcli.train import Trainer, TrainSettings
 

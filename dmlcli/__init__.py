@@ -1,9 +1,12 @@
-"""dmlcli: diverse DML ensembles for adversarial robustness (train, attack, report)."""
+"""dmlcli: diverse DML ensembles for adversarial robustness (train, attack, report).
 
-__version__ = "0.1.0"
+The names most scripts need; every subcommand is a function of :mod:`dmlcli.api`.
+"""
 
-from dmlcli.data import load_dataset  # noqa: E402
-from dmlcli.errors import DmlError  # noqa: E402
-from dmlcli.store import Store, load_run  # noqa: E402
+from dmlcli.data import load_dataset
+from dmlcli.errors import DmlError
+from dmlcli.runs import load_run, open_run
+from dmlcli.store import Store
+from dmlcli.version import __version__
 
-__all__ = ["DmlError", "Store", "load_dataset", "load_run", "__version__"]
+__all__ = ["DmlError", "Store", "__version__", "load_dataset", "load_run", "open_run"]

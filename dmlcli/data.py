@@ -17,10 +17,21 @@ from dmlcli.errors import DmlError
 
 
 @dataclass(frozen=True)
+class TrainDefaults:
+    """``dml train`` settings of a dataset when its flags are not given (Table 1 and A.2)."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
-    """What the rest of the tool needs to know about a dataset."""
+    """Everything the rest of the tool needs to know about a dataset, in one place."""
 
     name: str
+    title: str  # as the report names it
     channels: int
     image_size: int
     num_classes: int
@@ -28,43 +39,89 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: str  # "none" or "crop-flip"
+    train: TrainDefaults
+    paper_eps: tuple[str, ...]  # dml attack's default --eps (the paper's Tables 2-3)
+    transfer_eps: str  # dml transfer's default --eps (Table 4)
     default_dirs: tuple[str, ...] = field(default=())
 
 
+_MNIST_EPS = ("0.2", "0.3")
+_CIFAR_EPS = ("0.015", "0.031")
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", 1, 8, 10, "small-cnn", (0.5,), (0.5,), "none"),
-    "mnist": DatasetInfo("mnist", 1, 28, 10, "lenet5", (0.1307,), (0.3081,), "none"),
-    "fashion-mnist": DatasetInfo(
-        "fashion-mnist",
-        1,
-        28,
-        10,
-        "lenet5",
-        (0.2860,),
-        (0.3530,),
-        "none",
-        ("/usr/share/datasets/fashion-mnist",),
-    ),
-    "cifar10": DatasetInfo(
-        "cifar10",
-        3,
-        32,
-        10,
-        "resnet18",
-        (0.4914, 0.4822, 0.4465),
-        (0.2470, 0.2435, 0.2616),
-        "crop-flip",
-    ),
-    "resisc45": DatasetInfo(
-        "resisc45",
-        3,
-        64,
-        45,
-        "resnet18",
-        (0.3680, 0.3810, 0.3436),
-        (0.2035, 0.1854, 0.1849),
-        "crop-flip",
-    ),
+    d.name: d
+    for d in [
+        DatasetInfo(
+            "digits",
+            "Digits (scikit-learn 8x8, offline stand-in for MNIST)",
+            1,
+            8,
+            10,
+            "small-cnn",
+            (0.5,),
+            (0.5,),
+            "none",
+            TrainDefaults(12, 64, "adam", 2e-3),
+            _MNIST_EPS,
+            "0.2",
+        ),
+        DatasetInfo(
+            "mnist",
+            "MNIST",
+            1,
+            28,
+            10,
+            "lenet5",
+            (0.1307,),
+            (0.3081,),
+            "none",
+            TrainDefaults(10, 128, "adam", 2e-3),
+            _MNIST_EPS,
+            "0.2",
+        ),
+        DatasetInfo(
+            "fashion-mnist",
+            "Fashion-MNIST (MNIST protocol)",
+            1,
+            28,
+            10,
+            "lenet5",
+            (0.2860,),
+            (0.3530,),
+            "none",
+            TrainDefaults(10, 128, "adam", 2e-3),
+            _MNIST_EPS,
+            "0.2",
+            ("/usr/share/datasets/fashion-mnist",),
+        ),
+        DatasetInfo(
+            "cifar10",
+            "CIFAR-10",
+            3,
+            32,
+            10,
+            "resnet18",
+            (0.4914, 0.4822, 0.4465),
+            (0.2470, 0.2435, 0.2616),
+            "crop-flip",
+            TrainDefaults(100, 128, "sgd", 0.1),
+            _CIFAR_EPS,
+            "0.015",
+        ),
+        DatasetInfo(
+            "resisc45",
+            "RESISC-45",
+            3,
+            64,
+            45,
+            "resnet18",
+            (0.3680, 0.3810, 0.3436),
+            (0.2035, 0.1854, 0.1849),
+            "crop-flip",
+            TrainDefaults(60, 64, "sgd", 0.05),
+            _CIFAR_EPS,
+            "0.015",
+        ),
+    ]
 }
 
 
@@ -166,6 +223,19 @@ def load_dataset(
         _torchvision_download(name, _cache_dir(name))
         return read(_cache_dir(name))
     raise errors[0]
+
+
+def eval_set(
+    name: str,
+    n: int,
+    seed: int,
+    data_dir: str | Path | None = None,
+    image_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The test split of ``name`` and its seeded evaluation subset: (x uint8 ``[N, C, H, W]``,
+    y ``[N]``, indices ``[n]``). The indices are the same for every model and attack."""
+    x, y = load_dataset(name, "test", data_dir, image_size=image_size)
+    return x, y, eval_indices(len(y), n, seed)
 
 
 def eval_indices(num_test: int, n: int, seed: int) -> torch.Tensor:

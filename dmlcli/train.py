@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from dmlcli.data import augment_batch, to_float
 from dmlcli.errors import DmlError
 from dmlcli.eval.benign import accuracies, member_logits
-from dmlcli.models.aggregate import sum_logits
+from dmlcli.models.aggregate import sum_logits, vote
 from dmlcli.models.ensemble import Ensemble
+from dmlcli.runtime import mix_seed, process_group_rank
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "cosine", "step")
@@ -28,7 +29,7 @@ SCHEDULES = ("none", "cosine", "step")
 
 @dataclass
 class TrainSettings:
-    """Optimisation settings of a run (stored in the checkpoint as ``config['training']``)."""
+    """Optimisation settings of a run (stored in the checkpoint as ``config.training``)."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -99,7 +100,7 @@ def loss_terms(
     ortho = prods.sum() - prods.diagonal().sum()
     l1 = head.trainable_m().abs().sum()
     cfg = ensemble.config
-    total = ce + cfg["gamma"] * ortho + cfg["beta"] * l1
+    total = ce + cfg.gamma * ortho + cfg.beta * l1
     return {"total": total, "ce": ce, "ortho": ortho, "l1": l1}
 
 
@@ -111,17 +112,17 @@ def fgsm_step(ensemble: Ensemble, x: torch.Tensor, y: torch.Tensor, eps: float) 
     return (x + eps * grad.sign()).clamp(0, 1).detach()
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) of a torchrun process group, (0, 1) without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _step_seed(seed: int, epoch: int, step: int) -> int:
-    return (seed * 1_000_003 + epoch * 10_007 + step) % (2**62)
+    return mix_seed(seed, epoch * 10_007 + step) % (2**62)
+
+
+def default_run_name(dataset: str, head: str, centers: str, diversity: str, adv: str) -> str:
+    """``digits-dml``, ``digits-baseline``, ``fashion-mnist-dml-1d``, ... from the choices."""
+    parts = [dataset, "baseline" if head == "linear" else head]
+    parts += ["1d"] if centers == "1d" else []
+    parts += ["scaling"] if diversity == "scaling" and head != "linear" else []
+    parts += [adv] if adv != "none" else []
+    return "-".join(parts)
 
 
 class Trainer:
@@ -138,7 +139,7 @@ class Trainer:
         settings.validate()
         self.ensemble = ensemble.to(device)
         self.device = torch.device(device)
-        self.rank, self.world = _dist_rank_world()
+        self.rank, self.world = process_group_rank()
         self.model: torch.nn.Module = ensemble
         if self.world > 1:  # torchrun: gradients are averaged across ranks every step
             from torch.nn.parallel import DistributedDataParallel
@@ -148,7 +149,7 @@ class Trainer:
         self.x_train, self.y_train = train
         self.x_test, self.y_test = test
         self.settings = settings
-        self.seed = int(ensemble.config["seed"])
+        self.seed = int(ensemble.config.seed)
         params = [p for p in ensemble.parameters() if p.requires_grad]
         if settings.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
@@ -211,8 +212,6 @@ class Trainer:
         terms["total"].backward()
         self.optimizer.step()
         out = {k: float(v.detach()) for k, v in terms.items()}
-        from dmlcli.models.aggregate import vote
-
         out["acc"] = 100.0 * (vote(logits.detach()) == y).float().mean().item()
         for key, value in out.items():
             self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + value * len(y)
@@ -244,8 +243,6 @@ class Trainer:
 
     def robust_accuracy(self) -> float:
         """FGSM (on summed logits) robust vote accuracy (%) on the first ``eval_n`` test images."""
-        from dmlcli.models.aggregate import vote
-
         n = min(self.settings.eval_n, len(self.y_test))
         correct = 0
         for start in range(0, n, 256):

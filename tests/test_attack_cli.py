@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dmlcli.store import Store, read_parquet
+from dmlcli.files import read_parquet
+from dmlcli.store import Store
 
 COLUMNS = (
     "run checkpoint dataset sample label attack norm eps steps step_size restarts targeted "
@@ -73,14 +74,18 @@ def test_adaptive_suite_with_surrogate_stores_the_worst_case(cli, store_copy):
         ("apgd-ce", "members"),
         ("apgd-dlr", "members"),
         ("transfer-apgd-ce", "sum"),
-        ("worst-case", None),
     }
     assert (frames[("transfer-apgd-ce", "sum")]["surrogate"] == "digits-baseline").all()
-    worst = frames.pop(("worst-case", None))
+    (path,) = Store(store_copy).list_results("worst-case")
+    worst, meta = read_parquet(path)
+    assert len(meta["components"]) == len(frames) == 5
     expected = None
     for df in frames.values():
         expected = df["robust"] if expected is None else expected & df["robust"]
     assert worst["robust"].tolist() == expected.tolist()
+    broken = worst[worst["clean_correct"] & ~worst["robust"]]
+    assert len(broken) and (broken["broken_by"] != "").all()
+    assert (worst.loc[worst["robust"], "broken_by"] == "").all()
     assert "worst-case" in r.out and "digits-baseline" in r.out
 
 

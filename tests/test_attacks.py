@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import re
+
 import pytest
 import torch
 from torch import nn
 
+from dmlcli import results
 from dmlcli.attacks import (
+    Attack,
+    AttackBase,
     AutoAttack,
     Objective,
     attack_parameters,
@@ -15,12 +19,14 @@ from dmlcli.attacks import (
     list_attacks,
     list_losses,
     list_surfaces,
+    random_targets,
 )
 from dmlcli.attacks.losses import create_loss
 from dmlcli.data import load_dataset, to_float
 from dmlcli.errors import DmlError
 from dmlcli.eval import robustness as rob
-from tests.conftest import tiny_ensemble
+from dmlcli.models.io import Run
+from tests.helpers import attack_rows, tiny_ensemble
 
 EPS = 0.1
 
@@ -87,9 +93,11 @@ def test_registry_names_every_attack_and_rejects_bad_input():
 @pytest.mark.parametrize("name", sorted(SMALL))
 @pytest.mark.parametrize("surface", ["sum", "members"])
 def test_every_attack_respects_its_budget_and_the_pixel_range(name, surface, digits):
-    if name == "autoattack" and surface == "members":
-        pytest.skip("AutoAttack needs class scores")
     x, y = digits[0][:24], digits[1][:24]
+    if name == "autoattack" and surface == "members":  # no class scores to hand AutoAttack
+        with pytest.raises(DmlError, match="class scores"):
+            create_attack(name, **SMALL[name])(Objective(tiny_ensemble(), surface), x, y)
+        return
     model = tiny_ensemble("dml", 3)
     attack = create_attack(name, **SMALL[name])
     x_adv = attack(Objective(model, surface, "vote"), x, y)
@@ -98,6 +106,132 @@ def test_every_attack_respects_its_budget_and_the_pixel_range(name, surface, dig
     if attack.eps is not None:
         assert (x_adv - x).abs().max() <= attack.eps + 1e-6
     assert attack.setting()["seed"] == 0
+
+
+LONG = {"bim", "pgd", "apgd", "apgd-ce", "apgd-dlr", "cw", "cw-l2", "autoattack"}
+
+
+@pytest.mark.parametrize("name", list_attacks())
+def test_every_attack_keeps_the_shared_contract(name, digits):
+    """AttackBase's call: shape, [0, 1], the budget, the input untouched, the seed fixing the
+    output, progress ending at 1.0 (with intermediate reports for the long attacks) and
+    changing nothing, no state left on the attack, and no target for an untargeted one."""
+    assert set(SMALL) == set(list_attacks())  # every registered attack has small budgets
+    x, y = digits[0][:12].clone(), digits[1][:12]
+    model = tiny_ensemble("dml", 3)
+    attack = create_attack(name, **SMALL[name])
+    assert isinstance(attack, AttackBase) and isinstance(attack, Attack)
+    fields, setting = set(vars(attack)), attack.setting()
+    clean = x.clone()
+    seen: list[tuple[float, str]] = []
+    x_adv = attack(Objective(model), x, y, progress=lambda f, info: seen.append((f, info)))
+    assert torch.equal(x, clean)  # the input is not modified
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    if attack.eps is not None:
+        norm = 2 if attack.norm == "l2" else float("inf")
+        assert (x_adv - x).flatten(1).norm(p=norm, dim=1).max() <= attack.eps + 1e-5
+    # the same seed gives the same output, with or without a progress callback
+    assert torch.equal(create_attack(name, **SMALL[name])(Objective(model), x, y), x_adv)
+    fractions = [f for f, _ in seen]
+    assert fractions and fractions[-1] == 1.0
+    assert fractions == sorted(fractions) and 0.0 <= fractions[0], seen  # in [0, 1], rising
+    assert all(isinstance(info, str) and info for _, info in seen)
+    if name in LONG:
+        assert len(seen) >= 2, seen  # reported along the way, not only at the end
+    assert set(vars(attack)) == fields and attack.setting() == setting  # no state gained
+    with pytest.raises(DmlError, match="target was given to an untargeted attack"):
+        attack(Objective(model), x, y, (y + 1) % 10)
+
+
+@pytest.mark.parametrize("name", sorted(set(SMALL) - {"autoattack"}))
+def test_targeted_attacks_draw_their_targets_with_their_seed(name, digits):
+    x, y = digits[0][:8], digits[1][:8]
+    objective = Objective(tiny_ensemble("dml", 3))
+    attack = create_attack(name, **SMALL[name], targeted=True, seed=4)
+    drawn = random_targets(y, 10, torch.Generator().manual_seed(4))
+    assert torch.equal(attack(objective, x, y), attack(objective, x, y, drawn))
+
+
+def test_progress_callbacks_cannot_change_an_attack(digits):
+    """A callback that draws from torch's RNG runs on a fork of it: the random starts of
+    later restarts and the caller's RNG stay as without it."""
+    x, y = digits[0][:8], digits[1][:8]
+    objective = Objective(tiny_ensemble("rdml", 3, head_samples=2, head_sigma=0.5), eot=2)
+    attack = create_attack("pgd", eps=EPS, steps=4, restarts=3, keep="loss")
+    torch.manual_seed(1)
+    plain = attack(objective, x, y)
+    after_plain = torch.rand(3)
+    torch.manual_seed(1)
+    noisy = attack(objective, x, y, progress=lambda f, info: torch.rand(100))
+    assert torch.equal(plain, noisy) and torch.equal(torch.rand(3), after_plain)
+
+
+def test_autoattack_reports_progress_per_sub_attack(mlp, digits):
+    x, y = digits[0][:20], digits[1][:20]
+    attack = AutoAttack(eps=0.02, version="custom", attacks=("apgd-ce", "apgd-dlr"), steps=2)
+    seen: list[tuple[float, str]] = []
+    plain = attack(mlp, x, y)
+    assert torch.equal(attack(mlp, x, y, progress=lambda *a: seen.append(a)), plain)
+    assert seen == [
+        (0.0, "autoattack: custom (apgd-ce, apgd-dlr), clean pass"),
+        (0.0, "autoattack: apgd-ce (1/2)"),
+        (0.5, "autoattack: apgd-ce done"),
+        (0.5, "autoattack: apgd-dlr (2/2)"),
+        (1.0, "autoattack: apgd-dlr done"),
+    ]
+    assert not any(w.startswith("stdout:") for w in attack.warnings), attack.warnings
+
+
+def test_agreement_pgd_shares_the_call_but_keeps_its_randomness(digits):
+    """AgreementPGD derives from AttackBase but does not re-seed the global RNG: its
+    randomized-head draws follow the caller's seed (detection seeds each batch)."""
+    from dmlcli.attacks.agreement import AgreementPGD
+
+    x, y = digits[0][:8], digits[1][:8]
+    model = tiny_ensemble("rdml", 3, head_samples=2, head_sigma=0.5)
+    attack = AgreementPGD(eps=EPS, steps=3, eot=2, var_weight=1.0)
+    assert isinstance(attack, AttackBase)
+    seen: list[float] = []
+    outs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        outs.append(attack(model, x, y, progress=lambda f, info: seen.append(f)))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    assert seen.count(1.0) >= 3 and seen[-1] == 1.0 and any(0 < f < 1 for f in seen)
+    target = (y + 1) % 10  # replaces the runner-up (not refused); an Objective is unwrapped
+    torch.manual_seed(0)
+    on_objective = attack(Objective(model, "members"), x, y, target)
+    torch.manual_seed(0)
+    assert torch.equal(on_objective, attack(model, x, y, target))
+    assert attack.setting()["norm"] == "linf"
+
+
+def test_attack_docstring_examples_run(digits):
+    """The ``Examples:`` block of every attack class runs as a doctest."""
+    import doctest
+
+    from dmlcli.attacks import APGD, BIM, CW, FGSM, PGD
+    from dmlcli.attacks.agreement import AgreementPGD
+
+    x, y = digits[0][:8], digits[1][:8]
+    globs = {
+        "torch": torch,
+        "create_attack": create_attack,
+        "Objective": Objective,
+        "AgreementPGD": AgreementPGD,
+        "ensemble": tiny_ensemble("dml", 3),
+        "x": x,
+        "y": y,
+    }
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for cls in (FGSM, BIM, PGD, APGD, CW, AutoAttack, AgreementPGD):
+        doc = cls.__doc__ or ""
+        assert "Shape:" in doc and "Examples:" in doc and re.search(r"\b20\d\d\b", doc), cls
+        (test,) = doctest.DocTestFinder(recurse=False).find(cls, cls.__name__, globs=dict(globs))
+        assert test.examples, cls.__name__
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
 
 
 def test_targeted_attack_hits_random_wrong_targets(mlp, digits):
@@ -257,11 +391,12 @@ def test_autoattack_warnings_are_captured_not_swallowed(digits):
 
 
 def _frames(model, x_u8, y, idx, specs):
+    """Every spec's rows on ``model`` (one batch), as ``dml attack`` computes them."""
+    run = Run("t", model, "0" * 64, "digits")
     frames = []
-    context = {"run": "t", "checkpoint": "0", "dataset": "digits", "n": len(idx), "seed": 0}
     for spec in specs:
-        df, _, _ = rob.run_spec(model, spec, x_u8, y, idx, seed=0, batch_size=32)
-        frames.append(rob.describe(df, spec, spec.build(0), context))
+        job = rob.attack_job(run, spec, x_u8, y, idx, seed=0, batch_size=len(idx))
+        frames.append(job.compute(0, len(idx), lambda fraction, info: None)[0]["rows"])
     return frames
 
 
@@ -279,37 +414,23 @@ def test_robust_never_exceeds_clean_and_worst_case_is_the_rowwise_and():
         assert (f["robust"] <= f["clean_correct"]).all()
         assert list(f["sample"]) == idx.tolist()
         assert {"member_1", "member_3", "linf", "l2", "x_adv"} - set(f.columns) == {"x_adv"}
-    worst = rob.worst_case(frames)
+    worst = results.worst_case(frames)
     expected = frames[0]["robust"] & frames[1]["robust"] & frames[2]["robust"]
     assert worst["robust"].tolist() == expected.tolist()
     assert (worst["attack"] == "worst-case").all()
     broken = worst["clean_correct"] & ~worst["robust"]
     assert (worst.loc[broken, "broken_by"] != "").all()
-    _, robust = rob.robust_accuracy(worst)
-    assert robust <= min(rob.robust_accuracy(f)[1] for f in frames)
+    _, robust = results.robust_accuracy(worst)
+    assert robust <= min(results.robust_accuracy(f)[1] for f in frames)
 
 
 def test_worst_case_on_handmade_rows():
-    def frame(robust, name):
-        return pd.DataFrame(
-            {
-                "sample": [0, 1, 2, 3],
-                "clean_correct": [True, True, True, False],
-                "robust": robust,
-                "adv_correct": robust,
-                "adv_pred": [9, 9, 9, 9],
-                "member_1": [1, 1, 1, 1],
-                "linf": [0.1] * 4,
-                "l2": [1.0] * 4,
-                "attack": name,
-                "seconds": [1.0] * 4,
-            }
-        )
-
-    a = frame([True, False, True, False], "a")
-    b = frame([True, True, False, False], "b")
-    worst = rob.worst_case([a, b])
+    clean = [True, True, True, False]
+    a = attack_rows([True, False, True, False], clean=clean, attack="a")
+    b = attack_rows([True, True, False, False], clean=clean, attack="b")
+    worst = results.worst_case([a, b])
     assert worst["robust"].tolist() == [True, False, False, False]
     assert worst["broken_by"].tolist() == ["", "a", "b", ""]
+    assert worst["adv_correct"].tolist() == [True, False, False, False]
     with pytest.raises(DmlError, match="same samples"):
-        rob.worst_case([a, frame([True] * 4, "c").assign(sample=[0, 1, 2, 5])])
+        results.worst_case([a, attack_rows([True] * 4, samples=[0, 1, 2, 5])])

@@ -17,7 +17,6 @@ are the store and the bad-files folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -26,9 +25,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from dmlcli.config import resolve_config
+from dmlcli.files import read_tensors, save_tensors
+from dmlcli.models.config import resolve_config
 from dmlcli.models.ensemble import Ensemble
-from dmlcli.store import MODEL_FILE, read_tensors, save_ensemble, save_tensors
+from dmlcli.models.io import save_ensemble
+from dmlcli.store import MODEL_FILE
+from tests.helpers import tree_listing
 
 CKPT = "{store}/models/digits-dml/" + MODEL_FILE
 BASE_CKPT = "{store}/models/digits-baseline/" + MODEL_FILE
@@ -53,11 +55,11 @@ def make_bad_files(store: Path, bad: Path) -> None:
     save_tensors(bad / "noconfig.safetensors", tensors, {"versions": {}})
     torch.manual_seed(0)
     save_ensemble(bad / "fm.safetensors", Ensemble(resolve_config("fashion-mnist", members=2)))
-    one = resolve_config("digits", members=2, head="dml")
-    one.update(
+    two = resolve_config("digits", members=2, head="dml")
+    one = two.replace(
         members=1,
-        permutations=one["permutations"][:1],
-        trainable_sets=[list(range(one["num_classes"]))],
+        permutations=two.permutations[:1],
+        trainable_sets=(tuple(range(two.num_classes)),),
     )
     save_ensemble(bad / "one-member.safetensors", Ensemble(one))
     # A baseline whose every member always answers class 9 (a huge last bias): with samples
@@ -83,15 +85,6 @@ def make_bad_files(store: Path, bad: Path) -> None:
 
 def tensors_of(store: Path, run: str) -> dict[str, torch.Tensor]:
     return read_tensors(store / "models" / run / MODEL_FILE)[0]
-
-
-def tree_listing(root: Path) -> dict[str, str]:
-    """Every file and folder under ``root``: relative path -> sha256 (``dir`` for folders)."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 # -- the cases: (id, argv, what must happen: a fragment of the error line) ----------------

@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_ensemble
 from scipy.stats import norm
 
+from dmlcli import results
 from dmlcli.errors import DmlError
 from dmlcli.eval import certify as ce
-from dmlcli.store import Store, read_parquet
+from dmlcli.files import read_parquet
+from dmlcli.store import Store
+from tests.helpers import tiny_ensemble
 
 
 def _linear_classifier(w: torch.Tensor, b: float):
@@ -91,11 +93,11 @@ def test_certified_accuracy_counts_abstentions_as_wrong() -> None:
             "correct": [1, 1, 0, 1],  # a bogus "correct" on the abstention must not count
         }
     )
-    acc = ce.certified_accuracy(rows, [0.0, 0.25, 0.5, 0.75])
+    acc = results.certified_accuracy(rows, [0.0, 0.25, 0.5, 0.75])
     assert acc["accuracy"].tolist() == [0.5, 0.5, 0.25, 0.0]
-    grid = ce.fine_radii(rows, 0.05)
+    grid = results.fine_radii(rows, 0.05)
     assert grid[0] == 0.0 and grid[-1] >= 0.9
-    assert ce.certified_accuracy(rows, grid)["accuracy"].is_monotonic_decreasing
+    assert results.certified_accuracy(rows, grid)["accuracy"].is_monotonic_decreasing
 
 
 def test_bad_settings() -> None:
@@ -113,16 +115,16 @@ def test_bad_settings() -> None:
 def test_swap_head_keeps_weights() -> None:
     ens = tiny_ensemble("dml", members=3)
     x = torch.rand(8, 1, 8, 8)
-    rdml = ce.swap_head(ens, "rdml", sigma=0.0, samples=2)
-    assert rdml.randomized and rdml.config["head_sigma"] == 0.0
+    rdml = ens.with_head("rdml", sigma=0.0, samples=2)
+    assert rdml.randomized and rdml.config.head_sigma == 0.0
     with torch.no_grad():
         torch.testing.assert_close(rdml(x), ens(x))  # sigma 0: R-DML is the DML
-        noisy = ce.swap_head(ens, "augdml", sigma=0.5)
+        noisy = ens.with_head("augdml", sigma=0.5)
         assert not torch.allclose(noisy(x), ens(x))
     with pytest.raises(DmlError, match="linear"):
-        ce.swap_head(tiny_ensemble("linear", members=2), "rdml")
+        tiny_ensemble("linear", members=2).with_head("rdml")
     with pytest.raises(DmlError, match="choose dml, rdml or augdml"):
-        ce.swap_head(ens, "linear")
+        ens.with_head("linear")
 
 
 def test_certify_samples_rows_are_independent_of_the_subset() -> None:
@@ -158,7 +160,7 @@ def test_cli_end_to_end(cli, store_copy) -> None:
     assert len(df) == 4 and meta["setting"]["decision"] == "vote"
     assert meta["curve"]["radius"][0] == 0.0
     again = cli("certify", "digits-dml", "--artifacts", store_copy, *args)
-    assert again.code == 0 and "exists" in again.out
+    assert again.code == 0 and "already in" in again.out
     swapped = cli(
         "certify", "digits-dml", "--artifacts", store_copy, *args,
         "--head", "rdml", "--head-sigma", "0.5", "--decision", "sum",

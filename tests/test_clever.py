@@ -7,12 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_ensemble
 from torch import nn
 
 from dmlcli.errors import DmlError
 from dmlcli.eval import clever as cl
-from dmlcli.store import Store, read_parquet
+from dmlcli.files import read_parquet
+from dmlcli.store import Store
+from tests.helpers import tiny_ensemble
 
 
 def _linear(seed: int = 0) -> nn.Module:
@@ -241,7 +242,7 @@ def test_cli_end_to_end(cli, store_copy) -> None:
     assert len(df["location"].iloc[0]) == 10
     assert len(meta["head_lipschitz"]) == 5 and meta["setting"]["nb_batches"] == 10
     again = cli("clever", "digits-dml", "--artifacts", store_copy, *args)
-    assert again.code == 0 and "exists" in again.out
+    assert again.code == 0 and "already in" in again.out
     member = cli("clever", "digits-dml", "--artifacts", store_copy, *args, "--target", "member:2")
     assert member.code == 0, member.err
     base = cli("clever", "digits-baseline", "--artifacts", store_copy, *args, "--norm", "inf")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from dmlcli.store import load_ensemble
+from dmlcli.models.io import load_ensemble
 
 
 def test_trained_store_has_accurate_runs(trained_store):
     dml = load_ensemble(trained_store / "models" / "digits-dml" / "model.safetensors")
     assert dml.meta["benign"]["vote"] > 90.0
-    assert dml.config["prior"] == "digits-baseline"
+    assert dml.config.prior == "digits-baseline"
     base = load_ensemble(trained_store / "models" / "digits-baseline" / "model.safetensors")
-    assert base.config["head"] == "linear" and base.meta["benign"]["vote"] > 90.0
+    assert base.config.head == "linear" and base.meta["benign"]["vote"] > 90.0
 
 
 def test_ls_lists_runs(cli, trained_store):

@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from dmlcli import results
 from dmlcli.attacks import create_attack
 from dmlcli.attacks.agreement import (
     AgreementPGD,
@@ -20,9 +21,11 @@ from dmlcli.attacks.agreement import (
 )
 from dmlcli.errors import DmlError
 from dmlcli.eval import detect as det
+from dmlcli.files import read_parquet
 from dmlcli.models.aggregate import REJECT, threshold_vote
-from dmlcli.store import Store, read_parquet, save_ensemble
-from tests.conftest import tiny_ensemble
+from dmlcli.models.io import save_ensemble
+from dmlcli.store import Store
+from tests.helpers import tiny_ensemble
 
 
 # -- scores and ROC ---------------------------------------------------------------------------
@@ -137,7 +140,7 @@ def test_regression_never_sees_its_eval_half(monkeypatch):
     assert curve.auc == 1.0  # separable uncertainties, scored on the eval half
     ev = df[df["half"] == "eval"]
     assert curve.auc == roc_auc_score(ev["kind"] == "adversarial", ev["lr_score"])
-    rates = det.lr_rates(df)
+    rates = results.lr_rates(df)
     assert rates["detected"] == 100.0 and rates["fpr"] == 0.0
 
 
@@ -157,7 +160,7 @@ def test_vote_rows_columns_and_rates():
     )
     assert detector is None and (df["half"] == "all").all()
     assert {"pred_member_1", "pred_member_3", "flagged_nu_1", "flagged_nu_3"} <= set(df.columns)
-    table = det.nu_table(df).set_index("nu")
+    table = results.nu_table(df).set_index("nu")
     assert table.loc[3, "detected"] == 50.0 and table.loc[3, "undetected_wrong"] == 50.0
     assert table.loc[2, "detected"] == 0.0 and table.loc[2, "undetected_wrong"] == 100.0
     assert (table["benign_acc"] == 100.0).all() and (table["fpr"] == 0.0).all()
@@ -185,19 +188,19 @@ def test_operating_point_at_fpr_is_set_on_the_fit_half_only():
                     }
                 )
     df = pd.DataFrame(rows)
-    ev = det.flag_at_fpr(df, 0.05)
+    ev = results.flag_at_fpr(df, 0.05)
     assert set(ev["half"]) == {"eval"}
     fit_benign = df[(df["half"] == "fit") & (df["kind"] == "benign")]["lr_score"]
     threshold = np.quantile(fit_benign, 0.95, method="higher")
     assert (fit_benign > threshold).mean() <= 0.05
     assert ev["flagged_fpr"].equals(ev["lr_score"] > threshold)
-    r = det.lr_rates_at_fpr(df, 0.05)
+    r = results.lr_rates_at_fpr(df, 0.05)
     assert 1.0 <= r["fpr"] <= 10.0 and r["detected"] > 50.0  # ~5%; ~TPR of a 2-sigma shift
     moved = df.copy()
     moved.loc[moved["half"] == "eval", "lr_score"] += 100.0
-    assert det.flag_at_fpr(moved, 0.05)["flagged_fpr"].all()  # same threshold, all above it
+    assert results.flag_at_fpr(moved, 0.05)["flagged_fpr"].all()  # same threshold, all above it
     with pytest.raises(DmlError, match="--fpr"):
-        det.flag_at_fpr(df, 1.0)
+        results.flag_at_fpr(df, 1.0)
 
 
 def test_worst_case_takes_any_attack_per_sample():
@@ -221,10 +224,10 @@ def test_worst_case_takes_any_attack_per_sample():
 
     a = frame([False, False, False, True], [1, 1, 0, 1])  # wins on 0, 1
     b = frame([True, False, False, False], [1, 2, 2, 0])  # wins on 1, 2
-    assert det.worst_case_undetected_wrong([a], "flagged_nu_3") == 50.0
-    assert det.worst_case_undetected_wrong([b], "flagged_nu_3") == 50.0
-    assert det.worst_case_undetected_wrong([a, b], "flagged_nu_3") == 75.0
-    assert det.worst_case_undetected_wrong([a, a], "flagged_nu_3") == 50.0
+    assert results.worst_case_undetected_wrong([a], "flagged_nu_3") == 50.0
+    assert results.worst_case_undetected_wrong([b], "flagged_nu_3") == 50.0
+    assert results.worst_case_undetected_wrong([a, b], "flagged_nu_3") == 75.0
+    assert results.worst_case_undetected_wrong([a, a], "flagged_nu_3") == 50.0
 
 
 # -- the adaptive attack --------------------------------------------------------------------------
@@ -356,7 +359,7 @@ def test_cli_vote_writes_rows_and_roc_and_is_a_noop_after(cli, store_copy):
         assert {"fpr", "tpr", "threshold"} <= set(roc_df.columns)
     mtimes = [f.stat().st_mtime_ns for f in files]
     again = cli(*args)
-    assert again.code == 0 and "exists" in again.out
+    assert again.code == 0 and "already in" in again.out
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
 
@@ -381,12 +384,12 @@ def test_cli_uncertainty_with_swapped_rdml_head(cli, store_copy):
 
 def _save(ensemble, root, name: str) -> None:
     store = Store(root)
-    save_ensemble(store.model_path(name), ensemble)
+    save_ensemble(store.checkpoint_path(name), ensemble)
 
 
 def test_cli_bad_input_exits_2_and_writes_nothing(cli, store_copy, tmp_path):
-    from dmlcli.config import resolve_config
     from dmlcli.data import eval_indices, load_dataset
+    from dmlcli.models.config import resolve_config
     from dmlcli.models.ensemble import Ensemble
 
     base = ["detect", "digits-dml", "--artifacts", store_copy, "--n", "20", "--steps", "2"]
@@ -405,7 +408,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(cli, store_copy, tmp_path):
         assert len(r.err.strip().splitlines()) == 1
     # one member, deterministic head: no variance to measure
     config = resolve_config("digits", members=2, head="linear")
-    config.update(members=1, trainable_sets=[[]])
+    config = config.replace(members=1, trainable_sets=((),))
     _save(Ensemble(config).eval(), store_copy, "single")
     r = cli("detect", "single", "--artifacts", store_copy, "--method", "uncertainty")
     assert r.code == 2 and "at least 2 members" in r.err

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from dmlcli.store import read_tensors
+from dmlcli.files import read_tensors
 
 
 @pytest.mark.slow

@@ -38,8 +38,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dmlcli.eval.parts import Shard, parse_shard
-from dmlcli.store import Store, read_parquet
+from dmlcli.files import read_parquet
+from dmlcli.runtime import Shard, parse_shard
+from dmlcli.store import Store
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ENV.pop("WORLD_SIZE", None)

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_ensemble
 from torch import nn
 
+from dmlcli import results
 from dmlcli.errors import DmlError
 from dmlcli.eval import geometry as geo
+from dmlcli.files import read_parquet
 from dmlcli.models.dml import DMLHead
-from dmlcli.store import Store, read_parquet
+from dmlcli.store import Store
+from tests.helpers import tiny_ensemble
 
 
 class _Twice(nn.Module):
@@ -77,7 +79,7 @@ def test_member_gradients_match_single_member_autograd() -> None:
     torch.testing.assert_close(grads[1], g1.flatten(1))
     df = geo.gradient_cosines(ens, x, y, [7, 8, 9, 10])
     assert len(df) == 3 * 4  # 3 pairs x 4 samples
-    summary = geo.pair_summary(df)
+    summary = results.pair_summary(df)
     assert summary[["member_a", "member_b"]].values.tolist() == [[1, 2], [1, 3], [2, 3]]
 
 
@@ -137,7 +139,7 @@ def test_cli_end_to_end(cli, store_copy) -> None:
     surf, _ = read_parquet(surf_path)
     assert len(surf) == 2 * 6 * 25
     again = cli("geometry", "digits-dml", "--artifacts", store_copy, *args, "--gradients")
-    assert again.code == 0 and "exists" in again.out
+    assert again.code == 0 and "already in" in again.out
     base = cli("geometry", "digits-baseline", "--artifacts", store_copy, *args, "--surface")
     assert base.code == 0, base.err
     assert len(store.list_results("surface")) == 2 and len(store.list_results("gradients")) == 1

@@ -10,7 +10,7 @@ import torch
 from dmlcli.errors import DmlError
 from dmlcli.models.aggregate import create_decision, meta_vote, threshold_vote, vote, vote_counts
 from dmlcli.models.dml import DMLHead, make_centers, partition
-from tests.conftest import tiny_ensemble
+from tests.helpers import tiny_ensemble
 
 
 def _head(**kw) -> DMLHead:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dmlcli import recipes as rc
+from dmlcli.cli import recipes as rc
 from dmlcli.errors import DmlError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from dmlcli.recipes import save_recipe_json, validate_recipe
+from dmlcli.cli.recipes import save_recipe_json, validate_recipe
+from dmlcli.files import write_parquet
+from dmlcli.models.io import save_ensemble
 from dmlcli.report import render_report
 from dmlcli.report import tables as tb
-from dmlcli.store import Store, save_ensemble, write_parquet
-from tests.conftest import tiny_ensemble
+from dmlcli.store import Store
+from tests.helpers import tiny_ensemble
 
 N = 20  # evaluation samples of every fixture result
 K = 3  # members
@@ -26,8 +28,8 @@ K = 3  # members
 # -- a store written by hand, in the exact schemas of dml train/attack/transfer/... -----------
 def _run(store: Store, name: str, head: str, benign: dict[str, float], epochs: int = 3) -> None:
     ens = tiny_ensemble(head=head, members=K)
-    ens.config["training"] = {"epochs": epochs}
-    save_ensemble(store.model_path(name), ens, {"benign": benign, "run": name})
+    ens.config = ens.config.replace(training={"epochs": epochs})
+    save_ensemble(store.checkpoint_path(name), ens, {"benign": benign, "run": name})
     hist = pd.DataFrame(
         {
             "epoch": np.arange(1, epochs + 1),
@@ -166,7 +168,6 @@ def _transfer(store: Store, run: str, accs: dict[str, int], targeted: bool) -> N
         "dataset": "digits",
         "attack": "pgd",
         "eps": 0.2,
-        "kappa": None,
         "targeted": targeted,
         "decision": "vote",
         "seed": 0,
@@ -213,6 +214,7 @@ def _cw(store: Store, run: str, source: str, kappa: float, acc: int, l2: list[fl
             "clean_pred": samples % 10,
             "adv_pred": samples % 10,
             "vote": 0,
+            **{f"member_{k}": samples % 10 for k in range(1, K + 1)},
             "clean_correct": True,
             "adv_correct": ok,
             "robust": ok,
@@ -227,7 +229,6 @@ def _cw(store: Store, run: str, source: str, kappa: float, acc: int, l2: list[fl
         "checkpoint": "0" * 64,
         "dataset": "digits",
         "attack": "cw",
-        "eps": None,
         "kappa": kappa,
         "targeted": False,
         "decision": "vote",
@@ -266,6 +267,12 @@ def _others(store: Store, run: str, scores: np.ndarray) -> None:
             "score_label": scores,
             "argmin_class": 1,
             "seconds": 0.1,
+            **{
+                c: [[0.0] * 10] * len(scores)
+                for c in ("margin", "location", "observed_max", "weibull_shape")
+            },
+            **{c: [[0.0] * 10] * len(scores) for c in ("weibull_scale", "ks_pvalue")},
+            "fit_status": [["ok"] * 10] * len(scores),
         }
     )
     store.write_result(
@@ -726,45 +733,30 @@ def test_report_of_a_missing_store(tmp_path, cli):
     assert res.code == 2 and "does not exist" in res.err
 
 
-def test_fixture_schemas_match_what_the_commands_write():
-    """Guard against schema drift: the attack and transfer rows the fixtures imitate are the
-    columns the other commands' library functions produce on a tiny real model."""
+def test_what_the_commands_compute_is_what_the_schema_names():
+    """The rows the evaluation jobs compute on a tiny real model pass through their schemas
+    unchanged, so fixtures built through :mod:`dmlcli.results` look like real results."""
+    from dmlcli import results
     from dmlcli.eval import robustness as rob
     from dmlcli.eval import transfer as tr
+    from dmlcli.models.io import Run
 
-    ens = tiny_ensemble(members=K)
+    run = Run("r", tiny_ensemble(members=K), "c" * 64, "digits")
     images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
     labels = torch.arange(6) % 10
     idx = torch.arange(6)
     spec = rob.AttackSpec("fgsm", "fgsm", {"eps": 0.1}, suite="paper")
-    attack = spec.build(0)
-    df, examples, _ = rob.run_spec(ens, spec, images, labels, idx, seed=0)
-    ctx = {"run": "r", "checkpoint": "c", "dataset": "digits", "seed": 0}
-    real = rob.describe(df, spec, attack, ctx)
-    assert list(real.columns) == _attack_columns()
-    assert set(examples.columns) == {
-        "sample",
-        "label",
-        "clean_pred",
-        "adv_pred",
-        "shape",
-        "x",
-        "x_adv",
-    }
-    rows = tr.transfer_rows(ens, "member:1", "fgsm", {"eps": 0.1}, images, labels, idx, seed=0)
-    assert set(rows.columns) >= {"sample", "source", "scored", "clean_correct", "adv_correct"}
-
-
-def _attack_columns() -> list[str]:
-    class _Capture(Store):
-        def write_result(self, kind, run, setting, df, extra=None):  # noqa: ANN001
-            self.frames = getattr(self, "frames", {})
-            self.frames.setdefault(kind, df)
-            return Path("/dev/null")
-
-    cap = _Capture(Path("/nonexistent"))
-    _attack(cap, "r", "fgsm", 0.1, 3)
-    return list(cap.frames["attack"].columns)
+    jobs = [
+        rob.attack_job(run, spec, images, labels, idx, seed=0),
+        tr.transfer_job(run, "member:1", "fgsm", {"eps": 0.1}, images, labels, idx, seed=0),
+    ]
+    for job in jobs:
+        frames, _ = job.compute(0, 6, lambda fraction, info: None)
+        rows = frames["rows"]
+        pd.testing.assert_frame_equal(results.frame(job.kind, rows), rows)
+        assert list(dict.fromkeys(rows[job.id_column])) == idx.tolist()
+    examples = jobs[0].compute(0, 6, lambda fraction, info: None)[0]["examples"]
+    results.frame("adv-examples", examples)
 
 
 # -- HTML in a real browser --------------------------------------------------------------

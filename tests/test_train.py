@@ -12,9 +12,9 @@ import time
 import pytest
 import torch
 
-from dmlcli.store import read_tensors
+from dmlcli.files import read_tensors
 from dmlcli.train import Trainer, TrainSettings, loss_terms, run_training
-from tests.conftest import tiny_ensemble
+from tests.helpers import tiny_ensemble
 
 
 def test_eq3_terms_match_a_hand_computation():

@@ -2,7 +2,10 @@
 
 ``create_attack(name, **params)`` builds one; ``list_attacks()`` names them. ``model`` is any
 module mapping pixels in [0, 1] to member logits ``[K, B, C]`` or logits ``[B, C]``, or an
-:class:`Objective` (surface + decision + EOT draws). See :mod:`dmlcli.attacks.base`.
+:class:`Objective` (surface + decision + EOT draws). Every attack derives from
+:class:`~dmlcli.attacks.base.AttackBase` (the shared call: objective, targets, seeding,
+output checks) and takes an optional ``progress=callable(fraction, info)`` keyword. See
+:mod:`dmlcli.attacks.base`.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from typing import Any
 
 from dmlcli.attacks.apgd import APGD
 from dmlcli.attacks.autoattack import AutoAttack
-from dmlcli.attacks.base import Attack, Objective, as_objective, random_targets, seeded
+from dmlcli.attacks.base import Attack, AttackBase, Objective, as_objective, random_targets
 from dmlcli.attacks.cw import CW
 from dmlcli.attacks.fgsm import FGSM
 from dmlcli.attacks.losses import create_loss, list_losses
 from dmlcli.attacks.pgd import BIM, PGD
 from dmlcli.attacks.surfaces import create_surface, list_surfaces
 from dmlcli.errors import DmlError
+from dmlcli.runtime import seeded
 
 _CLASSES: dict[str, type] = {
     "fgsm": FGSM,
@@ -75,6 +79,7 @@ __all__ = [
     "FGSM",
     "PGD",
     "Attack",
+    "AttackBase",
     "AutoAttack",
     "Objective",
     "as_objective",

@@ -14,18 +14,26 @@ randomized head (expectation over transformation, Athalye et al. 2018).
 Every function works on any module mapping pixels ``[B, C, H, W]`` in [0, 1] to member logits
 ``[K, B, classes]``; for :class:`~dmlcli.models.ensemble.Ensemble` the backbone runs once per
 step and only the (random) head is drawn ``eot`` times.
+
+:class:`AgreementPGD` shares :class:`~dmlcli.attacks.base.AttackBase`'s call (objective, detach,
+output checks, progress) but keeps its own randomness: its random starts come from its own
+generator (``seed + i`` for target ``i``) and a randomized head draws from the caller's RNG
+(detection seeds every batch), so it does not re-seed torch's global RNG; and a ``target``
+replaces the runner-up although the attack is not "targeted" in the registry's sense.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmlcli.attacks.base import AttackBase, CallProgress, Objective
 from dmlcli.errors import DmlError
 from dmlcli.models.aggregate import vote
 
@@ -118,8 +126,14 @@ def _check_common(eps: float, steps: int, step_size: float | None) -> None:
 
 
 @dataclass
-class AgreementPGD:
+class AgreementPGD(AttackBase):
     """L-inf PGD that makes all members agree on one wrong class (adaptive, A.4 / A.5.1).
+
+    The adaptive attack of the paper's appendix on its detectors: PGD (Madry et al. 2018)
+    with sign steps on the loss of :func:`agreement_loss` (every member toward one target,
+    the runner-up of the summed logits), optionally matching the softmax variance of A.5.1,
+    with gradients averaged over ``eot`` head draws (expectation over transformation,
+    Athalye et al. 2018) for a randomized head.
 
     Args:
         eps: L-inf budget in pixel units.
@@ -143,6 +157,18 @@ class AgreementPGD:
     member). The iterate kept per sample is, with ``var_weight = 0``, the one where most
     members vote the target (ties: lower loss); with ``var_weight > 0``, among those where
     the vote is wrong, the one whose uncertainty is closest to the clean input's.
+
+    Shape:
+        - x: ``[B, C, H, W]``, pixels in [0, 1].
+        - y: ``[B]`` labels.
+        - target: ``[B]`` or None (None: the runner-up, or the ``targets`` best wrong classes).
+        - returns: ``[B, C, H, W]`` in [0, 1], within ``eps`` of ``x`` (L-inf).
+
+    Examples:
+        >>> attack = AgreementPGD(eps=8 / 255, steps=5, var_weight=1.0, eot=2)
+        >>> x_adv = attack(ensemble, x, y)
+        >>> bool((x_adv - x).abs().max() <= 8 / 255 + 1e-6)
+        True
     """
 
     eps: float
@@ -158,6 +184,7 @@ class AgreementPGD:
     name: str = "adaptive"
     norm = "linf"
     targeted = False
+    reseed = False  # own generator for random starts; head draws on the caller's RNG
 
     def __post_init__(self) -> None:
         _check_common(self.eps, self.steps, self.step_size)
@@ -173,18 +200,28 @@ class AgreementPGD:
             raise DmlError(f"--adaptive-targets must be at least 1; got {self.targets}")
 
     def setting(self) -> dict[str, Any]:
-        return {**asdict(self), "norm": self.norm}
+        return {**super().setting(), "norm": self.norm}
 
-    def __call__(
+    def resolve_target(
         self,
-        model: nn.Module,
+        objective: Objective,
         x: torch.Tensor,
         y: torch.Tensor,
-        target: torch.Tensor | None = None,
+        target: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """A given ``target`` replaces the runner-up (None: ranked from the clean logits)."""
+        return target
+
+    def forward(
+        self,
+        objective: Objective,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        progress: CallProgress,
     ) -> torch.Tensor:
-        if not isinstance(model, nn.Module):  # an Objective: attack its model's members
-            model = model.model
-        x0 = x.detach()
+        model = objective.model  # every member is attacked, whatever the objective's surface
+        x0 = x
         if self.eps == 0:
             return x0.clone()
         with torch.no_grad():
@@ -198,11 +235,17 @@ class AgreementPGD:
         best_key = torch.full((len(x0),), -1, device=x0.device)
         best_value = torch.full((len(x0),), float("inf"), device=x0.device)
         for i, t in enumerate(order):
-            adv, key, value = self._run(model, x0, y, t, log_u0, self.seed + i)
+
+            def step_done(step: int, i: int = i) -> None:
+                info = f"{self.name}: target {i + 1}/{len(order)}, step {step}/{self.steps}"
+                progress.steps(i * self.steps + step, len(order) * self.steps, info)
+
+            adv, key, value = self._run(model, x0, y, t, log_u0, self.seed + i, step_done)
             better = (key > best_key) | ((key == best_key) & (value < best_value))
             best[better] = adv[better]
             best_key = torch.where(better, key, best_key)
             best_value = torch.where(better, value, best_value)
+            progress((i + 1) / len(order), f"{self.name}: target {i + 1}/{len(order)} done")
         return best
 
     def _run(
@@ -213,9 +256,11 @@ class AgreementPGD:
         target: torch.Tensor,
         log_u0: torch.Tensor,
         seed: int,
+        step_done: Callable[[int], None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One run toward ``target`` ``[B]``: the kept iterate and its (key, value) per sample
-        (higher key wins, then lower value; see the class docstring)."""
+        (higher key wins, then lower value; see the class docstring). ``step_done(i)`` after
+        step ``i`` (1-based) of ``steps``."""
         alpha = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
         match = self.var_weight > 0
         adv = _random_start(x0, self.eps, seed) if self.random_start else x0.clone()
@@ -250,4 +295,6 @@ class AgreementPGD:
                 (grad,) = torch.autograd.grad(loss.sum(), adv)
             with torch.no_grad():
                 adv = _project(adv.detach() - alpha * grad.sign(), x0, self.eps)
+            if step_done is not None:
+                step_done(step + 1)
         return best.detach(), best_key, best_value.detach()

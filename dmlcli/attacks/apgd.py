@@ -14,20 +14,19 @@ With ``loss='ce'`` this is APGD-CE, with ``loss='dlr'`` APGD-DLR.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from dmlcli.attacks.base import (
+    AttackBase,
+    CallProgress,
     Objective,
-    as_objective,
     check_budget,
     normalize,
     project,
-    resolve_target,
-    seeded,
 )
 from dmlcli.attacks.losses import create_loss
 from dmlcli.attacks.pgd import KEEP
@@ -35,12 +34,26 @@ from dmlcli.errors import DmlError
 
 
 @dataclass
-class APGD:
-    """APGD-CE / APGD-DLR against an :class:`~dmlcli.attacks.base.Objective`.
+class APGD(AttackBase):
+    """Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+    ensemble of diverse parameter-free attacks", Algorithm 1): APGD-CE / APGD-DLR against an
+    :class:`~dmlcli.attacks.base.Objective` (differences from the reference: see the module
+    docstring).
 
-    ``x`` ``[B, C, H, W]`` in [0, 1], ``y`` ``[B]``. Returns, per sample, the first iterate
-    that fools the decision, else the iterate of highest loss (``keep='loss'``: always the
-    highest-loss iterate, for transfer).
+    Returns, per sample, the first iterate that fools the decision, else the iterate of
+    highest loss (``keep='loss'``: always the highest-loss iterate, for transfer).
+
+    Shape:
+        - x: ``[B, C, H, W]``, pixels in [0, 1].
+        - y: ``[B]`` labels.
+        - target: ``[B]`` or None (targeted only; drawn with ``seed`` if None).
+        - returns: ``[B, C, H, W]`` in [0, 1], within ``eps`` of ``x`` in ``norm``.
+
+    Examples:
+        >>> attack = create_attack("apgd-dlr", eps=8 / 255, steps=20, restarts=2)
+        >>> x_adv = attack(Objective(ensemble, "members", "vote"), x, y)
+        >>> bool((x_adv - x).abs().max() <= 8 / 255 + 1e-6)
+        True
     """
 
     eps: float
@@ -63,40 +76,50 @@ class APGD:
             raise DmlError(f"{self.name}: keep must be one of {', '.join(KEEP)}")
 
     def setting(self) -> dict[str, Any]:
-        return {**asdict(self), "step_size": 2 * self.eps}
+        return {**super().setting(), "step_size": 2 * self.eps}
 
-    def __call__(
+    def forward(
         self,
-        model: nn.Module | Objective,
+        objective: Objective,
         x: torch.Tensor,
         y: torch.Tensor,
-        target: torch.Tensor | None = None,
+        target: torch.Tensor | None,
+        progress: CallProgress,
     ) -> torch.Tensor:
-        objective = as_objective(model)
-        target = resolve_target(self, objective, x, y, target)
-        x = x.detach()
         out = x.clone()
         out_loss = torch.full((len(x),), float("-inf"), device=x.device)
         done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        with seeded(self.seed, x.device):
-            for _ in range(self.restarts):
-                idx = (~done).nonzero().squeeze(1)
-                if len(idx) == 0:
-                    break
-                ts = None if target is None else target[idx]
-                x_best, loss_best, hit, x_hit = self._run(objective, x[idx], y[idx], ts)
-                better = loss_best > out_loss[idx]
-                out[idx[better]] = x_best[better]
-                out_loss[idx[better]] = loss_best[better]
-                if self.keep == "adversarial":
-                    out[idx[hit]] = x_hit[hit]
-                    done[idx[hit]] = True
-        return out.detach()
+        total = self.restarts * self.steps
+        for r in range(self.restarts):
+            idx = (~done).nonzero().squeeze(1)
+            if len(idx) == 0:
+                break
+            ts = None if target is None else target[idx]
+
+            def step_done(i: int, r: int = r) -> None:
+                info = f"{self.name}: restart {r + 1}/{self.restarts}, step {i}/{self.steps}"
+                progress.steps(r * self.steps + i, total, info)
+
+            x_best, loss_best, hit, x_hit = self._run(objective, x[idx], y[idx], ts, step_done)
+            better = loss_best > out_loss[idx]
+            out[idx[better]] = x_best[better]
+            out_loss[idx[better]] = loss_best[better]
+            if self.keep == "adversarial":
+                out[idx[hit]] = x_hit[hit]
+                done[idx[hit]] = True
+            progress((r + 1) / self.restarts, f"{self.name}: restart {r + 1}/{self.restarts} done")
+        return out
 
     def _run(
-        self, objective: Objective, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None
+        self,
+        objective: Objective,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor | None,
+        step_done: Callable[[int], None],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One run: (highest-loss point, its loss, fooled flags, fooling point), all ``[B]``."""
+        """One run: (highest-loss point, its loss, fooled flags, fooling point), all ``[B]``;
+        ``step_done(i)`` after step ``i`` (1-based) of ``steps``."""
         n, eps, norm = self.steps, self.eps, self.norm
         loss_fn = create_loss(self.loss)
         early = self.keep == "adversarial"
@@ -181,6 +204,7 @@ class APGD:
                 s["x_adv"][halve] = s["x_best"][halve]
                 s["grad"][halve] = s["grad_best"][halve]
                 k, counter = max(k - size_decr, k_min), 0
+            step_done(i + 1)
         i = s["idx"]
         res_best[i], res_loss[i] = s["x_best"], s["loss_best"]
         return res_best, res_loss, res_hit, res_hit_x

@@ -13,6 +13,11 @@ argmax of the scores it attacks (e.g. the summed logits), so it stops on a sampl
 the adaptive suite's APGD checks the decision itself); and its own warnings (randomized
 defense, zero gradients, Square beating the white-box attacks, ...) are captured from its
 logger, the ``warnings`` module and stdout into ``self.warnings`` and never swallowed.
+
+AutoAttack runs once per call (``run_standard_evaluation``, all sub-attacks in one go: its
+checks, its clean pass and its hand-over of robust samples from one sub-attack to the next
+stay exactly AutoAttack's). ``progress`` is reported per sub-attack by wrapping the
+``perturb`` of this call's own AutoAttack object, which changes no computation.
 """
 
 from __future__ import annotations
@@ -20,14 +25,15 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch import nn
 
-from dmlcli.attacks.base import Objective, as_objective, check_budget, seeded
+from dmlcli.attacks.base import AttackBase, CallProgress, Objective, check_budget
 from dmlcli.attacks.surfaces import surface_scores
 from dmlcli.errors import DmlError
 
@@ -61,12 +67,29 @@ class _Collect(logging.Handler):
 
 
 @dataclass
-class AutoAttack:
-    """AutoAttack on ``x`` ``[B, C, H, W]`` in [0, 1], ``y`` ``[B]`` (untargeted only).
+class AutoAttack(AttackBase):
+    """AutoAttack (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+    ensemble of diverse parameter-free attacks", Section 5: APGD-CE, APGD-T, FAB-T and
+    Square run in turn, each on the samples the previous ones left robust), untargeted only.
 
     ``steps`` sets APGD's iterations (100 in AutoAttack), ``square_queries`` Square's query
     budget (5000), ``eot`` the draws of the ``rand`` version (20). ``warnings`` collects
-    AutoAttack's own warnings of every call (deduplicated, in order).
+    AutoAttack's own warnings of every call (deduplicated, in order). ``progress`` is told
+    before and after each sub-attack (``i / n`` of the ``n`` sub-attacks of the version).
+
+    Shape:
+        - x: ``[B, C, H, W]``, pixels in [0, 1].
+        - y: ``[B]`` labels.
+        - target: must be None (a target raises :class:`~dmlcli.errors.DmlError`).
+        - returns: ``[B, C, H, W]`` in [0, 1], within ``eps`` of ``x`` in ``norm``.
+
+    Examples:
+        >>> attack = create_attack(
+        ...     "autoattack", eps=8 / 255, version="custom", attacks=("apgd-ce", "apgd-dlr")
+        ... )
+        >>> x_adv = attack(Objective(ensemble, "sum", "vote"), x, y)
+        >>> attack.warnings  # AutoAttack's own warnings, e.g. about a randomized defense
+        []
     """
 
     eps: float
@@ -154,36 +177,42 @@ class AutoAttack:
             aa.apgd.eot_iter = self.eot
         return aa
 
-    def __call__(
-        self,
-        model: nn.Module | Objective,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        target: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if target is not None:
-            raise DmlError("autoattack: a target was given to an untargeted attack")
-        objective = as_objective(model)
+    def prepare(self, objective: Objective, x: torch.Tensor) -> dict[str, Any]:
+        """The classifier AutoAttack sees and its class count, on the caller's RNG (the class
+        count comes from a forward pass, which draws a randomized head's noise)."""
         scores = ScoresModel(objective)
-        version = self.resolved_version(objective.randomized)
         with torch.no_grad():
             num_classes = scores(x[:1]).shape[-1]
+        return {"scores": scores, "num_classes": num_classes}
+
+    def forward(
+        self,
+        objective: Objective,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        progress: CallProgress,
+        *,
+        scores: ScoresModel,
+        num_classes: int,
+    ) -> torch.Tensor:
+        version = self.resolved_version(objective.randomized)
         sink: list[str] = []
         logger = logging.getLogger("auto-attack")
         handler, propagate = _Collect(sink), logger.propagate
         logger.addHandler(handler)
         logger.propagate = False
-        stdout = io.StringIO()
+        console, stdout = sys.stdout, io.StringIO()
         try:
             with (
-                seeded(self.seed, x.device),
                 warnings.catch_warnings(record=True) as caught,
                 contextlib.redirect_stdout(stdout),
             ):
                 warnings.simplefilter("always")
                 aa = self._build(scores, num_classes, version, x.device)
                 aa.verbose = False
-                x_adv, _ = aa.run_standard_evaluation(x.detach(), y, batch_size=len(x))
+                _report_sub_attacks(aa, progress, console)
+                x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
         finally:
             logger.removeHandler(handler)
             logger.propagate = propagate
@@ -192,4 +221,41 @@ class AutoAttack:
         for message in sink:
             if message not in self.warnings:
                 self.warnings.append(message)
-        return x_adv.detach()
+        return x_adv
+
+
+def _report_sub_attacks(aa: Any, progress: CallProgress, console: TextIO) -> None:
+    """Report ``progress`` at the start (AutoAttack's checks and clean pass) and before and
+    after each sub-attack of this AutoAttack run.
+
+    ``run_standard_evaluation`` runs its sub-attacks in the order of ``attacks_to_run``, each
+    one ``perturb`` call on the samples still robust (one batch: ``batch_size = len(x)``), so
+    the i-th ``perturb`` call is sub-attack i. The wrappers only pass through (same calls,
+    same RNG use: results are identical to an unwrapped run), live on this call's own
+    AutoAttack object, and print on the real stdout while AutoAttack's is captured.
+    """
+    if progress.callback is None:
+        return
+    names = list(aa.attacks_to_run)
+    calls = [0]
+
+    def tell(fraction: float, info: str) -> None:
+        with contextlib.redirect_stdout(console):
+            progress(fraction, info)
+
+    tell(0.0, f"autoattack: {aa.version} ({', '.join(names)}), clean pass")
+
+    def wrap(run: Any) -> Any:
+        def perturb(*args: Any, **kwargs: Any) -> Any:
+            i = calls[0]
+            name = names[i] if i < len(names) else "?"
+            tell(i / len(names), f"autoattack: {name} ({i + 1}/{len(names)})")
+            out = run(*args, **kwargs)
+            calls[0] = i + 1
+            tell(min(i + 1, len(names)) / len(names), f"autoattack: {name} done")
+            return out
+
+        return perturb
+
+    for sub in {id(a): a for a in (aa.apgd, aa.apgd_targeted, aa.fab, aa.square)}.values():
+        sub.perturb = wrap(sub.perturb)

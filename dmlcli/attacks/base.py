@@ -1,4 +1,5 @@
-"""The protocol every attack follows, and the :class:`Objective` it attacks.
+"""The protocol every attack follows, the :class:`Objective` it attacks, and the
+:class:`AttackBase` every attack of this package derives from.
 
 An attack is a callable ``attack(model, x, y, target=None) -> x_adv`` on pixels ``x``
 ``[B, C, H, W]`` in [0, 1] with labels ``y`` ``[B]``; ``model`` is any module mapping pixels to
@@ -11,13 +12,22 @@ seed, and describes itself with ``setting()`` (stored with every result).
 The surface (what gradients are taken of, :mod:`dmlcli.attacks.surfaces`) and the decision
 (what counts as fooled, :func:`dmlcli.models.aggregate.create_decision`) are chosen
 independently: the paper crafts on ``sum`` and scores on ``vote`` (Section 5).
+
+:class:`AttackBase` holds what every attack did before its step rule (the ``__call__`` ->
+``forward`` split of torchattacks' ``Attack``, without its mutable mode setters): the
+objective, the targets, the detached input, the seeded RNG and the checks of the output. An
+attack module keeps its parameters (a dataclass), their validation (``__post_init__``) and
+its step rule (``forward``). Progress goes down as an argument of each call, never onto
+the attack object, so an attack stays a plain value that describes itself by
+``setting()``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -26,9 +36,13 @@ from dmlcli.attacks.losses import Loss
 from dmlcli.attacks.surfaces import create_surface, list_surfaces
 from dmlcli.errors import DmlError
 from dmlcli.models.aggregate import create_decision, list_decisions
+from dmlcli.runtime import seeded
 
 NORMS = ("linf", "l2")
 _TINY = 1e-12
+
+#: ``progress(fraction, info)``: ``fraction`` in [0, 1] of one call's work is done.
+Progress = Callable[[float, str], None]
 
 
 @runtime_checkable
@@ -47,6 +61,8 @@ class Attack(Protocol):
         x: torch.Tensor,
         y: torch.Tensor,
         target: torch.Tensor | None = None,
+        *,
+        progress: Progress | None = None,
     ) -> torch.Tensor: ...
 
     def setting(self) -> dict[str, Any]: ...
@@ -146,16 +162,6 @@ def as_objective(model: nn.Module | Objective) -> Objective:
     return model if isinstance(model, Objective) else Objective(model)
 
 
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Fix torch's global RNG (random starts, randomized heads) inside, restore it after."""
-    device = torch.device(device)
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        yield
-
-
 def check_budget(norm: str, eps: float | None, name: str) -> None:
     """Validate the norm and eps of an attack (one clear line on a bad value)."""
     if norm not in NORMS:
@@ -225,3 +231,135 @@ def resolve_target(
         gen = torch.Generator().manual_seed(attack.seed)
         target = random_targets(y, c, gen)
     return target.to(y.device)
+
+
+class CallProgress:
+    """The progress of one call: fractions clamped to [0, 1], the last one remembered so the
+    call can close at 1.0. Made per call and dropped after it (no state on the attack). The
+    callback runs on a fork of torch's RNG: whatever it draws leaves the attack's streams
+    alone."""
+
+    __slots__ = ("callback", "devices", "last")
+
+    def __init__(self, callback: Progress | None, device: torch.device | str = "cpu") -> None:
+        self.callback = callback
+        device = torch.device(device)
+        self.devices = [device.index or 0] if device.type == "cuda" else []
+        self.last: float | None = None
+
+    def __call__(self, fraction: float, info: str = "") -> None:
+        if self.callback is None:
+            return
+        self.last = min(max(float(fraction), 0.0), 1.0)
+        with torch.random.fork_rng(devices=self.devices):
+            self.callback(self.last, info)
+
+    def steps(self, done: int, total: int, info: str) -> None:
+        """Report ``done`` of ``total`` units at every ~10% (and at the last unit)."""
+        if self.callback is not None and (done % max(total // 10, 1) == 0 or done == total):
+            self(done / total, info)
+
+    def finish(self, info: str) -> None:
+        if self.callback is not None and self.last != 1.0:
+            self(1.0, info)
+
+
+def check_output(name: str, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+    """Raise if ``x_adv`` is not an image batch of ``x``'s shape with pixels in [0, 1]."""
+    if x_adv.shape != x.shape:
+        raise DmlError(
+            f"{name}: returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}"
+        )
+    if x_adv.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x_adv))
+    if not (lo >= 0.0 and hi <= 1.0):  # also false for NaN
+        x_lo, x_hi = (float(v) for v in torch.aminmax(x))
+        raise DmlError(
+            f"{name}: returned pixels outside [0, 1] (min {lo:.4g}, max {hi:.4g}; the input "
+            f"spans {x_lo:.4g}..{x_hi:.4g})"
+        )
+
+
+class AttackBase:
+    """What every attack does around its step rule; subclasses are dataclasses.
+
+    ``attack(model, x, y, target=None, *, progress=None)``: turns ``model`` into an
+    :class:`Objective` (:func:`as_objective`), resolves the targets (a targeted attack draws
+    wrong labels with its seed when none are given, an untargeted one refuses a target:
+    :func:`resolve_target`), detaches ``x``, runs :meth:`forward` under
+    ``seeded(self.seed, x.device)`` (torch's global RNG fixed inside, the caller's restored
+    after), and checks that the result has ``x``'s shape and pixels in [0, 1].
+
+    Hooks a subclass may override (all but :meth:`forward` have defaults):
+
+    - :meth:`forward` ``(objective, x, y, target, progress, **prepared) -> x_adv``: the step
+      rule. ``progress(fraction, info)`` is always callable (a no-op without a callback).
+    - :meth:`resolve_target`: the targets given to :meth:`forward`.
+    - :meth:`prepare`: work before seeding, on the caller's RNG (e.g. a forward pass that
+      counts the classes); its dict goes to :meth:`forward` as keyword arguments.
+    - ``reseed = False``: run :meth:`forward` on the caller's RNG (an attack with its own
+      generators).
+
+    ``progress``: optional ``progress(fraction, info)``, called as a long attack goes
+    (fraction of this call's work in [0, 1], non-decreasing) and always with 1.0 at the end
+    of the call. It is passed down the call, never stored.
+    """
+
+    name: str
+    norm: str
+    eps: float | None
+    targeted: bool
+    seed: int
+    #: Run :meth:`forward` under ``seeded(self.seed, x.device)``.
+    reseed: ClassVar[bool] = True
+
+    def __call__(
+        self,
+        model: nn.Module | Objective,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        objective = as_objective(model)
+        target = self.resolve_target(objective, x, y, target)
+        x = x.detach()
+        prepared = self.prepare(objective, x)
+        report = CallProgress(progress, x.device)
+        rng = seeded(self.seed, x.device) if self.reseed else contextlib.nullcontext()
+        with rng:
+            x_adv = self.forward(objective, x, y, target, report, **prepared).detach()
+        check_output(self.name, x, x_adv)
+        report.finish(f"{self.name}: done")
+        return x_adv
+
+    def forward(
+        self,
+        objective: Objective,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        progress: CallProgress,
+    ) -> torch.Tensor:
+        """The adversarial ``[B, C, H, W]`` of detached ``x`` (the step rule)."""
+        raise NotImplementedError
+
+    def resolve_target(
+        self,
+        objective: Objective,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The targets of a targeted attack (drawn with its seed if not given), else None."""
+        return resolve_target(self, objective, x, y, target)
+
+    def prepare(self, objective: Objective, x: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments of :meth:`forward` computed before seeding (none by default)."""
+        return {}
+
+    def setting(self) -> dict[str, Any]:
+        """The parameters, stored with every result (and hashed into result file names)."""
+        return asdict(self)  # type: ignore[arg-type]  # subclasses are dataclasses

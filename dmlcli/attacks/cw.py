@@ -18,21 +18,35 @@ does: its distortion is then 0 and the sample counts as robust.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from dmlcli.attacks.base import Objective, as_objective, resolve_target, seeded
+from dmlcli.attacks.base import AttackBase, CallProgress, Objective
 from dmlcli.attacks.losses import cw_loss
 from dmlcli.attacks.surfaces import surface_scores
 from dmlcli.errors import DmlError
 
 
 @dataclass
-class CW:
-    """Unbounded CW-L2; ``x`` ``[B, C, H, W]`` in [0, 1], ``y`` ``[B]``."""
+class CW(AttackBase):
+    """Unbounded CW-L2 (Carlini & Wagner 2017, "Towards evaluating the robustness of neural
+    networks", Section V-A: minimize ``||(tanh(w) + 1)/2 - x||_2^2 + c * f((tanh(w) + 1)/2)``
+    with Adam, ``f`` the margin loss f_6 of Section IV clipped at ``-kappa``), with their
+    binary search over ``c`` when ``search_steps > 0`` (see the module docstring).
+
+    Shape:
+        - x: ``[B, C, H, W]``, pixels in [0, 1].
+        - y: ``[B]`` labels.
+        - target: ``[B]`` or None (targeted only; drawn with ``seed`` if None).
+        - returns: ``[B, C, H, W]`` in [0, 1]; ``x`` itself where no iterate fools.
+
+    Examples:
+        >>> attack = create_attack("cw", c=1.0, steps=20, lr=0.1, search_steps=2)
+        >>> x_adv = attack(Objective(ensemble, "sum", "vote"), x, y)
+        >>> l2 = (x_adv - x).flatten(1).norm(dim=1)  # 0 where the attack failed
+    """
 
     c: float = 1.0
     kappa: float = 0.0
@@ -58,26 +72,24 @@ class CW:
             raise DmlError("cw: the CW-L2 attack is unbounded (norm l2, no eps)")
 
     def setting(self) -> dict[str, Any]:
-        out = {**asdict(self), "loss": "cw", "step_size": self.lr, "restarts": 1}
+        out = {**super().setting(), "loss": "cw", "step_size": self.lr, "restarts": 1}
         if not self.search_steps:  # results stored before the search existed keep their key
             out.pop("search_steps")
         return out
 
-    def __call__(
+    def forward(
         self,
-        model: nn.Module | Objective,
+        objective: Objective,
         x: torch.Tensor,
         y: torch.Tensor,
-        target: torch.Tensor | None = None,
+        target: torch.Tensor | None,
+        progress: CallProgress,
     ) -> torch.Tensor:
-        objective = as_objective(model)
-        target = resolve_target(self, objective, x, y, target)
         kappa = self.kappa
 
         def clipped(z: torch.Tensor, lab: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
             return cw_loss(z, lab, t).clamp(max=kappa)  # maximized: -f
 
-        x = x.detach()
         best = x.clone()
         best_l2 = torch.full((len(x),), float("inf"), device=x.device)
         c = torch.full((len(x),), float(self.c), device=x.device)
@@ -95,8 +107,9 @@ class CW:
             best[better] = xa[better]
             best_l2[better] = l2[better]
 
-        with seeded(self.seed, x.device), torch.enable_grad():
-            for _ in range(max(1, self.search_steps)):
+        rounds = max(1, self.search_steps)
+        with torch.enable_grad():
+            for r in range(rounds):
                 hit.zero_()
                 w = torch.atanh((2 * x - 1) * (1 - 1e-6)).requires_grad_(True)
                 optimizer = torch.optim.Adam([w], lr=self.lr)
@@ -112,8 +125,14 @@ class CW:
                     optimizer.zero_grad()
                     cost.backward()
                     optimizer.step()
+                    progress.steps(
+                        r * self.steps + step + 1,
+                        rounds * self.steps,
+                        f"{self.name}: round {r + 1}/{rounds}, step {step + 1}/{self.steps}",
+                    )
                 with torch.no_grad():  # Carlini & Wagner's bracket update
                     upper = torch.where(hit, torch.minimum(upper, c), upper)
                     lower = torch.where(hit, lower, torch.maximum(lower, c))
                     c = torch.where(torch.isinf(upper), c * 10, (lower + upper) / 2)
-        return best.detach()
+                progress((r + 1) / rounds, f"{self.name}: round {r + 1}/{rounds} done")
+        return best

@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from dmlcli.attacks.base import (
+    AttackBase,
+    CallProgress,
     Objective,
-    as_objective,
     ascent_step,
     check_budget,
     project,
-    resolve_target,
-    seeded,
 )
 from dmlcli.attacks.losses import create_loss
 
 
 @dataclass
-class FGSM:
-    """``x_adv = clip(x + eps * sign(grad_x loss))`` (L2: ``eps`` along the unit gradient).
+class FGSM(AttackBase):
+    """Fast gradient sign method (Goodfellow, Shlens & Szegedy 2014, "Explaining and
+    harnessing adversarial examples", Section 4: ``eta = eps * sign(grad_x J(theta, x, y))``).
 
-    ``x`` ``[B, C, H, W]`` in [0, 1], ``y`` ``[B]``; no random start, one gradient (averaged
-    over the objective's EOT draws on a randomized head).
+    ``x_adv = clip(x + eps * sign(grad_x loss))`` (L2: ``eps`` along the unit gradient). No
+    random start, one gradient (averaged over the objective's EOT draws on a randomized
+    head); targeted: the step ascends the targeted loss (toward ``target``).
+
+    Shape:
+        - x: ``[B, C, H, W]``, pixels in [0, 1].
+        - y: ``[B]`` labels.
+        - target: ``[B]`` or None (targeted only; drawn with ``seed`` if None).
+        - returns: ``[B, C, H, W]`` in [0, 1], within ``eps`` of ``x`` in ``norm``.
+
+    Examples:
+        >>> attack = create_attack("fgsm", eps=8 / 255)
+        >>> x_adv = attack(Objective(ensemble, "sum", "vote"), x, y)
+        >>> bool((x_adv - x).abs().max() <= 8 / 255 + 1e-6)
+        True
     """
 
     eps: float
@@ -40,17 +52,15 @@ class FGSM:
         create_loss(self.loss)
 
     def setting(self) -> dict[str, Any]:
-        return {**asdict(self), "steps": 1, "step_size": self.eps, "restarts": 1}
+        return {**super().setting(), "steps": 1, "step_size": self.eps, "restarts": 1}
 
-    def __call__(
+    def forward(
         self,
-        model: nn.Module | Objective,
+        objective: Objective,
         x: torch.Tensor,
         y: torch.Tensor,
-        target: torch.Tensor | None = None,
+        target: torch.Tensor | None,
+        progress: CallProgress,
     ) -> torch.Tensor:
-        objective = as_objective(model)
-        target = resolve_target(self, objective, x, y, target)
-        with seeded(self.seed, x.device):
-            _, grad, _ = objective.loss_grad(x, y, create_loss(self.loss), target)
-        return project(ascent_step(x, grad, self.eps, self.norm), x, self.eps, self.norm).detach()
+        _, grad, _ = objective.loss_grad(x, y, create_loss(self.loss), target)
+        return project(ascent_step(x, grad, self.eps, self.norm), x, self.eps, self.norm)

@@ -14,21 +14,18 @@ another model: its success on the source says nothing about the target).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from dmlcli.attacks.base import (
+    AttackBase,
+    CallProgress,
     Objective,
-    as_objective,
     ascent_step,
     check_budget,
     project,
     random_start,
-    resolve_target,
-    seeded,
 )
 from dmlcli.attacks.losses import create_loss
 from dmlcli.errors import DmlError
@@ -37,10 +34,30 @@ KEEP = ("adversarial", "loss")
 
 
 @dataclass
-class PGD:
-    """Projected gradient ascent of the objective's surface loss (see the module docstring).
+class PGD(AttackBase):
+    """Projected gradient descent (Madry, Makelov, Schmidt, Tsipras & Vladu 2018, "Towards
+    deep learning models resistant to adversarial attacks", Section 2.1:
+    ``x_{t+1} = Proj_{x + S}(x_t + alpha * sign(grad_x L(theta, x_t, y)))``).
 
-    ``x`` ``[B, C, H, W]`` in [0, 1], ``y`` ``[B]``, optional ``target`` ``[B]``.
+    Projected gradient ascent of the objective's surface loss from a random start in the
+    eps-ball (L2: ``alpha`` along the unit gradient), best of ``restarts``; what is kept per
+    sample: see the module docstring. Targeted: ascends the targeted loss.
+
+    Shape:
+        - x: ``[B, C, H, W]``, pixels in [0, 1].
+        - y: ``[B]`` labels.
+        - target: ``[B]`` or None (targeted only; drawn with ``seed`` if None).
+        - returns: ``[B, C, H, W]`` in [0, 1], within ``eps`` of ``x`` in ``norm``.
+
+    Examples:
+        >>> attack = create_attack("pgd", eps=8 / 255, steps=10)
+        >>> x_adv = attack(Objective(ensemble, "sum", "vote"), x, y)
+        >>> x_adv.shape == x.shape
+        True
+        >>> fractions = []
+        >>> x_adv = attack(ensemble, x, y, progress=lambda f, info: fractions.append(f))
+        >>> fractions[-1]
+        1.0
     """
 
     eps: float
@@ -67,21 +84,16 @@ class PGD:
         if self.step_size < 0:
             raise DmlError(f"{self.name}: step size must be >= 0")
 
-    def setting(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __call__(
+    def forward(
         self,
-        model: nn.Module | Objective,
+        objective: Objective,
         x: torch.Tensor,
         y: torch.Tensor,
-        target: torch.Tensor | None = None,
+        target: torch.Tensor | None,
+        progress: CallProgress,
     ) -> torch.Tensor:
-        objective = as_objective(model)
-        target = resolve_target(self, objective, x, y, target)
         loss_fn = create_loss(self.loss)
         early = self.keep == "adversarial"
-        x = x.detach()
         best = x.clone()
         best_loss = torch.full((len(x),), float("-inf"), device=x.device)
         done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -95,37 +107,58 @@ class PGD:
                 best[idx[fresh]] = xa[fresh]
                 done[idx[fresh]] = True
 
-        with seeded(self.seed, x.device):
-            for _ in range(self.restarts):
-                idx = (~done).nonzero().squeeze(1)
-                if len(idx) == 0:
-                    break
-                xs, ys = x[idx], y[idx]
-                ts = None if target is None else target[idx]
-                xa = random_start(xs, self.eps, self.norm) if self.random_start else xs.clone()
-                for _ in range(self.steps):
-                    value, grad, logits = objective.loss_grad(xa, ys, loss_fn, ts)
-                    hit = objective.fooled(logits, ys, ts)
-                    record(idx, xa, value, hit)
-                    if early and hit.any():
-                        keep = ~hit
-                        idx, xs, ys, xa, grad = idx[keep], xs[keep], ys[keep], xa[keep], grad[keep]
-                        ts = None if ts is None else ts[keep]
-                        if len(idx) == 0:
-                            break
-                    xa = project(
-                        ascent_step(xa, grad, self.step_size, self.norm), xs, self.eps, self.norm
-                    )
-                if len(idx):
-                    with torch.no_grad():
-                        value, logits = objective.loss(xa, ys, loss_fn, ts)
-                    record(idx, xa, value, objective.fooled(logits, ys, ts))
-        return best.detach()
+        total = self.restarts * self.steps
+        for r in range(self.restarts):
+            idx = (~done).nonzero().squeeze(1)
+            if len(idx) == 0:
+                break
+            xs, ys = x[idx], y[idx]
+            ts = None if target is None else target[idx]
+            xa = random_start(xs, self.eps, self.norm) if self.random_start else xs.clone()
+            for step in range(self.steps):
+                value, grad, logits = objective.loss_grad(xa, ys, loss_fn, ts)
+                hit = objective.fooled(logits, ys, ts)
+                record(idx, xa, value, hit)
+                if early and hit.any():
+                    keep = ~hit
+                    idx, xs, ys, xa, grad = idx[keep], xs[keep], ys[keep], xa[keep], grad[keep]
+                    ts = None if ts is None else ts[keep]
+                    if len(idx) == 0:
+                        break
+                xa = project(
+                    ascent_step(xa, grad, self.step_size, self.norm), xs, self.eps, self.norm
+                )
+                progress.steps(
+                    r * self.steps + step + 1,
+                    total,
+                    f"{self.name}: restart {r + 1}/{self.restarts}, step {step + 1}/{self.steps}",
+                )
+            if len(idx):
+                with torch.no_grad():
+                    value, logits = objective.loss(xa, ys, loss_fn, ts)
+                record(idx, xa, value, objective.fooled(logits, ys, ts))
+            progress((r + 1) / self.restarts, f"{self.name}: restart {r + 1}/{self.restarts} done")
+        return best
 
 
 @dataclass
 class BIM(PGD):
-    """BIM-n: PGD without the random start (Kurakin et al. 2017)."""
+    """Basic iterative method (Kurakin, Goodfellow & Bengio 2017, "Adversarial examples in
+    the physical world", Section 2.2: ``X_{N+1} = Clip_{X, eps}(X_N + alpha *
+    sign(grad_X J(X_N, y)))``): PGD without the random start (BIM-n: ``steps = n``).
+
+    Shape:
+        - x: ``[B, C, H, W]``, pixels in [0, 1].
+        - y: ``[B]`` labels.
+        - target: ``[B]`` or None (targeted only; drawn with ``seed`` if None).
+        - returns: ``[B, C, H, W]`` in [0, 1], within ``eps`` of ``x`` in ``norm``.
+
+    Examples:
+        >>> attack = create_attack("bim", eps=8 / 255, steps=10)
+        >>> x_adv = attack(Objective(ensemble, "sum", "vote"), x, y)
+        >>> torch.equal(x_adv, attack(Objective(ensemble, "sum", "vote"), x, y))
+        True
+    """
 
     random_start: bool = False
     name: str = "bim"

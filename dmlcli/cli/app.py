@@ -5,41 +5,47 @@ from __future__ import annotations
 import sys
 
 import typer
+import typer.core
 
-try:  # typer >= 0.22 vendors click
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_exceptions
-
-from dmlcli.cli import attack, certify, clever, detect, geometry, ls, merge, train, transfer
-from dmlcli.cli import report as report_cli
 from dmlcli.cli import run as run_cli
+from dmlcli.cli.commands import COMMANDS
+from dmlcli.cli.common import click_exceptions, guarded
 from dmlcli.errors import DmlError
+
+
+class _PlainHelp:
+    """Show ``--help`` as a flag in the help screen (typer would print ``<bool>`` beside it)."""
+
+    def get_help_option(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Group(_PlainHelp, typer.core.TyperGroup):
+    pass
+
+
+class _Command(_PlainHelp, typer.core.TyperCommand):
+    pass
+
 
 app = typer.Typer(
     name="dml",
+    cls=_Group,
     help="Train diverse DML ensembles, attack them honestly, and report the paper's tables.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
-# One line per subcommand module: (name, function).
-COMMANDS = [
-    ("train", train.command),
-    ("ls", ls.command),
-    ("detect", detect.command),
-    ("attack", attack.command),
-    ("transfer", transfer.command),
-    ("clever", clever.command),
-    ("certify", certify.command),
-    ("geometry", geometry.geometry_command),
-    ("report", report_cli.command),
-    ("run", run_cli.command),
-    ("merge", merge.command),
-]
-for _name, _fn in COMMANDS:
-    app.command(_name)(_fn)
+# Pipeline order: the stages, then dml run after report, then the store helpers.
+_ORDER = [name for name, _ in COMMANDS]
+_ORDER.insert(_ORDER.index("report") + 1, "run")
+for _name in _ORDER:
+    _fn = guarded(run_cli.command) if _name == "run" else dict(COMMANDS)[_name]
+    app.command(_name, cls=_Command)(_fn)
 
 
 def fail(message: str) -> None:

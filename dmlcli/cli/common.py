@@ -1,10 +1,16 @@
-"""What every subcommand shares: option types, eps parsing, the console, progress, tables."""
+"""What every subcommand shares: option types, the console, progress bars, closing tables.
+
+A command module declares its options (defaults read from the :mod:`dmlcli.api` function it
+calls, so each default lives in one place), calls that function and prints a short table.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
-from fractions import Fraction
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,10 +26,29 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from dmlcli.errors import DmlError
-from dmlcli.store import Store
+from dmlcli.runner import Interrupted, Reporter
+
+try:  # typer >= 0.22 vendors click
+    from typer._click import exceptions as click_exceptions  # noqa: F401 - used by app, recipes
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_exceptions  # noqa: F401
 
 console = Console(highlight=False)
+
+
+def defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword defaults of an API function: what a command's options default to."""
+    return {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def flag(help: str, *names: str) -> Any:  # noqa: A002 - typer's own keyword
+    """A boolean option shown as a plain flag (no value type) in ``--help``."""
+    return typer.Option(*names, help=help, metavar="")
+
 
 ArtifactsOpt = Annotated[
     Path | None,
@@ -34,9 +59,13 @@ ArtifactsOpt = Annotated[
 SeedOpt = Annotated[
     int, typer.Option("--seed", help="Seed for data order, init and attack randomness.")
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even if the result exists.")]
+ForceOpt = Annotated[bool, flag("Recompute even if the result exists.", "--force")]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Folder with the dataset's files (default: the one the run was trained on)."),
 ]
 PartSizeOpt = Annotated[
     int,
@@ -46,46 +75,47 @@ ShardOpt = Annotated[
     str | None,
     typer.Option("--shard", help="Compute only shard i/n of the parts (default: torchrun's RANK)."),
 ]
+RunArg = Annotated[str, typer.Argument(help="Run name, run folder or .safetensors file.")]
+NOpt = Annotated[int, typer.Option("--n", help="Evaluation samples (a seeded subset).")]
 
 
-def open_store(artifacts: Path | None) -> Store:
-    return Store(artifacts)
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command so that Ctrl-C prints one line saying what was kept and how to resume,
+    and exits with code 130 (typer would swallow the message)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Interrupted as exc:
+            print(str(exc), file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper
 
 
-def parse_eps(text: str) -> float:
-    """``'8/255'``, ``'0.031'`` or ``'0.3'`` -> a pixel-unit epsilon in [0, 1]."""
-    try:
-        value = float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise DmlError(f"cannot read eps {text!r}; write e.g. 8/255 or 0.031") from None
-    if not math.isfinite(value) or not 0 <= value <= 1:
-        raise DmlError(f"eps {text!r} is outside [0, 1] (eps is in pixel units)")
-    return value
+class RichReporter(Reporter):
+    """A :class:`~dmlcli.runner.Reporter` drawing rich progress bars on the console."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+
+    def task(self, label: str, total: int) -> Callable[[int, str], None]:
+        task = self.bar.add_task(label, total=total, info="")
+
+        def update(done: int, info: str = "") -> None:
+            self.bar.update(task, completed=done, info=info)
+
+        return update
+
+    def note(self, text: str) -> None:
+        self.bar.console.print(f"[yellow]{text}[/yellow]")
 
 
-def format_eps(eps: float) -> str:
-    """``0.0313...`` -> ``'8/255'`` where it is one, else a short decimal."""
-    k = eps * 255
-    if eps > 0 and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:g}"
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DmlError(f"--device {name}: no CUDA device is available here")
-    if not (name == "cpu" or name.startswith("cuda")):
-        raise DmlError(f"unknown --device {name!r}; use cpu, cuda or cuda:N")
-    return name
-
-
-def progress() -> Progress:
-    """The rich progress bar every long command shows."""
-    return Progress(
+@contextmanager
+def reporter(enabled: bool = True) -> Iterator[RichReporter]:
+    """Progress bars for the duration of a command (drawn only while ``enabled``)."""
+    bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -94,7 +124,10 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        disable=not enabled,
     )
+    with bar:
+        yield RichReporter(bar)
 
 
 def summary(
@@ -114,13 +147,36 @@ def summary(
         console.print(f"[dim]wrote[/dim] {path}")
 
 
-def finish_parts(store: Store, parts: Any, shard: Any) -> Path | None:
-    """After the batches of ``parts`` ran: a shard says how to merge and returns ``None``;
-    an unsharded run writes the final result (:func:`dmlcli.eval.parts.finalize`) and
-    returns its path."""
-    from dmlcli.eval.parts import finalize
+def new_files(df: Any) -> list[str]:
+    """Paths of the results an API call computed (not read from the store)."""
+    return [r["path"] for r in df.attrs.get("results", []) if r["status"] == "new"]
 
-    if shard is not None:
-        console.print(parts.shard_note(shard, store), soft_wrap=True)
-        return None
-    return finalize(store, parts)[-1]
+
+def results_of(df: Any) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(description, rows) of every stored result behind the rows an API call returned."""
+    for r in df.attrs.get("results", []):
+        start, stop = r["rows"]
+        yield r, df.iloc[start:stop]
+
+
+def cached_note(df: Any, root: Path | str | None) -> None:
+    """One line saying how many results were read from the store instead of computed."""
+    cached = sum(r["status"] == "cached" for r in df.attrs.get("results", []))
+    if cached:
+        where = root if root is not None else "the store"
+        console.print(f"{cached} result(s) were already in {where} (--force recomputes)")
+
+
+def shard_note(df: Any, root: Path | str | None) -> bool:
+    """For a sharded run: say where the parts are and how to merge them; True if sharded."""
+    shards = [r for r in df.attrs.get("results", []) if r["status"].startswith("shard")]
+    if not shards:
+        return False
+    where = root if root is not None else "./artifacts"
+    console.print(
+        f"{shards[0]['status']}: {len(shards)} result(s) kept as parts "
+        f"(e.g. {shards[0]['path']}); run `dml merge --artifacts {where}` once every shard "
+        "is done",
+        soft_wrap=True,
+    )
+    return True

@@ -40,7 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dmlcli.cli.commands import COMMANDS
+from dmlcli.cli.common import click_exceptions
+from dmlcli.data import DATASETS
 from dmlcli.errors import DmlError
+from dmlcli.files import atomic_write_bytes, now
+from dmlcli.report import FORMATS as REPORT_FILES
+from dmlcli.report.paper import parse_column
+from dmlcli.store import Store, validate_name
+from dmlcli.units import parse_eps
 
 try:
     import tomllib
@@ -50,13 +58,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10: the tomli backpor
 #: Evaluation stages in execution order (after the ``train`` stage, before ``report``).
 EVAL_STAGES = ("attack", "transfer", "clever", "certify", "geometry", "detect")
 STAGES = ("train", *EVAL_STAGES, "report")
-REPORT_FORMATS = ("markdown", "html", "latex", "json")
-_REPORT_FILES = {
-    "markdown": "report.md",
-    "html": "report.html",
-    "latex": "report.tex",
-    "json": "robustbench.json",
-}
+REPORT_FORMATS = tuple(REPORT_FILES)
 
 _RECIPE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "name": (str, "the recipe's name (markers go to ARTIFACTS/recipes/<name>/)"),
@@ -96,40 +98,6 @@ PAPER: dict[str, dict[str, Any]] = {
     },
 }
 _PAPER_META = ("table", "label", "eps", "note")
-_COLUMN = re.compile(
-    r"^(?P<attack>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*?)(?:-(?P<steps>\d+))?"
-    r"(?:@(?P<eps>[0-9./]+))?$"
-)
-
-
-# -- paper column keys ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class ColumnKey:
-    """A paper table column: ``benign`` or an attack with optional steps and eps."""
-
-    attack: str
-    steps: int | None = None
-    eps: float | None = None
-
-    def matches(self, attack: str, steps: int | None, eps: float | None) -> bool:
-        if self.attack != attack:
-            return False
-        if self.steps is not None and steps is not None and self.steps != steps:
-            return False
-        if self.eps is None or eps is None:
-            return self.eps is None and eps is None
-        return math.isclose(self.eps, eps, rel_tol=1e-6, abs_tol=1e-9)
-
-
-def parse_column(text: str) -> ColumnKey:
-    """``'bim-10@0.2'`` -> ColumnKey('bim', 10, 0.2); ``'benign'``; ``'cw'``; raises on junk."""
-    from dmlcli.cli.common import parse_eps
-
-    m = _COLUMN.match(text.strip().lower())
-    if not m:
-        raise DmlError(f"cannot read column {text!r}; write e.g. benign, fgsm@0.2, pgd-20@8/255")
-    eps = parse_eps(m["eps"]) if m["eps"] else None
-    return ColumnKey(m["attack"], int(m["steps"]) if m["steps"] else None, eps)
 
 
 # -- recipe --------------------------------------------------------------------------------
@@ -217,9 +185,6 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def validate_recipe(raw: dict[str, Any], path: Path) -> Recipe:
     """Check a parsed TOML document against the recipe schema (see the module docstring)."""
-    from dmlcli.data import DATASETS
-    from dmlcli.store import validate_name
-
     w = _Where(path)
     top = {"recipe", "train", *EVAL_STAGES, "report", "paper"}
     for key in raw:
@@ -395,8 +360,6 @@ def _check_pct(w: _Where, key: str, value: Any) -> None:
 
 
 def _check_eps(w: _Where, key: str, value: Any, where: str = "") -> None:
-    from dmlcli.cli.common import parse_eps
-
     try:
         parse_eps(str(value))
     except DmlError as exc:
@@ -468,17 +431,18 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
 
 @functools.lru_cache(maxsize=1)
 def _click_group() -> Any:
+    """The subcommands a recipe can run, as one click group (for their options and to run a
+    step in-process)."""
     import typer
 
-    from dmlcli.cli.app import app
-
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    for name, fn in COMMANDS:
+        app.command(name)(fn)
     return typer.main.get_command(app)
 
 
 def command_spec(name: str) -> CommandSpec | None:
     """The parameters of ``dml <name>``, or None when this build lacks the subcommand."""
-    from dmlcli.cli.app import COMMANDS
-
     fns = dict(COMMANDS)
     if name not in fns:
         return None
@@ -653,6 +617,7 @@ def plan(
 ) -> list[Step]:
     """The recipe's steps in order, each with its argv and status (see :func:`step_status`)."""
     commands = available_commands()
+    store = Store(artifacts)
     data_dir = data_dir if data_dir is not None else recipe.data_dir
     device = device or recipe.device
     steps: list[Step] = []
@@ -680,13 +645,13 @@ def plan(
             opts.setdefault("resume", True)  # an interrupted training continues where it was
         if opts.get("prior") in recipe.train:
             opts["prior"] = recipe.run_name(opts["prior"])
-        step = Step(f"train-{key}", "train", [], outputs=[artifacts / "models" / run])
+        step = Step(f"train-{key}", "train", [], outputs=[store.run_dir(run)])
         if train_spec is None:  # pragma: no cover - train is part of the core
             step.available, step.note = False, "dml train is not part of this build"
         else:
             step.argv = _argv(train_spec, [recipe.dataset], common(train_spec, opts))
             step.argv += ["--artifacts", str(artifacts)]
-            step.outputs = [artifacts / "models" / run / "model.safetensors"]
+            step.outputs = [store.checkpoint_path(run)]
         steps.append(step)
     for stage in EVAL_STAGES:
         spec = commands.get(stage)
@@ -708,7 +673,7 @@ def plan(
                     step.argv += ["--artifacts", str(artifacts)]
                 steps.append(step)
     formats = recipe.report.get("formats", ["markdown"])
-    report = Step("report", "report", [], outputs=[artifacts / "report"])
+    report = Step("report", "report", [], outputs=[store.report_dir()])
     spec = commands.get("report")
     if spec is None:  # pragma: no cover - report is part of this module's build
         report.available, report.note = False, "dml report is not part of this build"
@@ -717,7 +682,7 @@ def plan(
         for f in formats:
             report.argv += ["--format", f]
         report.argv += ["--artifacts", str(artifacts)]
-        report.outputs = [artifacts / "report" / _REPORT_FILES[f] for f in formats]
+        report.outputs = [store.report_dir() / REPORT_FILES[f] for f in formats]
     steps.append(report)
     for step in steps:
         step.status = step_status(step, recipe, artifacts)
@@ -726,7 +691,7 @@ def plan(
 
 
 def marker_path(artifacts: Path, recipe: Recipe, step: Step) -> Path:
-    return artifacts / "recipes" / recipe.name / f"{step.id}.json"
+    return Store(artifacts).marker_file(recipe.name, step.id)
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
@@ -764,12 +729,7 @@ def _block_dependents(steps: list[Step], recipe: Recipe) -> None:
 
 def snapshot(artifacts: Path) -> dict[str, int]:
     """Result files in the store and their modification times (to see what a step wrote)."""
-    results = artifacts / "results"
-    if not results.is_dir():
-        return {}
-    return {
-        str(p.relative_to(artifacts)): p.stat().st_mtime_ns for p in results.glob("*/*.parquet")
-    }
+    return Store(artifacts).result_files_snapshot()
 
 
 def write_marker(
@@ -781,8 +741,6 @@ def write_marker(
 ) -> Path:
     """Record a finished step (atomic JSON: argv, digest, seconds, finish time, and the result
     files it wrote, compared with the ``before`` :func:`snapshot`)."""
-    from dmlcli.store import atomic_write_bytes, now
-
     path = marker_path(artifacts, recipe, step)
     after = snapshot(artifacts) if before is not None else {}
     body = {
@@ -800,17 +758,13 @@ def write_marker(
 
 def save_recipe_json(artifacts: Path, recipe: Recipe) -> Path:
     """Store the recipe (settings, roles, paper numbers) for ``dml report`` to read."""
-    from dmlcli.store import atomic_write_bytes
-
-    path = artifacts / "recipes" / recipe.name / "recipe.json"
+    path = Store(artifacts).recipe_file(recipe.name)
     atomic_write_bytes(path, json.dumps(recipe.to_json(), indent=1, default=str).encode())
     return path
 
 
 def run_step(step: Step) -> None:
     """Run ``dml <argv>`` in-process; a failure raises :class:`DmlError` naming the step."""
-    from dmlcli.cli.app import click_exceptions
-
     command = _click_group()
     try:
         rc = command.main(args=list(step.argv), prog_name="dml", standalone_mode=False)

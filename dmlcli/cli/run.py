@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
-from dmlcli.cli.common import ArtifactsOpt, DeviceOpt, console, summary
+from dmlcli.cli import recipes as rc
+from dmlcli.cli.common import ArtifactsOpt, DeviceOpt, console, flag, summary
 from dmlcli.errors import DmlError
+from dmlcli.store import Store
 
 _STATUS = {
     "done": "[green]done[/green] (skipped)",
@@ -30,7 +32,7 @@ def command(
         ),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the plan (what exists, what will run).")
+        bool, flag("Print the plan (what exists, what will run).", "--dry-run")
     ] = False,
     data_dir: Annotated[
         Path | None, typer.Option(help="Folder with the dataset's files (overrides the recipe).")
@@ -38,13 +40,12 @@ def command(
     device: DeviceOpt = "",
     artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Train the baseline and the DML ensemble, attack, transfer, CLEVER, certify, detect and
-    report, as the recipe says; finished steps are skipped, so a rerun resumes."""
-    from dmlcli import recipes as rc
-    from dmlcli.store import default_root
+    """Run a recipe: train, attack, transfer, CLEVER, certify, detect and report.
 
+    Finished steps are skipped, so a rerun resumes where the last one stopped.
+    """
     spec = rc.load_recipe(recipe)
-    root = Path(artifacts) if artifacts is not None else default_root()
+    root = Store(artifacts).root
     if data_dir is not None and not data_dir.is_dir():
         raise DmlError(f"--data-dir {data_dir} is not a directory")
     steps = rc.plan(spec, root, data_dir=data_dir, device=device or None)
@@ -88,15 +89,13 @@ def command(
         ran_any = True
         done_rows.append((step.id, "ran", f"{seconds:.1f} s", str(marker)))
     console.rule()
-    report_dir = root / "report"
+    report_dir = Store(root).report_dir()
     files = [p for p in (report_dir / "report.md", report_dir / "report.html") if p.is_file()]
     summary(f"recipe {spec.name}: steps", ["step", "status", "time", "marker"], done_rows, files)
 
 
 def _select(steps: list, only: list[str], recipe) -> list:
     """The steps named by ``--only`` (stage, train key or step id/prefix); all if empty."""
-    from dmlcli.recipes import STAGES
-
     if not only:
         return list(steps)
     chosen = []
@@ -112,7 +111,7 @@ def _select(steps: list, only: list[str], recipe) -> list:
         if not hits:
             ids = ", ".join(s.id for s in steps)
             raise DmlError(
-                f"--only {name!r} matches no step; use a stage ({', '.join(STAGES)}) or a step "
+                f"--only {name!r} matches no step; use a stage ({', '.join(rc.STAGES)}) or a step "
                 f"id ({ids})"
             )
         chosen += [s for s in hits if s not in chosen]

@@ -31,11 +31,15 @@ import pandas as pd
 import torch
 from torch import nn
 
+from dmlcli import results
+from dmlcli.data import to_float
 from dmlcli.errors import DmlError
+from dmlcli.eval.jobs import Job, Tick
 from dmlcli.models.aggregate import create_decision
+from dmlcli.models.io import Run
+from dmlcli.results import ABSTAIN
+from dmlcli.runtime import mix_seed, seeded
 
-ABSTAIN = -1
-REPORT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 DECISIONS = ("vote", "meta-vote", "sum", "mean-softmax")
 
 
@@ -193,15 +197,13 @@ def certify_samples(
     depend on which other samples were evaluated: any subset, resumed or sharded, gives the
     same rows. Returns the rows described in the module docstring.
     """
-    from dmlcli.attacks.base import seeded
-
     s = settings.validate()
     classify = base_classifier(ensemble, decision)
     c = ensemble.num_classes
     rows = []
     for i in range(len(x)):
         t0 = time.perf_counter()
-        sample_seed = seed * 1_000_003 + int(idx[i])
+        sample_seed = mix_seed(seed, int(idx[i]))
         gen = torch.Generator(device=x.device).manual_seed(sample_seed)
         label = int(y[i])
         with seeded(sample_seed, x.device):
@@ -224,53 +226,72 @@ def certify_samples(
     return pd.DataFrame(rows)
 
 
-def certified_accuracy(rows: pd.DataFrame, radii: Sequence[float] = REPORT_RADII) -> pd.DataFrame:
-    """Certified accuracy at each radius: the share of rows with ``correct`` and
-    ``radius >= r`` (abstentions are wrong). Returns columns ``radius, accuracy`` (in [0, 1]).
-    """
-    correct = rows["correct"].to_numpy().astype(bool) & (rows["predict"].to_numpy() != ABSTAIN)
-    radius = rows["radius"].to_numpy(dtype=np.float64)
-    acc = [float((correct & (radius >= r)).mean()) if len(rows) else 0.0 for r in radii]
-    return pd.DataFrame({"radius": [float(r) for r in radii], "accuracy": acc})
+def certify_job(
+    run: Run,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    settings: CertifySettings,
+    *,
+    decision: str = "vote",
+    seed: int = 0,
+    part_size: int = 10,
+    device: str | torch.device = "cpu",
+    trained_head: str | None = None,
+) -> Job:
+    """CERTIFY and PREDICT the smoothed ``decision`` of ``run`` on the evaluation samples
+    ``indices`` ``[n]`` of ``images`` uint8 ``[N, C, H, W]``; ``part_size`` samples a block.
+    ``trained_head`` names the head the weights were trained with when ``run.model`` has
+    another one (:meth:`~dmlcli.models.ensemble.Ensemble.with_head`)."""
+    settings.validate()
+    create_decision(decision, getattr(run.model, "trainable_sets", [[]] * run.num_members))
+    config = getattr(run.model, "config", None)
+    head = config.head if config is not None else "custom"
+    setting = {
+        **settings.setting(),
+        "n_samples": len(indices),
+        "decision": decision,
+        "seed": seed,
+        "head": head,
+        "head_sigma": config.head_sigma if run.randomized else None,
+        "head_samples": config.head_samples if run.randomized else None,
+        "checkpoint": run.checkpoint,
+    }
+    extra = {
+        "dataset": run.dataset,
+        "members": run.num_members,
+        "trained_head": trained_head or head,
+    }
 
+    def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
+        idx = indices[start:stop]
+        x = to_float(images[idx]).to(device)
+        count = {"done": 0}
 
-def fine_radii(rows: pd.DataFrame, step: float = 0.01) -> list[float]:
-    """A grid from 0 to the largest certified radius (rounded up) in steps of ``step``."""
-    top = float(rows["radius"].max()) if len(rows) else 0.0
-    count = int(math.ceil(max(top, 1.0) / step)) + 1
-    return [round(i * step, 10) for i in range(count)]
+        def done(row: dict) -> None:
+            count["done"] += 1
+            tick(count["done"] / len(idx), "")
 
+        rows = certify_samples(
+            run.model.to(device), decision, x, labels[idx], idx.tolist(), settings, seed=seed,
+            on_sample=done,
+        )  # fmt: skip
+        return {"rows": results.frame("certify", rows)}, {}
 
-def swap_head(
-    ensemble: nn.Module, head: str, sigma: float | None = None, samples: int | None = None
-) -> nn.Module:
-    """The same weights behind another DML head at certification time (A.9, Fig. 15-16).
+    def info(df: pd.DataFrame) -> str:
+        certified = int((df["predict"] != ABSTAIN).sum())
+        return f"certified {certified}, correct {int(df['correct'].sum())}"
 
-    ``dml``, ``rdml`` and ``augdml`` heads hold the same parameters and buffers (only the
-    noise differs), so the state dict loads unchanged; ``sigma`` / ``samples`` set the
-    swapped head's noise std and Monte-Carlo draws (the checkpoint's values otherwise).
-    """
-    from dmlcli.models.ensemble import Ensemble
-
-    if head not in ("dml", "rdml", "augdml"):
-        raise DmlError(f"--head {head!r}: choose dml, rdml or augdml")
-    if ensemble.config["head"] == "linear":
-        raise DmlError("--head needs a DML run; this one has linear (baseline) heads")
-    if sigma is not None and not (math.isfinite(sigma) and sigma >= 0):
-        raise DmlError(f"--head-sigma must be a finite number >= 0; got {sigma}")
-    if samples is not None and samples < 1:
-        raise DmlError(f"--head-samples must be at least 1; got {samples}")
-    config = dict(ensemble.config, head=head)
-    if sigma is not None:
-        config["head_sigma"] = float(sigma)
-    if samples is not None:
-        config["head_samples"] = int(samples)
-    state = torch.get_rng_state()
-    swapped = Ensemble(config, mode=getattr(ensemble, "mode", "auto"))
-    torch.set_rng_state(state)  # building an Ensemble reseeds the global generator
-    swapped.load_state_dict(ensemble.state_dict())
-    for attr in ("digest", "meta"):
-        if hasattr(ensemble, attr):
-            setattr(swapped, attr, getattr(ensemble, attr))
-    device = next(ensemble.parameters()).device
-    return swapped.eval().to(device)
+    return Job(
+        kind="certify",
+        run=run.name,
+        setting=setting,
+        ids=indices.tolist(),
+        compute=compute,
+        size=part_size,
+        label=f"certify {decision} sigma={settings.sigma:g}",
+        extra=extra,
+        id_column="idx",
+        columns=["label", "predict", "radius", "correct", "seconds", "smoothed_correct"],
+        info=info,
+    )

@@ -37,8 +37,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from dmlcli import results
+from dmlcli.data import to_float
 from dmlcli.errors import DmlError
+from dmlcli.eval.jobs import Job, Tick
 from dmlcli.models.aggregate import parse_member
+from dmlcli.models.io import Run
+from dmlcli.runtime import mix_seed, seeded
 
 NORMS = {"1": 1.0, "2": 2.0, "inf": math.inf}
 DRAW_CHUNK = 256  # points drawn per generator call: fixed, so draws never depend on batching
@@ -445,17 +450,6 @@ def results_frame(
     return pd.DataFrame(rows)
 
 
-def score_quantiles(
-    scores: np.ndarray, qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
-) -> dict[str, float]:
-    """Quantiles, mean and the count of scores above 0.2 (the threshold of Fig. 7, 8)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    out = {f"q{int(round(100 * q))}": float(np.quantile(scores, q)) for q in qs}
-    out["mean"] = float(scores.mean())
-    out["above_0.2"] = int((scores > 0.2).sum())
-    return out
-
-
 def head_lipschitz(ensemble: nn.Module) -> list[dict[str, float]] | None:
     """Lipschitz bounds of every member's DML head (Lemma 1 and A.1); None for linear heads.
 
@@ -488,3 +482,71 @@ def head_lipschitz(ensemble: nn.Module) -> list[dict[str, float]] | None:
             }
         )
     return out
+
+
+def clever_job(
+    run: Run,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    settings: CleverSettings,
+    *,
+    target: str = "sum",
+    seed: int = 0,
+    part_size: int = 10,
+    device: str | torch.device = "cpu",
+) -> Job:
+    """CLEVER scores of ``target`` (``sum`` or ``member:k``) for the evaluation samples
+    ``indices`` ``[n]`` of ``images`` uint8 ``[N, C, H, W]``; ``part_size`` samples a block.
+    Every sample draws from its own generator (``seed``, its test index), so scores do not
+    depend on blocks, shards or ``grad_batch``."""
+    settings.validate()
+    scored = ScoredModel(run.model, target)
+    for p in run.model.parameters():
+        p.requires_grad_(False)
+    setting = {
+        **settings.setting(),
+        "n": len(indices),
+        "seed": seed,
+        "target": target,
+        "checkpoint": run.checkpoint,
+    }
+    config = getattr(run.model, "config", None)
+    extra = {
+        "dataset": run.dataset,
+        "members": run.num_members,
+        "head": config.head if config is not None else "custom",
+        "head_lipschitz": head_lipschitz(run.model),
+    }
+    seeds = [mix_seed(seed, int(i)) for i in indices]
+
+    def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
+        idx = indices[start:stop]
+        x = to_float(images[idx]).to(device)
+        count = {"done": 0}
+
+        def done(i: int, res: CleverResult) -> None:
+            count["done"] += 1
+            tick(count["done"] / len(idx), "")
+
+        with seeded(seed + start, device):  # randomized heads draw from the global generator
+            res = clever_u(scored.to(device), x, settings, seeds=seeds[start:stop], on_sample=done)
+        rows = results_frame(res, idx.numpy(), labels[idx].numpy(), target, start)
+        return {"rows": results.frame("clever", rows)}, {}
+
+    def info(df: pd.DataFrame) -> str:
+        return f"median {float(np.median(df['score'])):.3f}"
+
+    return Job(
+        kind="clever",
+        run=run.name,
+        setting=setting,
+        ids=indices.tolist(),
+        compute=compute,
+        size=part_size,
+        label=f"clever {target} L{norm_name(settings.norm)} R={settings.radius:g}",
+        extra=extra,
+        id_column="idx",
+        columns=["sample", "score", "score_label", "fit_status", "seconds"],
+        info=info,
+    )

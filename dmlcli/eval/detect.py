@@ -32,11 +32,13 @@ from torch import nn
 from dmlcli.attacks import Objective, create_attack
 from dmlcli.attacks.agreement import AgreementPGD, member_draws, softmax_variance
 from dmlcli.errors import DmlError
+from dmlcli.eval.jobs import Job, Tick
 from dmlcli.models.aggregate import REJECT, threshold_vote, vote, vote_counts
+from dmlcli.models.io import Run
+from dmlcli.runtime import mix_seed, seeded
 
 METHODS = ("vote", "uncertainty")
 ATTACKS = ("fgsm", "pgd", "adaptive")
-KINDS = ("benign", "noisy", "adversarial")
 _LOG_FLOOR = 1e-10
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,13 +54,6 @@ def check_nu(nu: int, members: int) -> int:
     if not 1 <= nu <= members:
         raise DmlError(f"--nu must be between 1 and the number of members ({members}); got {nu}")
     return nu
-
-
-def check_fpr(fpr: float) -> float:
-    """``fpr`` if it lies in (0, 1), else a :class:`DmlError`."""
-    if not 0.0 < fpr < 1.0:
-        raise DmlError(f"--fpr must be in (0, 1); got {fpr}")
-    return fpr
 
 
 def check_method(method: str, members: int, randomized: bool) -> str:
@@ -302,25 +297,6 @@ def make_attack(name: str, s: DetectSettings) -> Attack:
     raise DmlError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
 
 
-def craft(
-    model: nn.Module,
-    attack: Attack,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int = 500,
-    on_batch: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Adversarials of float pixels ``x`` ``[N, C, H, W]`` with labels ``y`` ``[N]``, batched."""
-    device = _device(model)
-    outs = []
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-        outs.append(attack(model, xb, yb).detach().cpu())
-        if on_batch is not None:
-            on_batch(len(xb))
-    return torch.cat(outs)
-
-
 # -- rows -------------------------------------------------------------------------------------
 def _rows(
     kind: str, attack: str, samples: np.ndarray, y: torch.Tensor, obs: Observation
@@ -419,6 +395,13 @@ class Benign:
     noisy: Observation
     noisy_linf: torch.Tensor  # [N]
 
+    @classmethod
+    def empty(cls) -> Benign:
+        """No samples: what a job needs to name a result that is already stored."""
+        none = Observation(torch.empty(0, 0, 0), torch.empty(0))
+        return cls(np.empty(0, dtype=np.int64), torch.empty(0), torch.empty(0), none, none,
+                   torch.empty(0))  # fmt: skip
+
 
 def prepare(
     model: nn.Module,
@@ -459,10 +442,8 @@ def craft_batch(
     ``[B]``, at position ``start`` of the correct samples. Its randomness (randomized heads,
     random starts) derives from ``(seed, attack, start)`` only, so a batch crafted alone
     (resumed) equals the same batch of an uninterrupted run."""
-    from dmlcli.attacks import seeded
-
     device = _device(model)
-    with seeded((s.seed + 1 + ATTACKS.index(attack)) * 1_000_003 + start, device):
+    with seeded(mix_seed(s.seed + 1 + ATTACKS.index(attack), start), device):
         return make_attack(attack, s)(model, x.to(device), y.to(device)).detach().cpu()
 
 
@@ -497,96 +478,56 @@ def detect_attack(
     )
 
 
-# -- summaries --------------------------------------------------------------------------------
-def _pct(mask: pd.Series) -> float:
-    return 100.0 * float(mask.mean()) if len(mask) else float("nan")
-
-
-def rates(df: pd.DataFrame, flag: str) -> dict[str, float]:
-    """Rates (%) for the flag column ``flag`` of one attack's rows.
-
-    ``benign_acc``: benign answered and right; ``fpr`` / ``fpr_noisy``: benign / noisy
-    flagged; ``detected``: adversarials flagged; ``undetected_wrong``: adversarials answered
-    with a wrong label; ``adv_vote_acc``: adversarials the plain vote still gets right.
-    """
-    b, n, a = (df[df["kind"] == k] for k in KINDS)
+def detect_setting(run: Run, s: DetectSettings, attack: str, n: int) -> dict[str, Any]:
+    """The identity of the detection result of ``attack``: settings, samples, checkpoint and
+    the head that was evaluated (a swapped R-DML head is part of it)."""
+    config = getattr(run.model, "config", None)
     return {
-        "benign_acc": _pct(~b[flag] & (b["vote"] == b["label"])),
-        "fpr": _pct(b[flag]),
-        "fpr_noisy": _pct(n[flag]),
-        "detected": _pct(a[flag]),
-        "undetected_wrong": _pct(~a[flag] & (a["vote"] != a["label"])),
-        "adv_vote_acc": _pct(a["vote"] == a["label"]),
+        **s.setting(attack),
+        "n": n,
+        "checkpoint": run.checkpoint,
+        "head": config.head if config is not None else "custom",
+        "head_sigma": config.head_sigma if run.randomized else None,
+        "head_samples": config.head_samples if run.randomized else None,
     }
 
 
-def nu_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Rates (%) of the threshold-nu detector for every nu in 1..K (one attack's rows)."""
-    nus = sorted(int(c.rsplit("_", 1)[1]) for c in df.columns if c.startswith("flagged_nu_"))
-    return pd.DataFrame([{"nu": nu, **rates(df, f"flagged_nu_{nu}")} for nu in nus])
+def detect_job(run: Run, data: Benign, attack: str, s: DetectSettings, n: int) -> Job:
+    """Craft ``attack`` on the correctly classified samples of ``data`` (blocks of
+    ``s.batch_size``, kept as parts), then fit and score the detector on all of them: a
+    ``detect`` result (one row per sample and kind) and its ``detect-roc`` points."""
+    setting = detect_setting(run, s, attack, n)
+    model = run.model
 
+    def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
+        adv = craft_batch(model, attack, s, data.x[start:stop], data.y[start:stop], start)
+        rows = {"sample": data.samples[start:stop], "x_adv": list(adv.flatten(1).numpy())}
+        return {"rows": pd.DataFrame(rows)}, {}
 
-def lr_rates(df: pd.DataFrame) -> dict[str, float]:
-    """Rates (%) of the logistic-regression detector (p >= 0.5) on the eval half only."""
-    return rates(df[df["half"] == "eval"], "flagged_lr")
+    def finish(df: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, dict]]:
+        flat = np.stack(df["x_adv"].to_numpy()).astype(np.float32)
+        adv = torch.from_numpy(flat).view(-1, *data.x.shape[1:])
+        rows, curve, detector = detect_attack(model, data, attack, s, adv=adv)
+        extra: dict[str, Any] = {
+            "auc": curve.auc,
+            "members": run.num_members,
+            "dataset": run.dataset,
+            "n_correct": int(len(data.y)),
+        }
+        if detector is not None:
+            fit = rows["sample"].to_numpy()[detector.fit_rows]
+            extra["lr_fit_samples"] = sorted({int(v) for v in fit})
+        roc_rows = roc_frame(s.method, attack, s.eps, curve)
+        return {"detect": (rows, extra), "detect-roc": (roc_rows, extra)}
 
-
-def flag_at_fpr(df: pd.DataFrame, fpr: float) -> pd.DataFrame:
-    """The eval half of ``df`` with ``flagged_fpr``: the regression's score above a threshold
-    set on the *fit* half so that it flags at most a share ``fpr`` of the benign inputs there.
-
-    p >= 0.5 (``flagged_lr``) is an arbitrary operating point of a class-balanced fit and
-    can reject a third of the clean inputs; a detector is compared at a fixed false-positive
-    rate (e.g. TPR at 5% FPR). The threshold never sees the eval half.
-    """
-    check_fpr(fpr)
-    fit = df[(df["half"] == "fit") & (df["kind"] == "benign")]["lr_score"].to_numpy()
-    threshold = float(np.quantile(fit, 1.0 - fpr, method="higher")) if len(fit) else np.inf
-    ev = df[df["half"] == "eval"].copy()
-    ev["flagged_fpr"] = ev["lr_score"].to_numpy() > threshold
-    return ev
-
-
-def lr_rates_at_fpr(df: pd.DataFrame, fpr: float) -> dict[str, float]:
-    """Rates (%) on the eval half at the threshold of :func:`flag_at_fpr`."""
-    return rates(flag_at_fpr(df, fpr), "flagged_fpr")
-
-
-def worst_case_undetected_wrong(frames: Sequence[pd.DataFrame], flag: str) -> float:
-    """% of samples for which at least one attack's adversarial is undetected and wrong.
-
-    ``frames``: the rows of several attacks on the same samples (one frame per attack); only
-    the rows each frame keeps are used (pass eval halves for the logistic regression). An
-    attacker tries every attack and keeps whichever works, so this per-sample worst case,
-    not the best single attack, is what the detector is worth (an adaptive attack that is
-    weaker than plain PGD on some samples does not make the defense look better).
-    """
-    hits: pd.Series | None = None
-    for df in frames:
-        a = df[df["kind"] == "adversarial"].set_index("sample")
-        h = ~a[flag].astype(bool) & (a["vote"] != a["label"])
-        hits = h if hits is None else hits.reindex(hits.index.union(h.index), fill_value=False)
-        hits = hits | h.reindex(hits.index, fill_value=False)
-    return _pct(hits) if hits is not None else float("nan")
-
-
-def run_detection(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    samples: np.ndarray,
-    attacks: Sequence[str],
-    settings: DetectSettings,
-) -> dict[str, tuple[pd.DataFrame, Roc]]:
-    """The whole evaluation in one call (what ``dml detect`` runs), for scripts.
-
-    ``x``: float pixels ``[n, C, H, W]`` of test samples ``samples``, labels ``y`` ``[n]``.
-    Returns, per attack, the rows (see :func:`detection_rows`) and the detector's ROC.
-    """
-    settings.validate()
-    data = prepare(model, x, y, samples, settings)
-    out = {}
-    for name in check_attacks(attacks):
-        df, curve, _ = detect_attack(model, data, name, settings)
-        out[name] = (df, curve)
-    return out
+    return Job(
+        kind="detect",
+        run=run.name,
+        setting=setting,
+        ids=[int(v) for v in data.samples],
+        compute=compute,
+        size=s.batch_size,
+        label=f"detect {attack} adversarials",
+        columns=["x_adv"],
+        finish=finish,
+    )

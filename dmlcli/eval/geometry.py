@@ -34,7 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmlcli import results
+from dmlcli.data import to_float
 from dmlcli.errors import DmlError
+from dmlcli.eval.jobs import Job, Tick
+from dmlcli.models.io import Run
+from dmlcli.runtime import mix_seed
 
 DIRECTIONS = ("sign", "normalized")
 
@@ -112,20 +117,6 @@ def gradient_cosines(
     return df.sort_values(["member_a", "member_b", "idx"], kind="stable", ignore_index=True)
 
 
-def pair_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and median cosine and sign cosine per member pair of a ``gradients`` frame."""
-    return (
-        df.groupby(["member_a", "member_b"])
-        .agg(
-            cosine_mean=("cosine", "mean"),
-            cosine_median=("cosine", "median"),
-            sign_cosine_mean=("sign_cosine", "mean"),
-            samples=("cosine", "size"),
-        )
-        .reset_index()
-    )
-
-
 @dataclass
 class SurfaceSettings:
     """The grid of Fig. 2: ``r`` in ``[0, r_max]``, ``theta`` in ``[-theta_max, theta_max]``."""
@@ -198,7 +189,7 @@ def loss_surface(
     tt = torch.as_tensor(t_np, dtype=x.dtype, device=x.device)
     frames = []
     for i in range(len(x)):
-        gen = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + int(idx[i]))
+        gen = torch.Generator(device=x.device).manual_seed(mix_seed(seed, int(idx[i])))
         p = torch.randn(x[i].shape, generator=gen, device=x.device) * s.noise_std
         d = ensemble_direction(ensemble, x[i : i + 1], y[i : i + 1], s.direction)[0]
         view = (-1,) + (1,) * x[i].dim()
@@ -231,13 +222,65 @@ def loss_surface(
     return pd.concat(frames, ignore_index=True)
 
 
-def surface_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per model: the loss at ``x`` (r = 0, the theta nearest 0) and its maximum on the
-    grid, averaged over samples."""
-    near = df[df.r == 0]
-    near = near[near.theta.abs() == near.theta.abs().min()]  # theta = 0 (odd grids)
-    at_x = near.groupby("model")["loss"].mean()
-    peak = df.groupby(["model", "idx"])["loss"].max().groupby("model").mean()
-    out = pd.DataFrame({"loss_at_x": at_x, "loss_max": peak}).reset_index()
-    order = {m: i for i, m in enumerate(sorted(out.model, key=lambda m: (m == "sum", m)))}
-    return out.sort_values("model", key=lambda c: c.map(order), ignore_index=True)
+def geometry_job(
+    run: Run,
+    kind: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    seed: int = 0,
+    settings: SurfaceSettings | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> Job:
+    """``gradients`` (cosine of members' input gradients, A.7) or ``surface`` (loss surfaces,
+    Fig. 2) of ``run`` on the samples ``indices`` ``[n]`` of ``images`` uint8
+    ``[N, C, H, W]``, computed in one block (a few seconds)."""
+    if kind not in ("gradients", "surface"):
+        raise DmlError(f"unknown geometry {kind!r}; choose gradients or surface")
+    if batch_size < 1:
+        raise DmlError(f"--batch-size must be at least 1; got {batch_size}")
+    s = (settings or SurfaceSettings()).validate()
+    setting: dict[str, Any] = {"n": len(indices)}
+    if kind == "surface":
+        setting.update(s.setting())
+    setting.update(seed=seed, checkpoint=run.checkpoint)
+    for p in run.model.parameters():
+        p.requires_grad_(False)
+    config = getattr(run.model, "config", None)
+    extra = {
+        "dataset": run.dataset,
+        "members": run.num_members,
+        "head": config.head if config is not None else "custom",
+    }
+
+    def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
+        torch.manual_seed(seed)
+        idx = indices[start:stop]
+        x = to_float(images[idx]).to(device)
+        y = labels[idx].to(device)
+        total, done = len(idx), {"n": 0}
+
+        def advance(count: int) -> None:
+            done["n"] += count
+            tick(done["n"] / total, "")
+
+        model = run.model.to(device)
+        if kind == "gradients":
+            df = gradient_cosines(model, x, y, idx.tolist(), batch_size, advance)
+        else:
+            df = loss_surface(model, x, y, idx.tolist(), s, seed, batch_size, advance)
+        return {"rows": results.frame(kind, df)}, {}
+
+    return Job(
+        kind=kind,
+        run=run.name,
+        setting=setting,
+        ids=indices.tolist(),
+        compute=compute,
+        size=max(len(indices), 1),
+        label=kind,
+        extra=extra,
+        id_column="idx",
+    )

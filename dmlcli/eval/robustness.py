@@ -21,7 +21,7 @@ so robust accuracy never exceeds clean accuracy.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +29,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from dmlcli.attacks import AutoAttack, Objective, create_attack, seeded
+from dmlcli import results
+from dmlcli.attacks import AutoAttack, Objective, create_attack, random_targets
 from dmlcli.attacks.base import flat_norm
 from dmlcli.data import to_float
 from dmlcli.errors import DmlError
+from dmlcli.eval.jobs import Job, Side, Tick, identity
+from dmlcli.models.io import Run
+from dmlcli.runtime import scoring_seed, seeded
+from dmlcli.units import format_eps
 
 SUITES = ("paper", "autoattack", "adaptive")
 EXAMPLES = 8  # adversarial images stored per setting (paper Fig. 19-21)
@@ -54,6 +59,14 @@ class AttackSpec:
     @property
     def eps(self) -> float | None:
         return self.params.get("eps")
+
+    @property
+    def eps_text(self) -> str:
+        return "-" if self.eps is None else format_eps(self.eps)
+
+    def key(self) -> str:
+        """What the per-sample worst case names this attack by: label, surface, surrogate."""
+        return f"{self.label}|{self.surface}|{self.surrogate}"
 
     def build(self, seed: int) -> Any:
         return create_attack(self.attack, **self.params, seed=seed)
@@ -199,55 +212,6 @@ def setting_of(spec: AttackSpec, attack: Any, context: dict[str, Any]) -> dict[s
     }
 
 
-@torch.no_grad()
-def _logits(objective: Objective, x: torch.Tensor) -> torch.Tensor:
-    return objective.logits(x)
-
-
-def run_spec(
-    model: nn.Module,
-    spec: AttackSpec,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    indices: torch.Tensor,
-    *,
-    seed: int,
-    batch_size: int = 500,
-    device: str | torch.device = "cpu",
-    surrogate: nn.Module | None = None,
-    targets: torch.Tensor | None = None,
-    on_batch: Callable[[int, int, float], None] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Attack the samples ``indices`` of ``images``/``labels`` with ``spec`` and score them.
-
-    ``images`` uint8 ``[N, C, H, W]`` (the whole test split), ``labels`` ``[N]``, ``indices``
-    ``[n]``. ``surrogate`` (same input shape) crafts the adversarials when the spec is a
-    transfer attack; ``targets`` ``[n]`` are the labels of a targeted attack. ``on_batch(done,
-    robust, seconds)`` reports progress. Returns (rows, the first ``EXAMPLES`` adversarial
-    images as rows, warnings of the attack). Batch ``b`` (positions ``b * batch_size`` on)
-    is :func:`attack_batch` with its own seed, so any batch can be recomputed alone.
-    """
-    columns: dict[str, list] = {}
-    examples: list[dict] = []
-    warnings: list[str] = []
-    done = robust_total = 0
-    for start in range(0, len(indices), batch_size):
-        stop = min(start + batch_size, len(indices))
-        rows, ex, warns = attack_batch(
-            model, spec, images, labels, indices, start, stop, seed=seed,
-            batch_size=batch_size, device=device, surrogate=surrogate, targets=targets,
-        )  # fmt: skip
-        for key, values in rows.items():
-            columns.setdefault(key, []).extend(values)
-        examples += ex
-        warnings += [w for w in warns if w not in warnings]
-        done += stop - start
-        robust_total += int(sum(rows["robust"]))
-        if on_batch is not None:
-            on_batch(done, robust_total, rows["seconds"][0] * (stop - start))
-    return pd.DataFrame(columns), pd.DataFrame(examples), warnings
-
-
 def batch_seed(seed: int, start: int, batch_size: int) -> int:
     """The seed of the batch at position ``start``: ``seed + start // batch_size``."""
     return seed + start // batch_size
@@ -267,13 +231,16 @@ def attack_batch(
     device: str | torch.device = "cpu",
     surrogate: nn.Module | None = None,
     targets: torch.Tensor | None = None,
+    progress: Tick | None = None,
 ) -> tuple[dict[str, list], list[dict], list[str]]:
     """Attack positions ``start..stop-1`` of ``indices`` ``[n]`` (one batch) and score them.
 
-    All randomness of the batch (random starts, randomized heads) derives from
-    :func:`batch_seed` of ``(seed, start)``, never from a generator carried over from
-    other batches, so a batch gives the same rows in any run, resumed or sharded.
-    Returns (rows as columns, example rows of positions below ``EXAMPLES``, warnings).
+    ``images`` uint8 ``[N, C, H, W]`` (the whole test split), ``labels`` ``[N]``; ``surrogate``
+    crafts the adversarials of a transfer spec; ``targets`` ``[n]`` are a targeted attack's
+    labels. All randomness of the batch (random starts, randomized heads) derives from
+    :func:`batch_seed` of ``(seed, start)``, never from a generator carried over from other
+    batches, so a batch gives the same rows in any run, resumed or sharded. Returns (rows as
+    columns, example rows of positions below ``EXAMPLES``, warnings of the attack).
     """
     s = batch_seed(seed, start, batch_size)
     objective = Objective(
@@ -286,16 +253,17 @@ def attack_batch(
     t = None if targets is None else targets[start:stop].to(device)
     attack = spec.build(s)
     began = time.perf_counter()
-    with seeded(s, device):
-        clean = _logits(objective, x)
+    with seeded(s, device), torch.no_grad():
+        clean = objective.logits(x)
     clean_pred = objective.decide(clean)
     correct = clean_pred == y
     x_adv = x.clone()
     todo = correct.nonzero().squeeze(1)
     if len(todo):
-        x_adv[todo] = attack(crafter, x[todo], y[todo], None if t is None else t[todo])
-    with seeded(s + 1_000_003, device):
-        adv = _logits(objective, x_adv)
+        tt = None if t is None else t[todo]
+        x_adv[todo] = attack(crafter, x[todo], y[todo], tt, progress=progress)
+    with seeded(scoring_seed(s), device), torch.no_grad():
+        adv = objective.logits(x_adv)
     seconds = time.perf_counter() - began
     adv_pred = objective.decide(adv)
     adv_correct = adv_pred == y
@@ -334,14 +302,14 @@ def attack_batch(
 def describe(
     df: pd.DataFrame, spec: AttackSpec, attack: Any, context: dict[str, Any]
 ) -> pd.DataFrame:
-    """Add the setting columns (run, checkpoint, attack, norm, eps, ...) to result rows."""
+    """Result rows of ``spec`` (schema ``attack``): the setting columns (run, checkpoint,
+    attack, norm, eps, ...) added to the per-sample columns of :func:`attack_batch`."""
     p = attack.setting()
-    front = {
+    out = df.copy()
+    columns = {
         "run": context["run"],
         "checkpoint": context["checkpoint"],
         "dataset": context["dataset"],
-    }
-    setting_cols = {
         "attack": spec.label,
         "suite": spec.suite,
         "norm": p.get("norm"),
@@ -357,60 +325,82 @@ def describe(
         "seed": context["seed"],
         "surrogate": spec.surrogate,
     }
-    out = df.copy()
-    for i, (key, value) in enumerate(front.items()):
-        out.insert(i, key, value)
-    for key, value in setting_cols.items():
+    for key, value in columns.items():
         out[key] = value
-    order = (
-        list(front)
-        + ["sample", "label"]
-        + list(setting_cols)
-        + [c for c in df.columns if c not in ("sample", "label")]
-    )
-    return out[order]
+    return results.frame("attack", out)
 
 
-def worst_case(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Per-sample worst case: robust only where every frame's row is robust (row-wise AND).
+def attack_job(
+    run: Run,
+    spec: AttackSpec,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    seed: int,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    surrogate: Run | None = None,
+) -> Job:
+    """The job of one attack setting on ``run``: its identity (checkpoint digest, attack and
+    budgets, surface, decision, EOT, samples, seed) and a batch-wise computation.
 
-    The frames must hold the same samples in the same order (same ``eval_indices``) and the
-    same decision. Each row takes its adversarial prediction, member predictions and
-    distortion from the first attack that broke the sample (``broken_by``; empty if none).
+    ``images`` uint8 ``[N, C, H, W]`` (the test split), ``labels`` ``[N]``, ``indices``
+    ``[n]`` (the seeded evaluation subset). ``surrogate`` crafts a transfer spec's
+    adversarials. A targeted attack aims at random wrong labels drawn with ``seed``.
     """
-    if not frames:
-        raise DmlError("the worst case needs at least one attack result")
-    first = frames[0]
-    for f in frames[1:]:
-        if list(f["sample"]) != list(first["sample"]):
-            raise DmlError("worst case: the attack results do not cover the same samples")
-    robust = pd.concat([f["robust"].reset_index(drop=True) for f in frames], axis=1).all(axis=1)
-    out = first.reset_index(drop=True).copy()
-    out["broken_by"] = ""
-    pick = [c for c in out.columns if c.startswith("member_")] + [
-        "adv_pred",
-        "adv_correct",
-        "linf",
-        "l2",
-    ]
-    for f in reversed(frames):  # the first breaking attack wins: it is written last
-        f = f.reset_index(drop=True)
-        broken = ~f["robust"] & f["clean_correct"]
-        out.loc[broken, pick] = f.loc[broken, pick].to_numpy()
-        out.loc[broken, "broken_by"] = f.loc[broken, "attack"].to_numpy()
-    out["robust"] = robust.to_numpy()
-    out["adv_correct"] = out["adv_correct"] & (robust | ~out["clean_correct"])
-    out["attack"] = "worst-case"
-    out["suite"] = "worst-case"
-    for col in ("steps", "step_size", "restarts", "loss", "surface", "eot", "surrogate"):
-        out[col] = None
-    out["seconds"] = sum(f["seconds"].reset_index(drop=True) for f in frames)
-    return out
+    if spec.surrogate and surrogate is None:
+        raise DmlError(f"{spec.label}: a transfer attack needs its surrogate run")
+    Objective(run.model, spec.surface, spec.decision, spec.eot)  # checks surface and decision
+    attack = spec.build(seed)
+    context = identity(run, len(indices), seed)
+    setting = setting_of(spec, attack, context)
+    if spec.surrogate:
+        setting["surrogate_checkpoint"] = surrogate.checkpoint
+    targets = None
+    if getattr(attack, "targeted", False):
+        gen = torch.Generator().manual_seed(seed)
+        targets = random_targets(labels[indices], run.num_classes, gen)
+    crafter = surrogate.model if spec.surrogate else None
+
+    def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
+        rows, examples, warns = attack_batch(
+            run.model, spec, images, labels, indices, start, stop, seed=seed,
+            batch_size=batch_size, device=device, surrogate=crafter, targets=targets,
+            progress=tick,
+        )  # fmt: skip
+        df = describe(pd.DataFrame(rows), spec, attack, context)
+        return {"rows": df, "examples": pd.DataFrame(examples)}, {"warnings": warns}
+
+    def info(df: pd.DataFrame) -> str:
+        return f"robust {100.0 * df['robust'].mean():.1f}%"
+
+    return Job(
+        kind="attack",
+        run=run.name,
+        setting=setting,
+        ids=indices.tolist(),
+        compute=compute,
+        size=batch_size,
+        label=f"{spec.label} {spec.surface} eps {spec.eps_text}",
+        extra={"batch_size": batch_size},
+        sides={"examples": Side("adv-examples", EXAMPLES)},
+        columns=["label", "clean_correct", "robust", "seconds"],
+        info=info,
+    )
 
 
-def robust_accuracy(df: pd.DataFrame) -> tuple[float, float]:
-    """(clean accuracy %, robust accuracy %) of one setting's rows."""
-    return 100.0 * df["clean_correct"].mean(), 100.0 * df["robust"].mean()
+def worst_case_setting(
+    run: Run, n: int, seed: int, eps: float, decision: str, components: Sequence[str]
+) -> dict[str, Any]:
+    """The identity of a stored worst case: checkpoint, samples, eps, decision, components."""
+    return {
+        **identity(run, n, seed),
+        "eps": eps,
+        "norm": "linf",
+        "decision": decision,
+        "components": sorted(components),
+    }
 
 
 def custom_specs(
@@ -466,3 +456,80 @@ def custom_specs(
                     label += f"x{p['restarts']}"
                 specs.append(AttackSpec(label, name, p, surface, decision, eot, "custom"))
     return specs
+
+
+def plan_specs(
+    suites: Sequence[str],
+    attacks: Sequence[str],
+    eps_list: Sequence[float],
+    options: dict[str, Any],
+    budgets: Budgets,
+    decisions: Sequence[str],
+    members: int,
+    randomized: bool,
+    surrogate: str | None = None,
+) -> list[AttackSpec]:
+    """Every attack setting of a ``dml attack`` call: the named ``attacks`` (``options``: the
+    generic flags steps, step_size, restarts, loss, norm, targeted) and the ``suites``, for
+    each decision."""
+    for s in suites:
+        if s not in (*SUITES, "all"):
+            raise DmlError(f"unknown suite {s!r}; choose one of {', '.join((*SUITES, 'all'))}")
+    if "all" in suites:
+        suites = SUITES
+    specs = []
+    for decision in decisions:
+        specs += custom_specs(
+            attacks, eps_list, options, budgets, budgets.surfaces, decision, randomized
+        )
+        if "paper" in suites:
+            specs += paper_suite(eps_list, budgets, decision)
+        if "autoattack" in suites:
+            specs += autoattack_suite(eps_list, budgets, decision, randomized)
+        if "adaptive" in suites:
+            specs += adaptive_suite(eps_list, budgets, decision, members, randomized, surrogate)
+    return specs
+
+
+def worst_case_groups(specs: Sequence[AttackSpec]) -> dict[tuple[float, str], list[int]]:
+    """Positions of the eps-bounded L-inf specs per (eps, decision): the attacks a per-sample
+    worst case combines."""
+    groups: dict[tuple[float, str], list[int]] = {}
+    for i, spec in enumerate(specs):
+        norm = spec.params.get("norm", "linf")
+        if spec.eps is not None and norm == "linf":
+            groups.setdefault((spec.eps, spec.decision), []).append(i)
+    return groups
+
+
+def worst_case_job(
+    run: Run,
+    frames: Sequence[pd.DataFrame],
+    names: Sequence[str],
+    *,
+    n: int,
+    seed: int,
+    eps: float,
+    decision: str,
+    components: Sequence[str],
+) -> Job:
+    """The per-sample worst case of attack results ``frames`` (one per attack, the same
+    samples and decision; ``names`` name them in ``broken_by``) as a stored ``worst-case``
+    result (see :func:`dmlcli.results.worst_case`)."""
+    ids = [int(v) for v in frames[0]["sample"]]
+
+    def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
+        rows = results.worst_case(frames, names).iloc[start:stop].reset_index(drop=True)
+        return {"rows": rows}, {}
+
+    return Job(
+        kind="worst-case",
+        run=run.name,
+        setting=worst_case_setting(run, n, seed, eps, decision, components),
+        ids=ids,
+        compute=compute,
+        size=max(len(ids), 1),
+        label=f"worst case eps {format_eps(eps)} {decision}",
+        extra={"components": sorted(components)},
+        columns=["robust", "broken_by"],
+    )

@@ -10,6 +10,7 @@ a plain loop over members (``loop``, the reference); both share the same paramet
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from dmlcli.errors import DmlError
 from dmlcli.models.backbones import create_backbone
+from dmlcli.models.config import EnsembleConfig
 from dmlcli.models.dml import HEADS, DMLHead, LinearHead
 
 MODES = ("auto", "batched", "loop")
@@ -30,25 +32,25 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-def build_head(config: dict[str, Any]) -> nn.Module:
-    """The head named by ``config['head']``: ``linear``, ``dml``, ``rdml`` or ``augdml``."""
-    head = config["head"]
+def build_head(config: EnsembleConfig) -> nn.Module:
+    """The head named by ``config.head``: ``linear``, ``dml``, ``rdml`` or ``augdml``."""
+    head = config.head
     if head not in HEADS:
         raise DmlError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
     if head == "linear":
         return LinearHead()
     return DMLHead(
-        permutations=config["permutations"],
-        trainable_sets=config["trainable_sets"],
-        m_mode=config["m_mode"],
-        m_init=config["m_init"],
-        m_fixed=config["m_fixed"],
-        centers=config["centers"],
-        scales=config.get("scales"),
+        permutations=[list(p) for p in config.permutations or ()],
+        trainable_sets=[list(s) for s in config.trainable_sets],
+        m_mode=config.m_mode,
+        m_init=config.m_init,
+        m_fixed=config.m_fixed,
+        centers=config.centers,
+        scales=None if config.scales is None else list(config.scales),
         noise={"dml": "none", "rdml": "rdml", "augdml": "augdml"}[head],
-        samples=config["head_samples"],
-        sigma=config["head_sigma"],
-        seed=config["seed"],
+        samples=config.head_samples,
+        sigma=config.head_sigma,
+        seed=config.seed,
     )
 
 
@@ -56,28 +58,28 @@ class Ensemble(nn.Module):
     """K members ``h_k(G_k(x))`` evaluated together.
 
     Args:
-        config: the resolved run configuration (see :func:`dmlcli.config.resolve_config`);
+        config: the run configuration (see :func:`dmlcli.models.config.resolve_config`);
             kept as ``self.config`` and stored with every checkpoint.
         mode: ``batched`` (vmap over stacked parameters), ``loop`` (reference) or ``auto``
             (the faster one for the device, see ``_DEFAULT_MODE``).
     """
 
-    def __init__(self, config: dict[str, Any], mode: str = "auto") -> None:
+    def __init__(self, config: EnsembleConfig, mode: str = "auto") -> None:
         super().__init__()
         if mode not in MODES:
             raise DmlError(f"unknown ensemble mode {mode!r}; choose one of {', '.join(MODES)}")
         self.config = config
         self.mode = mode
-        k = config["members"]
-        torch.manual_seed(config["seed"])
+        k = config.members
+        torch.manual_seed(config.seed)
         members = [
             create_backbone(
-                config["backbone"],
-                config["in_channels"],
-                config["num_classes"],
-                config["image_size"],
-                config["mean"],
-                config["std"],
+                config.backbone,
+                config.in_channels,
+                config.num_classes,
+                config.image_size,
+                config.mean,
+                config.std,
             )
             for _ in range(k)
         ]
@@ -96,11 +98,11 @@ class Ensemble(nn.Module):
 
     @property
     def num_members(self) -> int:
-        return int(self.config["members"])
+        return self.config.members
 
     @property
     def num_classes(self) -> int:
-        return int(self.config["num_classes"])
+        return self.config.num_classes
 
     @property
     def randomized(self) -> bool:
@@ -110,8 +112,7 @@ class Ensemble(nn.Module):
     @property
     def trainable_sets(self) -> list[list[int]]:
         """The sets ``I_k`` of each member (empty lists for the baseline and scaling heads)."""
-        sets = self.config.get("trainable_sets")
-        return sets if sets else [[] for _ in range(self.num_members)]
+        return [list(s) for s in self.config.trainable_sets]
 
     def _stacked(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         params = {n: self.backbone[_key(n)] for n in self._param_names}
@@ -162,12 +163,44 @@ class Ensemble(nn.Module):
             raise DmlError(f"member {k + 1} does not exist; members are 1..{self.num_members}")
         return _Member(self, k)
 
+    def with_head(
+        self, head: str, sigma: float | None = None, samples: int | None = None
+    ) -> Ensemble:
+        """The same weights behind another DML head (A.8, A.9: R-DML or AUG-DML noise at
+        evaluation time). ``dml``, ``rdml`` and ``augdml`` hold the same parameters and
+        buffers, so the state loads unchanged; ``sigma``/``samples`` set the new head's noise
+        std and Monte-Carlo draws (this model's values otherwise). The global RNG is left as
+        it was, and ``digest``/``meta`` are carried over (the weights are the same).
+        """
+        if head not in HEADS or head == "linear":
+            raise DmlError(f"--head {head!r}: choose dml, rdml or augdml")
+        if not self.config.is_dml:
+            raise DmlError("--head needs a DML run; this one has linear (baseline) heads")
+        if sigma is not None and not (math.isfinite(sigma) and sigma >= 0):
+            raise DmlError(f"--head-sigma must be a finite number >= 0; got {sigma}")
+        if samples is not None and samples < 1:
+            raise DmlError(f"--head-samples must be at least 1; got {samples}")
+        changes: dict[str, Any] = {"head": head}
+        if sigma is not None:
+            changes["head_sigma"] = float(sigma)
+        if samples is not None:
+            changes["head_samples"] = int(samples)
+        state = torch.get_rng_state()
+        swapped = Ensemble(self.config.replace(**changes), mode=self.mode)
+        torch.set_rng_state(state)  # building an Ensemble seeds the global generator
+        swapped.load_state_dict(self.state_dict())
+        for attr in ("digest", "meta"):
+            if hasattr(self, attr):
+                setattr(swapped, attr, getattr(self, attr))
+        device = next(self.parameters()).device
+        return swapped.train(self.training).to(device)
+
     def load_backbones_from(self, other: Ensemble) -> None:
         """Copy every member's backbone from ``other`` (``--prior``): same K, or K = 1."""
-        if other.config["backbone"] != self.config["backbone"]:
+        if other.config.backbone != self.config.backbone:
             raise DmlError(
-                f"prior run has backbone {other.config['backbone']}, "
-                f"this run needs {self.config['backbone']}"
+                f"prior run has backbone {other.config.backbone}, "
+                f"this run needs {self.config.backbone}"
             )
         if other.num_members not in (1, self.num_members):
             raise DmlError(

@@ -2,8 +2,9 @@
 
 Nothing is recomputed and nothing is unpickled: checkpoints contribute only their JSON
 metadata (configuration, benign accuracy), results are the parquet files the other commands
-wrote, and recipes are the JSON copies ``dml run`` stored under ``ARTIFACTS/recipes/``.
-Unreadable files are listed in :attr:`Collection.problems` and otherwise ignored.
+wrote, read and checked through their schema (:mod:`dmlcli.results`), and recipes are the
+JSON copies ``dml run`` stored under ``ARTIFACTS/recipes/``. Unreadable files, and results of
+another schema version, are listed in :attr:`Collection.problems` and otherwise ignored.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from typing import Any
 
 import pandas as pd
 
+from dmlcli.data import DATASETS
 from dmlcli.errors import DmlError
+from dmlcli.files import read_parquet
+from dmlcli.models.config import EnsembleConfig
+from dmlcli.models.io import checkpoint_config
+from dmlcli.store import Store
 
 #: Display names of the model roles (a recipe's [train] keys, else inferred from the head).
 ROLE_LABELS = {
@@ -25,14 +31,6 @@ ROLE_LABELS = {
     "rdml": "R-DML Ensemble",
     "augdml": "AUG-DML Ensemble",
 }
-#: Dataset titles and the paper's table numbers for them.
-DATASET_TITLES = {
-    "digits": "Digits (scikit-learn 8x8, offline stand-in for MNIST)",
-    "mnist": "MNIST",
-    "fashion-mnist": "Fashion-MNIST (MNIST protocol)",
-    "cifar10": "CIFAR-10",
-    "resisc45": "RESISC-45",
-}
 
 
 @dataclass
@@ -40,7 +38,7 @@ class RunInfo:
     """A trained run: its configuration and benign accuracy (checkpoint metadata)."""
 
     name: str
-    config: dict[str, Any]
+    config: EnsembleConfig
     benign: dict[str, float]
     saved: str = ""
     history: pd.DataFrame | None = None
@@ -49,19 +47,19 @@ class RunInfo:
 
     @property
     def dataset(self) -> str:
-        return str(self.config.get("dataset", "?"))
+        return self.config.dataset
 
     @property
     def head(self) -> str:
-        return str(self.config.get("head", "?"))
+        return self.config.head
 
     @property
     def members(self) -> int:
-        return int(self.config.get("members", 0))
+        return self.config.members
 
     @property
     def backbone(self) -> str:
-        return str(self.config.get("backbone", "?"))
+        return self.config.backbone
 
     @property
     def is_baseline(self) -> bool:
@@ -76,6 +74,7 @@ class Result:
     run: str
     path: Path
     meta: dict[str, Any]
+    store: Store
 
     @property
     def setting(self) -> dict[str, Any]:
@@ -83,9 +82,7 @@ class Result:
 
     @cached_property
     def df(self) -> pd.DataFrame:
-        from dmlcli.store import read_parquet
-
-        return read_parquet(self.path)[0]
+        return self.store.read_result(self.path)[0]
 
 
 @dataclass
@@ -100,8 +97,6 @@ class Collection:
 
     def datasets(self) -> list[str]:
         """Datasets with at least one run, in the registry's order."""
-        from dmlcli.data import DATASETS
-
         present = {r.dataset for r in self.runs.values()}
         present |= {self.dataset_of(r) for r in self.results} - {None}
         return [d for d in DATASETS if d in present] + sorted(present - set(DATASETS))
@@ -145,36 +140,19 @@ class Collection:
         return None
 
 
-def read_checkpoint_meta(path: Path) -> dict[str, Any]:
-    """The JSON metadata of a dml checkpoint, without reading its tensors."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise DmlError(f"{path} is not a readable safetensors file ({exc})") from None
-    try:
-        return json.loads(header.get("meta", "{}"))
-    except json.JSONDecodeError:
-        raise DmlError(f"{path} has unreadable metadata") from None
-
-
 def _infer_role(head: str) -> str:
     return {"linear": "baseline", "dml": "dml", "rdml": "rdml", "augdml": "augdml"}.get(head, "")
 
 
-def collect(root: str | Path) -> Collection:
-    """Read the store at ``root`` (raises :class:`DmlError` if it is not a store)."""
-    from dmlcli.store import HISTORY_FILE, MODEL_FILE, read_parquet
-
-    root = Path(root)
+def collect(store: Store) -> Collection:
+    """Read ``store`` (raises :class:`DmlError` if it is not a store)."""
+    root = store.root
     if not root.is_dir():
         raise DmlError(f"artifacts directory {root} does not exist")
     if not (root / "models").is_dir() and not (root / "results").is_dir():
         raise DmlError(f"{root} holds no models/ or results/: not a dml artifacts directory")
     col = Collection(root)
-    for path in sorted((root / "recipes").glob("*/recipe.json")):
+    for path in store.list_recipe_files():
         try:
             col.recipes.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as exc:
@@ -184,16 +162,14 @@ def collect(root: str | Path) -> Collection:
     for recipe in col.recipes:
         for role, run in (recipe.get("roles") or {}).items():
             roles[run] = role
-    for path in sorted((root / "models").glob(f"*/{MODEL_FILE}")):
-        name = path.parent.name
+    for name in store.list_runs():
         try:
-            meta = read_checkpoint_meta(path)
+            config, meta = checkpoint_config(store.checkpoint_path(name))
         except DmlError as exc:
             col.problems.append(str(exc))
             continue
-        config = meta.get("config") or {}
         run = RunInfo(name, config, dict(meta.get("benign") or {}), str(meta.get("saved", "")))
-        hist = path.parent / HISTORY_FILE
+        hist = store.history_path(name)
         if hist.is_file():
             try:
                 run.history = read_parquet(hist)[0]
@@ -208,18 +184,13 @@ def collect(root: str | Path) -> Collection:
             role = _infer_role(run.head)
             run.role = "" if (run.dataset, role) in taken else role
     _label_runs(col)
-    for path in sorted((root / "results").glob("*/*.parquet")):
+    for path in store.list_results():
         try:
-            import pyarrow.parquet as pq
-
-            raw = (pq.read_schema(path).metadata or {}).get(b"dml")
-            meta = json.loads(raw) if raw else {}
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
-            col.problems.append(f"{path}: unreadable result ({type(exc).__name__})")
+            meta = store.result_meta(path)
+        except DmlError as exc:
+            col.problems.append(str(exc))
             continue
-        kind = str(meta.get("kind") or path.stem.rsplit("-", 1)[0])
-        run = str(meta.get("run") or path.parent.name)
-        col.results.append(Result(kind, run, path, meta))
+        col.results.append(Result(meta["kind"], str(meta["run"]), path, meta, store))
     return col
 
 

@@ -17,8 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dmlcli.files import atomic_write_bytes
 from dmlcli.report.collect import Collection
-from dmlcli.report.tables import RADII, Skip, attack_cells, attack_title, eps_text, split_label
+from dmlcli.report.paper import split_label
+from dmlcli.report.tables import Skip, attack_cells, attack_title, certified_curve
+from dmlcli.results import REPORT_RADII
+from dmlcli.units import eps_text
 
 DPI = 110
 
@@ -52,8 +56,6 @@ def _plt():
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from dmlcli.store import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -214,7 +216,7 @@ def gradient_cosines(col: Collection, dataset: str, out: Path) -> Figure | Skip:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     bins = np.linspace(-1, 1, 41)
     for color, r in zip(_colors(len(results)), results, strict=True):
-        gamma = col.runs[r.run].config.get("gamma") if r.run in col.runs else None
+        gamma = col.runs[r.run].config.gamma if r.run in col.runs else None
         tag = f"{col.label(r.run)}" + (f" (gamma={gamma:g})" if gamma is not None else "")
         for ax, column in zip(axes, ("cosine", "sign_cosine"), strict=True):
             v = r.df[column].to_numpy(dtype=float)
@@ -358,13 +360,11 @@ def certified_accuracy(col: Collection, dataset: str, out: Path) -> Figure | Ski
     results = [r for r in col.of("certify", dataset) if {"radius", "correct"} <= set(r.df.columns)]
     if not results:
         return Skip(key, title, "no certification results (dml certify)")
-    from dmlcli.report.tables import certified_curve
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for color, r in zip(_colors(len(results)), results, strict=True):
         rad = r.df["radius"].to_numpy(dtype=float)
-        top = max(float(np.nanmax(np.where(np.isfinite(rad), rad, 0))), RADII[-1])
+        top = max(float(np.nanmax(np.where(np.isfinite(rad), rad, 0))), REPORT_RADII[-1])
         grid = np.linspace(0, top * 1.05, 200)
         s = r.setting
         head = s.get("head", "?")

@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmlcli.report.collect import DATASET_TITLES, Collection
+from dmlcli.data import DATASETS
+from dmlcli.files import atomic_write_bytes, now
+from dmlcli.report.collect import Collection
 from dmlcli.report.figures import FIGURES, Figure
-from dmlcli.report.tables import TABLES, Skip, Table, attack_cells, eps_text, fmt, split_label
+from dmlcli.report.paper import paper_value, split_label
+from dmlcli.report.tables import TABLES, Skip, Table, attack_cells, fmt
+from dmlcli.units import eps_text
 
 FORMATS = {
     "markdown": "report.md",
@@ -60,12 +64,11 @@ class Report:
 
 def build(col: Collection, out: Path, figures: bool = True) -> Report:
     """Compute every table and (if ``figures``) draw every figure the results allow."""
-    from dmlcli.store import now
 
     sections = []
     fig_dir = out / FIGURE_DIR
     for ds in col.datasets():
-        sec = Section(ds, DATASET_TITLES.get(ds, ds))
+        sec = Section(ds, DATASETS[ds].title if ds in DATASETS else ds)
         recipe = col.recipe_for(ds)
         if recipe:
             line = f"Recipe `{recipe.get('name')}` ({recipe.get('source', '?')})"
@@ -391,10 +394,8 @@ def robustbench_entries(col: Collection) -> list[dict[str, Any]]:
                 p = c.params
                 paper_acc = None
                 numbers = aa_paper.get(run.role, {}) if isinstance(aa_paper, dict) else {}
-                from dmlcli.report.tables import _paper_value
-
                 if isinstance(numbers, dict):
-                    paper_acc = _paper_value(numbers, "autoattack", c.eps)
+                    paper_acc = paper_value(numbers, "autoattack", c.eps)
                 entries.append(
                     {
                         **base,
@@ -420,8 +421,6 @@ def robustbench_entries(col: Collection) -> list[dict[str, Any]]:
 
 def write(report: Report, col: Collection, out: Path, formats: list[str]) -> list[Path]:
     """Write the chosen formats into ``out`` atomically; returns the files written."""
-    from dmlcli.store import atomic_write_bytes
-
     files = []
     for f in formats:
         path = out / FORMATS[f]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,19 +18,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dmlcli.errors import DmlError
 from dmlcli.report.collect import Collection, Result
+from dmlcli.report.paper import paper_value, parse_column, split_label
+from dmlcli.results import (
+    REPORT_RADII,
+    certified_accuracy,
+    first,
+    lr_rates_at_fpr,
+    robust_accuracy,
+    worst_case_undetected_wrong,
+)
+from dmlcli.units import eps_text
 
 PAPER = "paper"
-
-
-def eps_text(eps: float) -> str:
-    """An eps as the paper writes it: ``0.2``, ``0.015`` (short decimals stay decimals),
-    else ``k/255`` where it is one (:func:`dmlcli.cli.common.format_eps`), e.g. ``8/255``."""
-    from dmlcli.cli.common import format_eps
-
-    if eps > 0 and abs(round(eps, 3) - eps) < 1e-12:
-        return f"{eps:g}"
-    return format_eps(eps)
 
 
 @dataclass
@@ -90,18 +90,6 @@ _DISPLAY = {
 }
 
 
-def split_label(label: str) -> tuple[str, int | None, int | None]:
-    """``'pgd-20x5'`` -> ('pgd', 20, 5); ``'fgsm'`` -> ('fgsm', None, None);
-    ``'autoattack-standard'`` -> ('autoattack', None, None); ``'cw-200'`` -> ('cw', 200, None)."""
-    m = re.match(r"^(?P<base>.*?)(?:-(?P<steps>\d+))?(?:x(?P<r>\d+))?$", label)
-    base = m["base"] if m else label
-    if base.startswith("autoattack"):
-        base = "autoattack"
-    steps = int(m["steps"]) if m and m["steps"] else None
-    restarts = int(m["r"]) if m and m["r"] else None
-    return base, steps, restarts
-
-
 def attack_title(label: str, eps: float | None, cw_c: float | None = None) -> str:
     """``('pgd-20x5', 0.3)`` -> ``'PGD-20x5 eps=0.3'``; fixed-c CW shows its constant c."""
     base, steps, restarts = split_label(label)
@@ -113,15 +101,6 @@ def attack_title(label: str, eps: float | None, cw_c: float | None = None) -> st
     if eps is None or (isinstance(eps, float) and math.isnan(eps)):
         return name + (f" c={cw_c:g}" if cw_c is not None and base == "cw" else "")
     return f"{name} eps={eps_text(float(eps))}"
-
-
-def _first(df: pd.DataFrame, col: str, default: Any = None) -> Any:
-    if col not in df.columns or not len(df):
-        return default
-    v = df[col].iloc[0]
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return default
-    return v
 
 
 @dataclass
@@ -170,20 +149,20 @@ class AttackCell:
         elif base == "fgsm":
             parts.append("1 step")
         else:
-            steps = p.get("steps", _first(df, "steps"))
+            steps = p.get("steps", first(df, "steps"))
             if steps:
                 parts.append(f"{steps} steps")
-            ss = p.get("step_size", _first(df, "step_size"))
+            ss = p.get("step_size", first(df, "step_size"))
             if ss and self.eps:  # relative to eps, so one phrase holds for every eps
                 parts.append(f"step {float(ss) / self.eps:.3g} x eps")
             elif ss:
                 parts.append(f"step {float(ss):.4g}")
-            r = p.get("restarts", _first(df, "restarts"))
+            r = p.get("restarts", first(df, "restarts"))
             if r:
                 parts.append(f"{r} restart{'s' if r != 1 else ''}")
             if p.get("loss"):
                 parts.append(f"{p['loss']} loss")
-        eot = _first(df, "eot", self.result.setting.get("eot"))
+        eot = first(df, "eot")
         if eot and int(eot) > 1:
             parts.append(f"EOT {int(eot)}")
         return ", ".join(parts)
@@ -192,28 +171,23 @@ class AttackCell:
 def attack_cells(col: Collection, dataset: str) -> list[AttackCell]:
     """Every stored ``attack`` result of ``dataset`` as accuracy cells (one per file)."""
     out = []
-    for res in col.of("attack", dataset):
+    for res in col.of("attack", dataset) + col.of("worst-case", dataset):
         df = res.df
-        if not {"robust", "clean_correct"} <= set(df.columns) or not len(df):
+        if not len(df):
             continue
-        eps = _first(df, "eps", res.setting.get("eps"))
-        label = str(_first(df, "attack", res.setting.get("attack", "?")))
-        params = res.setting.get("params") or {}
-        if params.get("search_steps") and split_label(label)[0] == "cw":
-            label = label.replace("cw", "cw-search", 1)  # results labelled before the rename
         out.append(
             AttackCell(
                 result=res,
-                label=label,
-                eps=None if eps is None else float(eps),
-                suite=str(_first(df, "suite", "custom")),
-                surface=str(_first(df, "surface", res.setting.get("surface", "sum"))),
-                decision=str(_first(df, "decision", res.setting.get("decision", "vote"))),
-                targeted=bool(_first(df, "targeted", False)),
-                surrogate=_first(df, "surrogate"),
+                label=str(first(df, "attack")),
+                eps=first(df, "eps"),
+                suite=str(first(df, "suite")),
+                surface=str(first(df, "surface") or "-"),
+                decision=str(first(df, "decision")),
+                targeted=bool(first(df, "targeted")),
+                surrogate=first(df, "surrogate"),
                 n=len(df),
-                clean=100.0 * float(df["clean_correct"].mean()),
-                robust=100.0 * float(df["robust"].mean()),
+                clean=robust_accuracy(df)[0],
+                robust=robust_accuracy(df)[1],
             )
         )
     return out
@@ -247,30 +221,10 @@ def _col_sort(key: tuple[str, float | None]) -> tuple:
     return (_ORDER.get(base, 9), base, steps or 0, restarts or 0, eps)
 
 
-def _paper_value(numbers: dict[str, Any], label: str, eps: float | None) -> float | None:
-    """The paper's number for our column ``label``/``eps`` from ``{'fgsm@0.2': 23.81}``."""
-    from dmlcli.errors import DmlError
-    from dmlcli.recipes import parse_column
-
-    base, steps, _ = split_label(label)
-    for key, value in numbers.items():
-        try:
-            col = parse_column(key)
-        except DmlError:
-            continue
-        if col.attack == "benign":
-            continue
-        if col.matches(base, steps, eps):
-            return float(value)
-    return None
-
-
 def _notes_common(cells: Iterable[AttackCell], what: str) -> list[str]:
     cells = list(cells)
     ns = sorted({c.n for c in cells})
-    seeds = sorted(
-        {int(c.result.setting.get("seed", _first(c.result.df, "seed", 0)) or 0) for c in cells}
-    )
+    seeds = sorted({int(first(c.result.df, "seed") or 0) for c in cells})
     notes = [
         f"n = {', '.join(map(str, ns))} test samples (the seeded evaluation subset, seed "
         f"{', '.join(map(str, seeds))}); {what}",
@@ -283,7 +237,7 @@ def _notes_common(cells: Iterable[AttackCell], what: str) -> list[str]:
     text = "; ".join(f"{k}: {v}" for k, v in budgets.items() if v)
     if text:
         notes.append("Budgets: " + text + ".")
-    eots = {int(_first(c.result.df, "eot", 1) or 1) for c in cells}
+    eots = {int(first(c.result.df, "eot") or 1) for c in cells}
     if eots <= {1}:
         notes.append("EOT: 1 draw per step (deterministic heads, or the paper's protocol).")
     return notes
@@ -308,9 +262,6 @@ def _grid_table(
     # Paper columns we did not run are shown too, so the comparison is complete.
     ours = {(split_label(k[0])[0], k[1]) for k in columns_keys}
     extra: list[tuple[str, float | None]] = []
-    from dmlcli.errors import DmlError
-    from dmlcli.recipes import parse_column
-
     for numbers in paper_roles.values():
         for name in numbers:
             try:
@@ -358,11 +309,11 @@ def _grid_table(
             c = mine.get(k)
             row.append(c.robust if c else None)
             if with_paper:
-                row.append(_paper_value(numbers, k[0], k[1]))
+                row.append(paper_value(numbers, k[0], k[1]))
         for k in extra:
             row.append(None)
             if with_paper:
-                row.append(_paper_value(numbers, k[0], k[1]))
+                row.append(paper_value(numbers, k[0], k[1]))
         rows.append(row)
     notes = _notes_common(cells, what)
     if benign:
@@ -410,8 +361,8 @@ def benign_table(col: Collection, dataset: str) -> Table | Skip:
                 f"{min(members):.2f}-{max(members):.2f}" if members else "-",
             ]
         )
-    seeds = sorted({str(r.config.get("seed", "?")) for r in runs})
-    epochs = sorted({str((r.config.get("training") or {}).get("epochs", "?")) for r in runs})
+    seeds = sorted({str(r.config.seed) for r in runs})
+    epochs = sorted({str((r.config.training or {}).get("epochs", "?")) for r in runs})
     notes = [
         "Accuracy (%) on the whole test split after the last epoch (stored with the checkpoint).",
         f"Seeds {', '.join(seeds)}; epochs {', '.join(epochs)}. vote = majority of members' "
@@ -501,7 +452,7 @@ def adaptive_table(col: Collection, dataset: str) -> Table | Skip:
     per-sample worst case over every stored L-inf attack (adaptive suite included)."""
     title = "Paper protocol vs adaptive evaluation, robust accuracy (%) per eps"
     cells = [c for c in attack_cells(col, dataset) if c.decision == "vote" and c.eps is not None]
-    cells = [c for c in cells if _first(c.result.df, "norm", "linf") == "linf"]
+    cells = [c for c in cells if first(c.result.df, "norm") == "linf"]
     if not any(c.suite in ("adaptive", "worst-case", "autoattack") for c in cells):
         return Skip(
             "adaptive", title, "no adaptive or AutoAttack results (dml attack --suite adaptive)"
@@ -570,8 +521,8 @@ def transfer_table(col: Collection, dataset: str) -> Table | Skip:
     blocks: dict[tuple[str, float], dict[str, Result]] = {}
     for r in results:
         df = r.df
-        eps = float(_first(df, "eps", r.setting.get("params", {}).get("eps", math.nan)))
-        mode = "targeted" if bool(_first(df, "targeted", False)) else "untargeted"
+        eps = float(first(df, "eps"))
+        mode = "targeted" if bool(first(df, "targeted")) else "untargeted"
         blocks.setdefault((r.run, round(eps, 9)), {})[mode] = r
     k = max(col.runs[run].members if run in col.runs else 0 for run, _ in blocks)
     scored = ["ensemble", *[f"member:{i}" for i in range(1, k + 1)]]
@@ -585,8 +536,8 @@ def transfer_table(col: Collection, dataset: str) -> Table | Skip:
     rows = []
     notes_cells = []
     for (run, eps), modes in blocks.items():
-        first = next(iter(modes.values()))
-        d1 = first.df[first.df["source"] == "member:1"]
+        head = next(iter(modes.values()))
+        d1 = head.df[head.df["source"] == "member:1"]
         benign = d1.groupby("scored")["clean_correct"].mean() * 100.0
         lines = [("Benign", benign)]
         for mode in ("untargeted", "targeted"):
@@ -642,21 +593,21 @@ def cw_distortion_table(col: Collection, dataset: str) -> Table | Skip:
     for run, res in by_run.items():
         cols: list[tuple[str, pd.DataFrame]] = []
         ens = sorted(
-            (r for r in res if _first(r.df, "source") == "ensemble"),
-            key=lambda r: float(_first(r.df, "kappa", 0.0) or 0.0),
+            (r for r in res if first(r.df, "source") == "ensemble"),
+            key=lambda r: float(first(r.df, "kappa") or 0.0),
         )
         for r in ens:
-            cols.append((f"Ensemble kappa={float(_first(r.df, 'kappa', 0.0) or 0.0):g}", r.df))
+            cols.append((f"Ensemble kappa={float(first(r.df, 'kappa') or 0.0):g}", r.df))
         members = sorted(
-            (r for r in res if str(_first(r.df, "source", "")).startswith("member:")),
+            (r for r in res if str(first(r.df, "source")).startswith("member:")),
             key=lambda r: (
-                int(str(_first(r.df, "source")).split(":")[1]),
-                float(_first(r.df, "kappa", 0.0) or 0.0),
+                int(str(first(r.df, "source")).split(":")[1]),
+                float(first(r.df, "kappa") or 0.0),
             ),
         )
         seen = set()
         for r in members:
-            src = str(_first(r.df, "source"))
+            src = str(first(r.df, "source"))
             if src in seen:
                 continue
             seen.add(src)
@@ -681,10 +632,10 @@ def cw_distortion_table(col: Collection, dataset: str) -> Table | Skip:
                 acc_row.append(float(p_acc[i]) if i < len(p_acc) else None)
                 dist_row.append(float(p_dist[i]) if i < len(p_dist) else None)
         rows += [acc_row, dist_row]
-    first = results[0]
-    p = first.setting.get("params", {})
+    head = results[0]
+    p = head.setting.get("params", {})
     notes = [
-        f"n = {len(first.df)} test samples (seed {first.setting.get('seed', '?')}); CW-L2 with "
+        f"n = {len(head.df)} test samples (seed {head.setting.get('seed', '?')}); CW-L2 with "
         f"c={p.get('c', '?')}, {p.get('steps', '?')} Adam steps, lr {p.get('lr', '?')}; the "
         "ensemble is attacked on its summed logits and scored by majority vote, each member "
         "on its own logits.",
@@ -729,14 +680,9 @@ def clever_table(col: Collection, dataset: str) -> Table | Skip:
     return Table("clever", title, cols, rows, notes)
 
 
-RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
 def certified_curve(df: pd.DataFrame, radii: Iterable[float]) -> list[float]:
-    """Certified accuracy (%) at each radius: correct and certified with radius >= r."""
-    correct = df["correct"].astype(bool).to_numpy()
-    radius = df["radius"].to_numpy(dtype=float)
-    return [100.0 * float(np.mean(correct & (radius >= r))) for r in radii]
+    """Certified accuracy (%) at each radius (:func:`dmlcli.results.certified_accuracy`)."""
+    return [100.0 * a for a in certified_accuracy(df, list(radii))["accuracy"]]
 
 
 def certify_table(col: Collection, dataset: str) -> Table | Skip:
@@ -755,7 +701,7 @@ def certify_table(col: Collection, dataset: str) -> Table | Skip:
                 f"{s.get('sigma', '?')}",
                 str(s.get("decision", "vote")),
                 len(r.df),
-                *certified_curve(r.df, RADII),
+                *certified_curve(r.df, REPORT_RADII),
             ]
         )
     rows.sort(key=lambda r: (r[0], r[1] != "dml", r[1], r[2]))
@@ -765,7 +711,7 @@ def certify_table(col: Collection, dataset: str) -> Table | Skip:
         f"alpha={s.get('alpha', '?')}; seed {s.get('seed', '?')}. Certified accuracy at r = "
         "correct and certified with radius >= r (L2, pixel units).",
     ]
-    cols = ["Model", "head", "sigma", "base decision", "n", *[f"r={r:g}" for r in RADII]]
+    cols = ["Model", "head", "sigma", "base decision", "n", *[f"r={r:g}" for r in REPORT_RADII]]
     return Table("certify", title, cols, rows, notes)
 
 
@@ -789,8 +735,6 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
     results = [r for r in col.of("detect", dataset) if "kind" in r.df.columns]
     if not results:
         return Skip("detect", title, "no detection results (dml detect)")
-    from dmlcli.eval.detect import lr_rates_at_fpr, worst_case_undetected_wrong
-
     rows = []
     groups: dict[tuple, list[pd.DataFrame]] = {}
     for r in results:
@@ -799,15 +743,15 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
         flag = f"flagged_nu_{k}"
         ev = df[df["half"] != "fit"] if "half" in df.columns else df
         b, a = ev[ev["kind"] == "benign"], ev[ev["kind"] == "adversarial"]
-        method = str(s.get("method", _first(df, "method", "?")))
-        attack = str(s.get("attack", _first(df, "attack", "?")))
+        method = str(s["method"])
+        attack = str(s["attack"])
         if s.get("adaptive_targets", 1) != 1:
             attack += f" ({s['adaptive_targets']} targets)"
         key = [
             col.label(r.run),
             f"{method} ({s['head']} head)" if s.get("head") else method,
             attack,
-            eps_text(float(s.get("eps", _first(df, "eps", 0.0)))),
+            eps_text(float(s["eps"])),
         ]
         u_w = worst_case_undetected_wrong([ev], flag) if flag in a else None
         at_fpr = None

@@ -1,0 +1,795 @@
+"""The Python API: one function per ``dml`` subcommand, taking the CLI's option names.
+
+Each function writes exactly the results the command writes and returns them as a pandas
+DataFrame (``train``: the per-epoch history; ``report``/``ls``/``merge``: what they list).
+``df.attrs["results"]`` describes the stored results behind the rows (kind, label, path,
+status ``new``/``cached``/``shard i/n``, and which rows belong to it). The CLI calls exactly
+these functions::
+
+    from dmlcli import api
+
+    api.train("digits", members=5)
+    rows = api.attack("digits-dml", suite=["paper"], eps=["0.2"], n=100)
+    rows.groupby("attack")["robust"].mean()
+
+Every argument a user can get wrong raises :class:`~dmlcli.errors.DmlError` (one clear line)
+before anything is computed or written. ``progress`` takes a :class:`Reporter` (the CLI
+passes a rich progress bar); the default is silent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from dmlcli import results
+from dmlcli.data import dataset_info, eval_set, load_dataset
+from dmlcli.errors import DmlError
+from dmlcli.eval import certify as ce
+from dmlcli.eval import clever as cl
+from dmlcli.eval import detect as det
+from dmlcli.eval import geometry as geo
+from dmlcli.eval import robustness as rob
+from dmlcli.eval import transfer as tr
+from dmlcli.files import read_parquet, read_tensors, save_tensors, write_parquet
+from dmlcli.models.aggregate import list_decisions
+from dmlcli.models.config import resolve_config
+from dmlcli.models.ensemble import Ensemble
+from dmlcli.models.io import Run, checkpoint_config, save_ensemble
+from dmlcli.runner import Outcome, Reporter, run_jobs
+from dmlcli.runner import merge as merge_parts
+from dmlcli.runs import open_run
+from dmlcli.runtime import init_distributed, parse_shard, resolve_device
+from dmlcli.store import Store, validate_name
+from dmlcli.train import Trainer, TrainSettings, default_run_name, run_training
+from dmlcli.units import parse_eps
+
+__all__ = [
+    "attack",
+    "certify",
+    "clever",
+    "detect",
+    "geometry",
+    "ls",
+    "merge",
+    "report",
+    "train",
+    "transfer",
+]
+
+PathLike = str | Path
+
+
+def _list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str | Path) else list(value)
+
+
+def _rows(outcomes: Sequence[Outcome]) -> pd.DataFrame:
+    """The rows of every outcome, one frame; ``attrs['results']`` says which is which."""
+    frames, info, at = [], [], 0
+    for o in outcomes:
+        frames.append(o.rows)
+        info.append(
+            {
+                "kind": o.job.kind,
+                "run": o.job.run,
+                "label": o.job.label,
+                "path": str(o.path),
+                "status": o.status,
+                "rows": [at, at + len(o.rows)],
+                "warnings": list(o.meta.get("warnings", [])),
+                "meta": o.meta,
+            }
+        )
+        at += len(o.rows)
+    nonempty = [f for f in frames if len(f.columns)]
+    df = pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame()
+    df.attrs["results"] = info
+    return df
+
+
+def _test_data(run: Run, n: int, seed: int, data_dir: PathLike | None):
+    """The test split of ``run``'s dataset and its seeded evaluation subset."""
+    return eval_set(run.dataset, n, seed, data_dir or run.data_dir, image_size=run.image_size)
+
+
+def _check_batch(batch_size: int) -> None:
+    if batch_size < 1:
+        raise DmlError(f"--batch-size must be at least 1; got {batch_size}")
+
+
+# -- train ------------------------------------------------------------------------------------
+def train(
+    dataset: str,
+    *,
+    members: int = 5,
+    baseline: bool = False,
+    head: str = "dml",
+    prior: str | None = None,
+    name: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "cosine",
+    augment: str | None = None,
+    m_mode: str = "diag",
+    m_init: str = "uniform",
+    m_fixed: float = 0.1,
+    centers: str = "identity",
+    diversity: str = "split",
+    head_samples: int = 20,
+    head_sigma: float = 0.1,
+    gamma: float = 0.01,
+    beta: float = 0.01,
+    adv_train: str = "none",
+    adv_eps: str = "10/255",
+    eval_attack: str = "none",
+    eval_eps: str = "0.1",
+    image_size: int | None = None,
+    data_dir: PathLike | None = None,
+    download: bool = True,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+    mode: str = "auto",
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    artifacts: PathLike | None = None,
+    progress: Reporter | None = None,
+) -> pd.DataFrame:
+    """Train a K-member DML ensemble with Eq. 3 (``baseline=True``: linear heads, CE only)
+    and store it as ``models/<run>/model.safetensors``; returns the per-epoch history.
+
+    ``attrs``: ``run``, ``benign`` (accuracy % per decision and member), ``files`` and
+    ``status`` (``new``, or ``exists`` when the run was already there: nothing is trained
+    unless ``force``).
+    """
+    reporter = progress or Reporter()
+    info = dataset_info(dataset)
+    head = "linear" if baseline else head
+    if baseline and prior:
+        raise DmlError("--baseline and --prior exclude each other")
+    config = resolve_config(
+        dataset, members, head, image_size=image_size, m_mode=m_mode, m_init=m_init,
+        m_fixed=m_fixed, centers=centers, diversity=diversity, head_samples=head_samples,
+        head_sigma=head_sigma, gamma=gamma, beta=beta, seed=seed,
+    )  # fmt: skip
+    d = info.train
+    settings = TrainSettings(
+        epochs=epochs if epochs is not None else d.epochs,
+        batch_size=batch_size if batch_size is not None else d.batch_size,
+        optimizer=optimizer or d.optimizer,
+        lr=lr if lr is not None else d.lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        augment=augment or info.augment,
+        adv_train=adv_train,
+        adv_eps=parse_eps(adv_eps),
+        eval_attack=eval_attack,
+        eval_eps=parse_eps(eval_eps),
+        checkpoint_every=checkpoint_every,
+    )
+    settings.validate()
+    store = Store(artifacts)
+    run = validate_name(name or default_run_name(dataset, head, centers, diversity, adv_train))
+    prior_run = open_run(prior, store) if prior else None
+    if prior_run is not None and prior_run.dataset != dataset:
+        raise DmlError(f"--prior {prior} was trained on {prior_run.dataset}, not {dataset}")
+    model_path = store.checkpoint_path(run)
+    if store.has_run(run) and not force:
+        _, meta = checkpoint_config(model_path)
+        history = store.history_path(run)
+        df = read_parquet(history)[0] if history.is_file() else pd.DataFrame()
+        df.attrs.update(run=run, benign=meta.get("benign", {}), files=[], status="exists")
+        return df
+    dev, rank = init_distributed(resolve_device(device))
+    resume_path = store.resume_path(run)
+    config = config.replace(
+        training=vars(settings).copy(), prior=prior_run.name if prior_run else None
+    )
+    train_data = load_dataset(dataset, "train", data_dir, download, config.image_size)
+    test_data = load_dataset(dataset, "test", data_dir, download, config.image_size)
+    ensemble = Ensemble(config, mode=mode)
+    if prior_run is not None:
+        ensemble.load_backbones_from(prior_run.model)
+    trainer = Trainer(ensemble, train_data, test_data, settings, device=dev)
+    if resume and not resume_path.is_file():
+        reporter.note(f"no checkpoint to resume in {store.run_dir(run)}; starting fresh")
+    if resume and resume_path.is_file():
+        tensors, meta, _ = read_tensors(resume_path)
+        if meta.get("config") != config.to_json():
+            raise DmlError(f"--resume: {resume_path} belongs to a run with other settings")
+        trainer.load_state(tensors, meta["trainer"])
+        reporter.note(f"resuming {run} at epoch {trainer.epoch + 1}, step {trainer.step}")
+    if force:
+        model_path.unlink(missing_ok=True)
+    meta_common = {"run": run, "config": config.to_json()}
+
+    def checkpoint(t: Trainer) -> None:
+        if rank == 0:
+            tensors, state = t.state()
+            save_tensors(resume_path, tensors, {"config": config.to_json(), "trainer": state})
+
+    def write_history(t: Trainer, row: dict) -> None:
+        if rank == 0:
+            write_parquet(store.history_path(run), pd.DataFrame(t.history), meta_common)
+
+    total = settings.epochs * trainer.steps_per_epoch
+    update = reporter.task(f"train {run}", total) if rank == 0 else Reporter().task("", 0)
+
+    def on_step(t: Trainer, out: dict, seconds: float) -> None:
+        rate = settings.batch_size / max(seconds, 1e-9)
+        done = t.epoch * t.steps_per_epoch + t.step
+        info = (
+            f"epoch {t.epoch + 1}/{settings.epochs} loss {out['total']:.3f} "
+            f"acc {out['acc']:.1f}% {rate:,.0f} img/s"
+        )
+        update(done, info)
+
+    run_training(trainer, on_step, write_history, checkpoint)
+    history = pd.DataFrame(trainer.history)
+    if rank == 0:
+        final = trainer.history[-1]
+        benign = {k[5:]: v for k, v in final.items() if k.startswith("test_") and "robust" not in k}
+        extra = {"benign": benign, "run": run}
+        if data_dir is not None:
+            extra["data_dir"] = str(Path(data_dir).resolve())
+        save_ensemble(model_path, trainer.ensemble.cpu(), extra)
+        resume_path.unlink(missing_ok=True)
+        history.attrs.update(
+            run=run, benign=benign, status="new", files=[model_path, store.history_path(run)]
+        )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return history
+
+
+# -- attack -----------------------------------------------------------------------------------
+def attack(
+    runs: str | Sequence[str],
+    *,
+    suite: Sequence[str] | None = None,
+    attack: Sequence[str] | None = None,
+    eps: Sequence[str | float] | None = None,
+    n: int = 1000,
+    dataset: str | None = None,
+    data_dir: PathLike | None = None,
+    decision: Sequence[str] | None = None,
+    surface: Sequence[str] | None = None,
+    loss: str | None = None,
+    steps: int | None = None,
+    step_size: float | None = None,
+    restarts: int | None = None,
+    norm: str | None = None,
+    targeted: bool = False,
+    pgd_restarts: int = 5,
+    cw_c: float = 1.0,
+    cw_steps: int = 200,
+    cw_lr: float = 0.01,
+    cw_kappa: float = 0.0,
+    cw_search_steps: int = 0,
+    apgd_steps: int = 100,
+    apgd_restarts: int = 1,
+    eot: int = 20,
+    aa_version: str = "auto",
+    aa_attack: Sequence[str] | None = None,
+    aa_steps: int = 100,
+    square_queries: int = 5000,
+    surrogate: str | None = None,
+    batch_size: int = 500,
+    shard: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    artifacts: PathLike | None = None,
+    progress: Reporter | None = None,
+) -> pd.DataFrame:
+    """White-box robustness of each run: the suites ``paper`` (FGSM, BIM-10, PGD-10,
+    PGD-20/40, CW-L2 on the summed logits, scored by the vote), ``autoattack`` and
+    ``adaptive`` (APGD on every surface, EOT, transfer from ``surrogate``), and attacks named
+    in ``attack``, at every ``eps`` (default: the dataset's eps of the paper). Returns one row
+    per (sample, attack setting) of every run (schema ``attack``), and with the adaptive
+    suite the per-sample worst case per (eps, decision) (schema ``worst-case``).
+    """
+    shard_of = parse_shard(shard)
+    names = _list(attack)
+    suites = _list(suite) or ([] if names else ["paper"])
+    _check_batch(batch_size)
+    if dataset:
+        dataset_info(dataset)
+    from dmlcli.attacks import list_attacks
+
+    for a in names:
+        if a not in list_attacks():
+            raise DmlError(f"unknown attack {a!r}; choose one of {', '.join(list_attacks())}")
+    budgets = rob.Budgets(
+        pgd_restarts=pgd_restarts, cw_c=cw_c, cw_steps=cw_steps, cw_lr=cw_lr,
+        cw_kappa=cw_kappa, cw_search_steps=cw_search_steps, apgd_steps=apgd_steps,
+        apgd_restarts=apgd_restarts, eot=eot,
+        aa_version="custom" if aa_attack and aa_version == "auto" else aa_version,
+        aa_attacks=tuple(aa_attack or ()), aa_steps=aa_steps, square_queries=square_queries,
+        surfaces=tuple(surface or ()),
+    )  # fmt: skip
+    budgets.validate()
+    eps_values = [parse_eps(e) for e in eps] if eps else None
+    dev = resolve_device(device)
+    store = Store(artifacts)
+    opened = [open_run(r, store) for r in _list(runs)]
+    if not opened:
+        raise DmlError("name at least one run to attack")
+    wanted = dataset or opened[0].dataset
+    for r in opened:
+        if r.dataset != wanted:
+            raise DmlError(f"{r.name} was trained on {r.dataset}, not {wanted}")
+    sur = open_run(surrogate, store) if surrogate else None
+    if sur is not None and sur.dataset != wanted:
+        raise DmlError(f"--surrogate {sur.name} was trained on {sur.dataset}")
+    eps_values = eps_values or [parse_eps(e) for e in dataset_info(wanted).paper_eps]
+    images, labels, indices = _test_data(opened[0], n, seed, data_dir)
+    options = {
+        "steps": steps,
+        "step_size": step_size,
+        "restarts": restarts,
+        "loss": loss,
+        "norm": norm,
+        "targeted": targeted or None,
+    }
+    plans = []  # every job of every run is built (and so checked) before any attack runs
+    for r in opened:
+        specs = rob.plan_specs(
+            suites, names, eps_values, options, budgets, _list(decision) or ["vote"],
+            r.num_members, r.randomized, sur.name if sur else None,
+        )  # fmt: skip
+        jobs = [
+            rob.attack_job(
+                r,
+                spec,
+                images,
+                labels,
+                indices,
+                seed=seed,
+                batch_size=batch_size,
+                device=dev,
+                surrogate=sur,
+            )  # fmt: skip
+            for spec in specs
+        ]
+        plans.append((r, specs, jobs))
+    outcomes: list[Outcome] = []
+    for r, specs, jobs in plans:
+        r.model.to(dev)
+        if sur is not None:
+            sur.model.to(dev)
+        done = run_jobs(store, jobs, force=force, shard=shard_of, progress=progress)
+        outcomes += done
+        if "adaptive" in suites and shard_of is None:
+            for (e, dec), members in rob.worst_case_groups(specs).items():
+                job = rob.worst_case_job(
+                    r, [done[i].rows for i in members], [specs[i].label for i in members],
+                    n=n, seed=seed, eps=e, decision=dec,
+                    components=[specs[i].key() for i in members],
+                )  # fmt: skip
+                outcomes += run_jobs(store, [job], force=force, progress=progress)
+        r.model.cpu()
+    return _rows(outcomes)
+
+
+# -- transfer ---------------------------------------------------------------------------------
+def transfer(
+    run: str,
+    *,
+    source: Sequence[str] | None = None,
+    attack: str = "pgd",
+    eps: Sequence[str | float] | None = None,
+    steps: int = 10,
+    step_size: float | None = None,
+    restarts: int = 1,
+    loss: str = "ce",
+    targeted: bool = False,
+    decision: str = "vote",
+    cw_distortion: bool = False,
+    kappa: Sequence[float] | None = None,
+    cw_c: float = 1.0,
+    cw_steps: int = 1000,
+    cw_lr: float = 0.1,
+    cw_search_steps: int = 0,
+    n: int | None = None,
+    dataset: str | None = None,
+    data_dir: PathLike | None = None,
+    batch_size: int = 500,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    artifacts: PathLike | None = None,
+    progress: Reporter | None = None,
+) -> pd.DataFrame:
+    """Adversarials crafted on ``source`` (``member:k``, ``ensemble`` or ``all`` members)
+    scored on every member and on the ensemble (Table 4; schema ``transfer``), or with
+    ``cw_distortion`` the adaptive CW-L2 distortion per source and ``kappa`` (Table 5;
+    schema ``cw-distortion``). ``n`` defaults to 1000 (100 with ``cw_distortion``)."""
+    tr.check_attack(attack)
+    _check_batch(batch_size)
+    if dataset:
+        dataset_info(dataset)
+    eps_given = [parse_eps(e) for e in eps] if eps else None
+    dev = resolve_device(device)
+    store = Store(artifacts)
+    r = open_run(run, store)
+    if dataset and dataset != r.dataset:
+        raise DmlError(f"{r.name} was trained on {r.dataset}, not {dataset}")
+    choices = list_decisions(r.num_members)
+    if decision not in choices:
+        raise DmlError(f"unknown decision {decision!r}; choose one of {', '.join(choices)}")
+    sources = tr.resolve_sources(
+        _list(source) or (["ensemble", "all"] if cw_distortion else ["member:1"]), r.num_members
+    )
+    eps_values = eps_given or [parse_eps(dataset_info(r.dataset).transfer_eps)]
+    n = n if n is not None else (100 if cw_distortion else 1000)
+    images, labels, indices = _test_data(r, n, seed, data_dir)
+    jobs = []
+    if cw_distortion:
+        for kap in list(kappa) if kappa else [0.0]:
+            params = tr.cw_params(cw_c, kap, cw_steps, cw_lr, targeted, cw_search_steps)
+            jobs += [(s, "cw", params) for s in sources]
+    else:
+        for e in eps_values:
+            params = tr.attack_params(attack, e, steps, restarts, loss, targeted, step_size)
+            jobs += [(s, attack, params) for s in sources]
+    built = [
+        tr.transfer_job(
+            r,
+            s,
+            a,
+            p,
+            images,
+            labels,
+            indices,
+            seed=seed,
+            decision=decision,
+            batch_size=batch_size,
+            device=dev,
+            cw=cw_distortion,
+        )  # fmt: skip
+        for s, a, p in jobs
+    ]
+    r.model.to(dev)
+    return _rows(run_jobs(store, built, force=force, progress=progress))
+
+
+# -- clever -----------------------------------------------------------------------------------
+def clever(
+    run: str,
+    *,
+    n: int = 1000,
+    norm: str = "2",
+    radius: float = 2.0,
+    nb_batches: int = 500,
+    batch_size: int = 1024,
+    pool_factor: int = 10,
+    target: str = "sum",
+    c_init: float = 1.0,
+    grad_batch: int = 512,
+    data_dir: PathLike | None = None,
+    part_size: int = 10,
+    shard: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    artifacts: PathLike | None = None,
+    progress: Reporter | None = None,
+) -> pd.DataFrame:
+    """Untargeted CLEVER scores (Weng et al. 2018) of ``target`` per sample (Fig. 1, 7, 8;
+    schema ``clever``); the result's metadata holds the DML head's Lipschitz bounds."""
+    shard_of = _part_options(shard, part_size)
+    settings = cl.CleverSettings(
+        norm=cl.parse_norm(norm), radius=radius, nb_batches=nb_batches,
+        batch_size=batch_size, pool_factor=pool_factor, c_init=c_init, grad_batch=grad_batch,
+    ).validate()  # fmt: skip
+    dev = resolve_device(device)
+    store = Store(artifacts)
+    r = open_run(run, store)
+    cl.ScoredModel(r.model, target)  # checks the target
+    images, labels, indices = _test_data(r, n, seed, data_dir)
+    job = cl.clever_job(
+        r, images, labels, indices, settings, target=target, seed=seed, part_size=part_size,
+        device=dev,
+    )  # fmt: skip
+    return _rows(run_jobs(store, [job], force=force, shard=shard_of, progress=progress))
+
+
+def _part_options(shard: str | None, part_size: int):
+    if part_size < 1:
+        raise DmlError(f"--part-size must be at least 1; got {part_size}")
+    return parse_shard(shard)
+
+
+# -- certify ----------------------------------------------------------------------------------
+def certify(
+    run: str,
+    *,
+    sigma: float = 0.25,
+    n0: int = 100,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    n_samples: int = 500,
+    decision: str = "vote",
+    head: str | None = None,
+    head_sigma: float | None = None,
+    head_samples: int | None = None,
+    predict_n: int = 1000,
+    batch_size: int = 1000,
+    data_dir: PathLike | None = None,
+    part_size: int = 10,
+    shard: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    artifacts: PathLike | None = None,
+    progress: Reporter | None = None,
+) -> pd.DataFrame:
+    """Randomized-smoothing CERTIFY and PREDICT (Cohen et al. 2019) of the ``decision`` on
+    ``n_samples`` samples (A.9, Fig. 14-16; schema ``certify``); ``head`` evaluates the same
+    weights behind another DML head (e.g. R-DML with ``head_sigma``)."""
+    shard_of = _part_options(shard, part_size)
+    settings = ce.CertifySettings(
+        sigma=sigma, n0=n0, n=n, alpha=alpha, predict_n=predict_n, batch_size=batch_size
+    ).validate()
+    if (head_sigma is not None or head_samples is not None) and head is None:
+        raise DmlError("--head-sigma/--head-samples only apply with --head dml|rdml|augdml")
+    dev = resolve_device(device)
+    store = Store(artifacts)
+    r = open_run(run, store)
+    trained = r.model.config.head if hasattr(r.model, "config") else None
+    if head is not None:
+        if not hasattr(r.model, "with_head"):
+            raise DmlError(f"--head: {r.name} has no DML head to swap")
+        r = Run(r.name, r.model.with_head(head, head_sigma, head_samples), r.checkpoint,
+                r.dataset, r.meta, r.path)  # fmt: skip
+    images, labels, indices = _test_data(r, n_samples, seed, data_dir)
+    job = ce.certify_job(
+        r, images, labels, indices, settings, decision=decision, seed=seed,
+        part_size=part_size, device=dev, trained_head=trained,
+    )  # fmt: skip
+    return _rows(run_jobs(store, [job], force=force, shard=shard_of, progress=progress))
+
+
+# -- geometry ---------------------------------------------------------------------------------
+def geometry(
+    run: str,
+    *,
+    gradients: bool = False,
+    surface: bool = False,
+    n: int = 1000,
+    surface_samples: int = 3,
+    grid: int = 21,
+    r_max: float = 0.1,
+    theta_max: float = 0.1,
+    noise_std: float = 0.05,
+    direction: str = "sign",
+    batch_size: int = 256,
+    data_dir: PathLike | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    artifacts: PathLike | None = None,
+    progress: Reporter | None = None,
+) -> pd.DataFrame:
+    """Cosine of members' input gradients per pair (``gradients``, A.7, Fig. 9-11) and loss
+    surfaces around samples (``surface``, Fig. 2, 17); both when neither is asked for."""
+    if not gradients and not surface:
+        gradients = surface = True
+    settings = geo.SurfaceSettings(grid, r_max, theta_max, noise_std, direction).validate()
+    _check_batch(batch_size)
+    if surface and surface_samples < 1:
+        raise DmlError(f"--surface-samples must be at least 1; got {surface_samples}")
+    dev = resolve_device(device)
+    store = Store(artifacts)
+    r = open_run(run, store)
+    jobs = []
+    if gradients:
+        images, labels, indices = _test_data(r, n, seed, data_dir)
+        jobs.append(geo.geometry_job(r, "gradients", images, labels, indices, seed=seed,
+                                     batch_size=batch_size, device=dev))  # fmt: skip
+    if surface:
+        images, labels = load_dataset(r.dataset, "test", data_dir or r.data_dir,
+                                      image_size=r.image_size)  # fmt: skip
+        if surface_samples > len(labels):
+            raise DmlError(
+                f"--surface-samples {surface_samples} is larger than the test set "
+                f"({len(labels)} samples)"
+            )
+        _, _, indices = _test_data(r, surface_samples, seed, data_dir)
+        job = geo.geometry_job(r, "surface", images, labels, indices, seed=seed,
+                               settings=settings, batch_size=batch_size, device=dev)  # fmt: skip
+        jobs.append(job)
+    return _rows(run_jobs(store, jobs, force=force, progress=progress))
+
+
+# -- detect -----------------------------------------------------------------------------------
+DETECT_ATTACKS = ("fgsm", "pgd", "adaptive")
+RANDOM_DRAWS = 10  # forward passes per input of a randomized head when --draws is not given
+
+
+def detect(
+    run: str,
+    *,
+    method: str = "vote",
+    attack: Sequence[str] | None = None,
+    eps: str | float = "0.3",
+    n: int = 1000,
+    nu: int | None = None,
+    draws: int | None = None,
+    noise_sigma: float = 0.1,
+    steps: int = 40,
+    step_size: str | float | None = None,
+    adaptive_loss: str = "ce",
+    adaptive_targets: int = 3,
+    fpr: float = 0.05,
+    var_weight: float = 1.0,
+    eot: int | None = None,
+    head: str | None = None,
+    head_sigma: float | None = None,
+    head_samples: int | None = None,
+    batch_size: int = 500,
+    shard: str | None = None,
+    data_dir: PathLike | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    artifacts: PathLike | None = None,
+    progress: Reporter | None = None,
+) -> pd.DataFrame:
+    """Adversary detection by member disagreement (``vote``, Eq. 8) or uncertainty and a
+    logistic regression (A.5.1), against FGSM, PGD and an adaptive attack that knows the
+    detector; one ``detect`` result per attack (plus its ROC). ``attrs['nu']`` and
+    ``attrs['fpr']`` are the operating points the command prints."""
+    if parse_shard(shard) is not None:
+        raise DmlError(
+            "dml detect cannot be sharded: its detector is fit on every sample; run it in one "
+            "process (unset WORLD_SIZE under torchrun); an interrupted run resumes its batches"
+        )
+    attacks = det.check_attacks(_list(attack) or list(DETECT_ATTACKS))
+    results.check_fpr(fpr)
+    eps_value = parse_eps(eps)
+    step_value = parse_eps(step_size) if step_size is not None else None
+    if (head_sigma is not None or head_samples is not None) and head is None:
+        raise DmlError("--head-sigma/--head-samples only apply with --head rdml|augdml|dml")
+    if n < 1:
+        raise DmlError(f"--n must be at least 1; got {n}")
+    dev = resolve_device(device)
+    store = Store(artifacts)
+    r = open_run(run, store)
+    if head is not None:
+        if not hasattr(r.model, "with_head"):
+            raise DmlError(f"--head: {r.name} has no DML head to swap")
+        r = Run(r.name, r.model.with_head(head, head_sigma, head_samples), r.checkpoint,
+                r.dataset, r.meta, r.path)  # fmt: skip
+    k = r.num_members
+    nu = det.check_nu(nu if nu is not None else det.default_nu(k), k)
+    det.check_method(method, k, r.randomized)
+    if draws is not None and draws < 1:
+        raise DmlError(f"--draws must be at least 1; got {draws}")
+    notes = []
+    if not r.randomized:
+        if draws not in (None, 1):
+            notes.append("deterministic head: every draw is the same; --draws 1")
+        draws = 1
+    draws = draws or RANDOM_DRAWS
+    settings = det.DetectSettings(
+        method=method, eps=eps_value, draws=draws, noise_sigma=noise_sigma, seed=seed,
+        steps=steps, step_size=step_value, adaptive_loss=adaptive_loss,
+        adaptive_targets=adaptive_targets, var_weight=var_weight,
+        eot=eot if eot is not None else draws, batch_size=batch_size,
+    )  # fmt: skip
+    settings.validate()
+    for note in notes:
+        (progress or Reporter()).note(note)
+    cached = [
+        store.result_path("detect", r.name, det.detect_setting(r, settings, a, n)) for a in attacks
+    ]
+    outcomes: list[Outcome] = []
+    if force or not all(p.is_file() for p in cached):
+        images, labels, indices = _test_data(r, n, seed, data_dir)
+        r.model.to(dev)
+        x = images[indices].float().div_(255.0)
+        data = det.prepare(r.model, x, labels[indices], indices.numpy(), settings)
+        jobs = [det.detect_job(r, data, a, settings, n) for a in attacks]
+        outcomes = run_jobs(store, jobs, force=force, progress=progress)
+    else:
+        jobs = [det.detect_job(r, det.Benign.empty(), a, settings, n) for a in attacks]
+        outcomes = run_jobs(store, jobs, progress=progress)
+    df = _rows(outcomes)
+    df.attrs.update(nu=nu, fpr=fpr, method=method, eps=eps_value, attacks=attacks)
+    return df
+
+
+# -- the store --------------------------------------------------------------------------------
+def report(
+    store_dir: PathLike | None = None,
+    *,
+    format: Sequence[str] | None = None,  # noqa: A002 - the CLI's --format
+    out: PathLike | None = None,
+    artifacts: PathLike | None = None,
+) -> pd.DataFrame:
+    """Render the paper's tables and figures from the stored results (nothing is rerun) as
+    markdown, HTML, LaTeX and/or RobustBench JSON; returns one row per table or figure
+    (dataset, item, what was rendered, where or why not). ``attrs['files']``: what it wrote;
+    ``attrs['problems']``: files it could not read."""
+    from dmlcli.report import Skip, Table, render_report
+
+    if store_dir is not None and artifacts is not None and Path(store_dir) != Path(artifacts):
+        raise DmlError(f"two stores given: {store_dir} and --artifacts {artifacts}; give one")
+    store = Store(store_dir or artifacts)
+    rep, files = render_report(store, out, _list(format) or ["markdown"])
+    rows = []
+    for sec in rep.sections:
+        for item in sec.items:
+            if isinstance(item, Skip):
+                rendered, detail = f"{item.kind}: skipped", item.reason
+            elif isinstance(item, Table):
+                rendered, detail = "table", f"{len(item.rows)} rows"
+            else:
+                rendered, detail = "figure", str(item.path)
+            rows.append({"dataset": sec.dataset, "item": item.key, "rendered": rendered,
+                         "detail": detail})  # fmt: skip
+    df = pd.DataFrame(rows, columns=["dataset", "item", "rendered", "detail"])
+    df.attrs.update(files=[str(f) for f in files], problems=list(rep.problems))
+    return df
+
+
+def merge(runs: Sequence[str] | None = None, *, artifacts: PathLike | None = None) -> pd.DataFrame:
+    """Write the final results of sharded evaluations from their part files (every sample
+    exactly once, checked before anything is written); one row per part folder."""
+    store = Store(artifacts)
+    names = [validate_name(r) for r in _list(runs)]
+    merged = merge_parts(store, names)
+    return pd.DataFrame(
+        [
+            {
+                "run": m.run,
+                "result": m.label,
+                "rows": m.rows,
+                "parts": m.blocks,
+                "path": "" if m.path is None else str(m.path),
+                "note": m.note,
+            }
+            for m in merged
+        ],
+        columns=["run", "result", "rows", "parts", "path", "note"],
+    )
+
+
+def ls(*, artifacts: PathLike | None = None) -> pd.DataFrame:
+    """The runs in the store: name, dataset, K, head, benign vote accuracy, date, results."""
+    store = Store(artifacts)
+    rows: list[dict[str, Any]] = []
+    for name in store.list_runs():
+        try:
+            config, meta = checkpoint_config(store.checkpoint_path(name))
+        except DmlError as exc:
+            rows.append({"run": name, "problem": str(exc)})
+            continue
+        rows.append(
+            {
+                "run": name,
+                "dataset": config.dataset,
+                "members": config.members,
+                "head": config.head,
+                "vote": meta.get("benign", {}).get("vote"),
+                "saved": str(meta.get("saved", ""))[:19],
+                "results": len(store.list_results(run=name)),
+                "problem": "",
+            }
+        )
+    cols = ["run", "dataset", "members", "head", "vote", "saved", "results", "problem"]
+    return pd.DataFrame(rows, columns=cols)

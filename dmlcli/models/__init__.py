@@ -1,0 +1,1 @@
+"""Models: backbones, DML heads, the batched :class:`Ensemble`, decision rules, checkpoints."""

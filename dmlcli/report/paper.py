@@ -1,0 +1,74 @@
+"""The paper's published numbers, as recipes store them: ``[paper.<section>.<role>]`` maps
+columns such as ``benign``, ``fgsm@0.2``, ``bim-10@0.2``, ``pgd-20@8/255``, ``cw`` or
+``autoattack@0.3`` to accuracies. The report puts each beside our number for the same attack
+and budget.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from dmlcli.errors import DmlError
+from dmlcli.units import parse_eps
+
+_COLUMN = re.compile(
+    r"^(?P<attack>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*?)(?:-(?P<steps>\d+))?"
+    r"(?:@(?P<eps>[0-9./]+))?$"
+)
+_LABEL = re.compile(r"^(?P<base>.*?)(?:-(?P<steps>\d+))?(?:x(?P<r>\d+))?$")
+
+
+@dataclass(frozen=True)
+class ColumnKey:
+    """A paper table column: ``benign`` or an attack with optional steps and eps."""
+
+    attack: str
+    steps: int | None = None
+    eps: float | None = None
+
+    def matches(self, attack: str, steps: int | None, eps: float | None) -> bool:
+        if self.attack != attack:
+            return False
+        if self.steps is not None and steps is not None and self.steps != steps:
+            return False
+        if self.eps is None or eps is None:
+            return self.eps is None and eps is None
+        return math.isclose(self.eps, eps, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def parse_column(text: str) -> ColumnKey:
+    """``'bim-10@0.2'`` -> ColumnKey('bim', 10, 0.2); ``'benign'``; ``'cw'``; raises on junk."""
+    m = _COLUMN.match(text.strip().lower())
+    if not m:
+        raise DmlError(f"cannot read column {text!r}; write e.g. benign, fgsm@0.2, pgd-20@8/255")
+    eps = parse_eps(m["eps"]) if m["eps"] else None
+    return ColumnKey(m["attack"], int(m["steps"]) if m["steps"] else None, eps)
+
+
+def split_label(label: str) -> tuple[str, int | None, int | None]:
+    """An attack label -> (attack, steps, restarts): ``'pgd-20x5'`` -> ('pgd', 20, 5);
+    ``'fgsm'`` -> ('fgsm', None, None); ``'autoattack-standard'`` -> ('autoattack', None,
+    None); ``'cw-200'`` -> ('cw', 200, None)."""
+    m = _LABEL.match(label)
+    base = m["base"] if m else label
+    if base.startswith("autoattack"):
+        base = "autoattack"
+    steps = int(m["steps"]) if m and m["steps"] else None
+    restarts = int(m["r"]) if m and m["r"] else None
+    return base, steps, restarts
+
+
+def paper_value(numbers: dict[str, Any], label: str, eps: float | None) -> float | None:
+    """The paper's number for our attack ``label`` at ``eps`` from ``{'fgsm@0.2': 23.81}``."""
+    base, steps, _ = split_label(label)
+    for key, value in numbers.items():
+        try:
+            col = parse_column(key)
+        except DmlError:
+            continue
+        if col.attack != "benign" and col.matches(base, steps, eps):
+            return float(value)
+    return None

@@ -1,0 +1,170 @@
+"""The package's shape: layers that only import downward, no import circles, no private
+names across modules, thin CLI commands, and one home for each per-dataset fact."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "dmlcli"
+
+#: Each module's layer; a module may import its own layer (without circles) or lower ones.
+LAYERS: list[set[str]] = [
+    {"dmlcli.errors", "dmlcli.units", "dmlcli.version"},
+    {"dmlcli.runtime", "dmlcli.files"},
+    {"dmlcli.readers", "dmlcli.data", "dmlcli.results"},
+    {"dmlcli.models"},
+    {"dmlcli.attacks"},
+    {"dmlcli.eval", "dmlcli.train"},
+    {"dmlcli.store", "dmlcli.runner", "dmlcli.runs"},
+    {"dmlcli.report"},
+    {"dmlcli.api"},
+    {"dmlcli.cli", "dmlcli.__main__", "dmlcli"},
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _layer(module: str) -> int:
+    best = None
+    for i, group in enumerate(LAYERS):
+        for prefix in group:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (i, len(prefix))
+    assert best is not None, f"{module} is in no layer: add it to LAYERS"
+    return best[0]
+
+
+def _imports(module: str) -> list[tuple[str, str, int]]:
+    """(imported dmlcli module, imported name or '', line) for every import in ``module``,
+    at the top and inside functions."""
+    tree = ast.parse(MODULES[module].read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, "", node.lineno) for a in node.names if a.name.startswith("dmlcli")]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if not node.module.startswith("dmlcli"):
+                continue
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                if sub in MODULES:  # `from dmlcli import results`: the submodule
+                    out.append((sub, "", node.lineno))
+                else:
+                    out.append((node.module, alias.name, node.lineno))
+    return out
+
+
+def test_every_module_is_in_a_layer():
+    for module in MODULES:
+        _layer(module)
+
+
+def test_no_module_imports_a_higher_layer_or_a_private_name():
+    problems = []
+    for module in MODULES:
+        own = _layer(module)
+        for target, name, line in _imports(module):
+            if _layer(target) > own:
+                problems.append(f"{module}:{line} imports {target} (a higher layer)")
+            if name.startswith("_") and not name.startswith("__") and target != module:
+                problems.append(f"{module}:{line} imports the private {target}.{name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_layer_test_fails_on_an_upward_import():
+    assert _layer("dmlcli.models.ensemble") < _layer("dmlcli.store") < _layer("dmlcli.cli.app")
+    assert _layer("dmlcli.results") < _layer("dmlcli.eval.robustness") < _layer("dmlcli.report")
+
+
+def test_no_import_circles():
+    graph = {m: {t for t, _, _ in _imports(m) if t in MODULES and t != m} for m in MODULES}
+    # a package's __init__ importing its own submodules is not a circle
+    for m in graph:
+        graph[m] = {t for t in graph[m] if not t.startswith(m + ".")}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(t) :] + [t]))
+            if t not in state:
+                visit(t)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_every_module_imports_on_its_own():
+    """Each module imported first, in a fresh module table (circles hidden by import order
+    show up here)."""
+    code = (
+        "import importlib, sys\n"
+        f"names = {sorted(MODULES)!r}\n"
+        "for name in [*names, *reversed(names)]:\n"
+        "    for m in [m for m in sys.modules if m == 'dmlcli' or m.startswith('dmlcli.')]:\n"
+        "        del sys.modules[m]\n"
+        "    importlib.import_module(name)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+COMMAND_MODULES = ["attack", "transfer", "clever", "certify", "geometry", "detect", "train"]
+
+
+@pytest.mark.parametrize("name", COMMAND_MODULES + ["report", "ls", "merge"])
+def test_command_bodies_are_thin(name):
+    """A command parses, calls dmlcli.api and prints: its body is at most ~40 lines."""
+    import importlib
+
+    fn = importlib.import_module(f"dmlcli.cli.{name}").command
+    node = ast.parse(inspect.getsource(fn)).body[0]
+    body = node.body[1:] if isinstance(node.body[0], ast.Expr) else node.body  # no docstring
+    assert body[-1].end_lineno - body[0].lineno + 1 <= 40
+
+
+@pytest.mark.parametrize("name", COMMAND_MODULES)
+def test_command_defaults_are_the_api_defaults(name):
+    """Each option's default is read from the API function the command calls."""
+    import importlib
+
+    from dmlcli import api
+
+    fn = importlib.import_module(f"dmlcli.cli.{name}").command
+    api_params = inspect.signature(getattr(api, name)).parameters
+    for pname, p in inspect.signature(fn).parameters.items():
+        assert pname in api_params, f"dml {name} --{pname} is not a parameter of api.{name}"
+        if p.default is not inspect.Parameter.empty:
+            assert p.default == api_params[pname].default, pname
+
+
+def test_no_cli_module_writes_or_computes_results():
+    forbidden = ("write_result", "write_parquet", "save_tensors", "run_job", "torch")
+    for module, path in MODULES.items():
+        if not module.startswith("dmlcli.cli"):
+            continue
+        text = path.read_text()
+        for word in forbidden:
+            assert f"{word}(" not in text and f"import {word}" not in text, (module, word)
