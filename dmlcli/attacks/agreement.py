@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmlcli.attacks.base import AttackBase, CallProgress, Objective
+from dmlcli.attacks.base import AttackBase, CallProgress, Objective, ranked_wrong
 from dmlcli.errors import DmlError
 from dmlcli.models.aggregate import vote
 
@@ -71,12 +71,6 @@ def softmax_variance(draw_logits: torch.Tensor) -> torch.Tensor:
 def runner_up(draw_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The wrong class with the largest summed logit: ``[T, K, B, C]``, ``[B]`` -> ``[B]``."""
     return ranked_wrong(draw_logits, y, 1)[0]
-
-
-def ranked_wrong(draw_logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k`` wrong classes with the largest summed logits, best first: ``[k, B]``."""
-    summed = draw_logits.mean(0).sum(0).scatter(1, y[:, None], float("-inf"))  # [B, C]
-    return summed.topk(min(k, summed.shape[1] - 1), dim=1).indices.t()
 
 
 def agreement_loss(

@@ -25,6 +25,7 @@ from dmlcli.attacks.base import (
     CallProgress,
     Objective,
     check_budget,
+    check_target_classes,
     normalize,
     project,
 )
@@ -65,6 +66,7 @@ class APGD(AttackBase):
     seed: int = 0
     rho: float = 0.75
     keep: str = "adversarial"
+    target_classes: int = 0
     name: str = "apgd"
 
     def __post_init__(self) -> None:
@@ -74,6 +76,7 @@ class APGD(AttackBase):
             raise DmlError(f"{self.name}: steps and restarts must be at least 1")
         if self.keep not in KEEP:
             raise DmlError(f"{self.name}: keep must be one of {', '.join(KEEP)}")
+        check_target_classes(self)
 
     def setting(self) -> dict[str, Any]:
         return {**super().setting(), "step_size": 2 * self.eps}
@@ -149,7 +152,7 @@ class APGD(AttackBase):
         }
         if t is not None:
             s["t"] = t
-        hit = objective.fooled(logits, y, t)
+        hit = objective.success(x_adv, logits, y, t)
 
         def leave(mask: torch.Tensor) -> None:
             """Store the samples in ``mask`` as fooled by ``s['x_adv']`` and drop them."""
@@ -187,7 +190,7 @@ class APGD(AttackBase):
             s["x_best"][improved] = x_adv[improved]
             s["grad_best"][improved] = grad[improved]
             s["loss_best"][improved] = loss[improved]
-            fooled = objective.fooled(logits, s["y"], s.get("t"))
+            fooled = objective.success(x_adv, logits, s["y"], s.get("t"))
             if early and fooled.any():
                 leave(fooled)  # the fooling point is the iterate just evaluated
             elif fooled.any():

@@ -7,12 +7,18 @@ has no class scores). Versions: ``standard`` (APGD-CE, APGD-T, FAB-T, Square), `
 (``attacks`` list). ``auto`` picks ``rand`` when the model's head is randomized (R-DML,
 AUG-DML) and ``standard`` otherwise.
 
-Two honest caveats are recorded rather than hidden: AutoAttack decides success on the
-argmax of the scores it attacks (e.g. the summed logits), so it stops on a sample once the
-*sum* is fooled even if the *vote* is not (the result is then scored on the decision, and
-the adaptive suite's APGD checks the decision itself); and its own warnings (randomized
-defense, zero gradients, Square beating the white-box attacks, ...) are captured from its
-logger, the ``warnings`` module and stdout into ``self.warnings`` and never swallowed.
+AutoAttack decides success on the argmax of the scores it attacks (e.g. the summed logits),
+not on the decision that is scored (e.g. the majority vote): it never attacks a sample whose
+*sum* is already wrong (and returns it clean), and it stops on a sample once the *sum* is
+fooled even if the *vote* is not, dropping it from the later sub-attacks. With ``recheck``
+(the default) every sample whose *decision* is still right after AutoAttack is attacked
+again by APGD-CE and APGD-T (DLR, the top 9 wrong classes; :mod:`dmlcli.attacks.apgd`) that
+check the decision itself, with the objective's EOT draws: "AutoAttack on the sum, scored by
+the vote, + decision-checked APGD". ``counts`` records how many samples AutoAttack's own
+clean check skipped, how many were re-attacked and how many the re-check broke. Its own
+warnings (randomized defense, zero gradients, Square beating the white-box attacks, ...) are
+captured from its logger, the ``warnings`` module and stdout into ``self.warnings`` and
+never swallowed.
 
 AutoAttack runs once per call (``run_standard_evaluation``, all sub-attacks in one go: its
 checks, its clean pass and its hand-over of robust samples from one sub-attack to the next
@@ -33,6 +39,7 @@ from typing import Any, TextIO
 import torch
 from torch import nn
 
+from dmlcli.attacks.apgd import APGD
 from dmlcli.attacks.base import AttackBase, CallProgress, Objective, check_budget
 from dmlcli.attacks.surfaces import surface_scores
 from dmlcli.errors import DmlError
@@ -101,8 +108,10 @@ class AutoAttack(AttackBase):
     eot: int = 20
     seed: int = 0
     targeted: bool = False
+    recheck: bool = True
     name: str = "autoattack"
     warnings: list[str] = field(default_factory=list, repr=False)
+    counts: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         check_budget(self.norm, self.eps, self.name)
@@ -150,6 +159,7 @@ class AutoAttack(AttackBase):
             "loss": "autoattack",
             "restarts": 1,
             "step_size": None,
+            "recheck": self.recheck,
         }
 
     def _build(self, model: nn.Module, num_classes: int, version: str, device: Any) -> Any:
@@ -211,7 +221,7 @@ class AutoAttack(AttackBase):
                 warnings.simplefilter("always")
                 aa = self._build(scores, num_classes, version, x.device)
                 aa.verbose = False
-                _report_sub_attacks(aa, progress, console)
+                _report_sub_attacks(aa, progress.part(0, 2) if self.recheck else progress, console)
                 x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
         finally:
             logger.removeHandler(handler)
@@ -221,7 +231,54 @@ class AutoAttack(AttackBase):
         for message in sink:
             if message not in self.warnings:
                 self.warnings.append(message)
+        if self.recheck:
+            x_adv = self._recheck(objective, scores, x, y, x_adv, num_classes, progress.part(1, 2))
         return x_adv
+
+    def _recheck(
+        self,
+        objective: Objective,
+        scores: ScoresModel,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_adv: torch.Tensor,
+        num_classes: int,
+        progress: CallProgress,
+    ) -> torch.Tensor:
+        """APGD-CE, then APGD-T (DLR, top-9 targets), both checking the objective's decision,
+        on every sample whose decision AutoAttack's result still gets right."""
+        with torch.no_grad():
+            skipped = (scores(x).argmax(-1) != y) & (objective.predict(x) == y)
+            logits = objective.logits(x_adv)
+        still = ~objective.success(x_adv, logits, y, None)
+        out = x_adv.clone()
+        counts = {"aa_sum_wrong_vote_right": int(skipped.sum()), "rechecked": int(still.sum())}
+        broke = 0
+        followers = [
+            APGD(eps=self.eps, steps=self.steps, norm=self.norm, loss="ce", seed=self.seed),
+            APGD(
+                eps=self.eps,
+                steps=self.steps,
+                norm=self.norm,
+                loss="dlr",
+                seed=self.seed,
+                target_classes=min(9, num_classes - 1),
+            ),  # fmt: skip
+        ]
+        for i, attack in enumerate(followers):
+            idx = still.nonzero().squeeze(1)
+            if len(idx) == 0:
+                break
+            xa = attack(objective, x[idx], y[idx], progress=progress.part(i, len(followers)))
+            with torch.no_grad():
+                hit = objective.success(xa, objective.logits(xa), y[idx], None)
+            out[idx[hit]] = xa[hit]
+            still[idx[hit]] = False
+            broke += int(hit.sum())
+        counts["recheck_broke"] = broke
+        for key, value in counts.items():
+            self.counts[key] = self.counts.get(key, 0) + value
+        return out
 
 
 def _report_sub_attacks(aa: Any, progress: CallProgress, console: TextIO) -> None:

@@ -78,13 +78,23 @@ class Objective:
         eot: gradient draws averaged per step (expectation over transformation, Athalye et
             al. 2018) when the model is randomized (R-DML/AUG-DML heads); forced to 1 for a
             deterministic model, where extra draws would only repeat the same gradient.
+        confirm: fresh draws that must agree (by majority) before an attack on a randomized
+            model counts an iterate as a success (:meth:`success`): one lucky draw of the
+            noise is not a broken sample. Ignored for deterministic models.
     """
 
     def __init__(
-        self, model: nn.Module, surface: str = "sum", decision: str = "vote", eot: int = 1
+        self,
+        model: nn.Module,
+        surface: str = "sum",
+        decision: str = "vote",
+        eot: int = 1,
+        confirm: int = 10,
     ) -> None:
         if eot < 1:
             raise DmlError(f"EOT draws must be at least 1; got {eot}")
+        if confirm < 1:
+            raise DmlError(f"confirmation draws must be at least 1; got {confirm}")
         self.model = model
         self.num_members = int(getattr(model, "num_members", 1))
         self.randomized = bool(getattr(model, "randomized", False))
@@ -103,6 +113,7 @@ class Objective:
         self._surface = create_surface(surface, self.num_members)
         self._decide = create_decision(decision, sets)
         self.eot = eot if self.randomized else 1
+        self.confirm = confirm if self.randomized else 1
 
     def setting(self) -> dict[str, Any]:
         return {"surface": self.surface, "decision": self.decision, "eot": self.eot}
@@ -137,6 +148,23 @@ class Objective:
         pred = self._decide(logits)
         return pred != y if target is None else pred == target
 
+    @torch.no_grad()
+    def success(
+        self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Success flags ``[B]`` an attack may stop on: :meth:`fooled` on ``logits`` (of ``x``)
+        and, for a randomized model, also on the majority of ``confirm`` fresh draws."""
+        hit = self.fooled(logits, y, target)
+        if self.confirm <= 1 or not hit.any():
+            return hit
+        idx = hit.nonzero().squeeze(1)
+        t = None if target is None else target[idx]
+        votes = torch.stack(
+            [self.fooled(self.logits(x[idx]), y[idx], t) for _ in range(self.confirm)]
+        )
+        hit[idx] = votes.float().mean(0) > 0.5
+        return hit
+
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, loss: Loss, target: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +188,15 @@ class Objective:
 def as_objective(model: nn.Module | Objective) -> Objective:
     """``model`` itself if it is an :class:`Objective`, else the paper's (sum, vote)."""
     return model if isinstance(model, Objective) else Objective(model)
+
+
+def check_target_classes(attack: Any) -> None:
+    """``target_classes`` is a count >= 0, and excludes the targeted mode (one clear line)."""
+    k = attack.target_classes
+    if not isinstance(k, int) or k < 0:
+        raise DmlError(f"{attack.name}: target classes must be a count >= 0; got {k}")
+    if k and attack.targeted:
+        raise DmlError(f"{attack.name}: target classes and --targeted exclude each other")
 
 
 def check_budget(norm: str, eps: float | None, name: str) -> None:
@@ -211,6 +248,13 @@ def random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return (x + eps * normalize(torch.randn_like(x), "l2")).clamp(0.0, 1.0)
 
 
+def ranked_wrong(draw_logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` wrong classes with the largest summed logits, best first: ``[k, B]`` for
+    member logits ``[T, K, B, C]`` (T draws)."""
+    summed = draw_logits.mean(0).sum(0).scatter(1, y[:, None], float("-inf"))  # [B, C]
+    return summed.topk(min(k, summed.shape[1] - 1), dim=1).indices.t()
+
+
 def random_targets(y: torch.Tensor, num_classes: int, gen: torch.Generator) -> torch.Tensor:
     """A uniformly drawn wrong label per sample (Table 4's targeted attacks): ``[B]``."""
     shift = torch.randint(1, num_classes, y.shape, generator=gen)
@@ -253,6 +297,14 @@ class CallProgress:
         self.last = min(max(float(fraction), 0.0), 1.0)
         with torch.random.fork_rng(devices=self.devices):
             self.callback(self.last, info)
+
+    def part(self, index: int, count: int) -> CallProgress:
+        """The progress of part ``index`` of ``count`` equal parts of this call."""
+
+        def scaled(fraction: float, info: str) -> None:
+            self((index + fraction) / count, info)
+
+        return CallProgress(scaled if self.callback is not None else None, "cpu")
 
     def steps(self, done: int, total: int, info: str) -> None:
         """Report ``done`` of ``total`` units at every ~10% (and at the last unit)."""
@@ -304,6 +356,12 @@ class AttackBase:
     ``progress``: optional ``progress(fraction, info)``, called as a long attack goes
     (fraction of this call's work in [0, 1], non-decreasing) and always with 1.0 at the end
     of the call. It is passed down the call, never stored.
+
+    An attack with ``target_classes = k > 0`` is untargeted in what it scores but aims at
+    classes: it runs :meth:`forward` toward each of the ``k`` wrong classes with the largest
+    summed logits of the clean input (runner-up first, seed ``seed + i`` for the i-th), and
+    keeps per sample the first result whose decision is wrong (the first target's result
+    where none is): AutoAttack's APGD-T, and what the ``agree`` surfaces need.
     """
 
     name: str
@@ -328,9 +386,12 @@ class AttackBase:
         x = x.detach()
         prepared = self.prepare(objective, x)
         report = CallProgress(progress, x.device)
-        rng = seeded(self.seed, x.device) if self.reseed else contextlib.nullcontext()
-        with rng:
-            x_adv = self.forward(objective, x, y, target, report, **prepared).detach()
+        if getattr(self, "target_classes", 0):
+            x_adv = self._over_targets(objective, x, y, report, prepared)
+        else:
+            rng = seeded(self.seed, x.device) if self.reseed else contextlib.nullcontext()
+            with rng:
+                x_adv = self.forward(objective, x, y, target, report, **prepared).detach()
         check_output(self.name, x, x_adv)
         report.finish(f"{self.name}: done")
         return x_adv
@@ -345,6 +406,35 @@ class AttackBase:
     ) -> torch.Tensor:
         """The adversarial ``[B, C, H, W]`` of detached ``x`` (the step rule)."""
         raise NotImplementedError
+
+    def _over_targets(
+        self,
+        objective: Objective,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        report: CallProgress,
+        prepared: dict[str, Any],
+    ) -> torch.Tensor:
+        """:meth:`forward` toward each of the top ``target_classes`` wrong classes (see the
+        class docstring); ``[B, C, H, W]``."""
+        with seeded(self.seed, x.device), torch.no_grad():
+            ranked = ranked_wrong(objective.logits(x)[None], y, self.target_classes)  # [k, B]
+        out = x.clone()
+        done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for i, t in enumerate(ranked):
+            todo = (~done).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            part = report.part(i, len(ranked))
+            with seeded(self.seed + i, x.device):
+                xa = self.forward(objective, x[todo], y[todo], t[todo], part, **prepared)
+                xa = xa.detach()
+                hit = objective.success(xa, objective.logits(xa).detach(), y[todo], None)
+            if i == 0:
+                out[todo] = xa
+            out[todo[hit]] = xa[hit]
+            done[todo[hit]] = True
+        return out
 
     def resolve_target(
         self,

@@ -98,7 +98,7 @@ class CW(AttackBase):
         hit = torch.zeros(len(x), dtype=torch.bool, device=x.device)
 
         def check(xa: torch.Tensor, l2: torch.Tensor, logits: torch.Tensor) -> None:
-            ok = objective.fooled(logits, y, target)
+            ok = objective.success(xa, logits, y, target)
             if kappa > 0 and objective.surface != "members":
                 scores = surface_scores(objective.surface, logits)
                 ok &= cw_loss(scores, y, target) >= kappa

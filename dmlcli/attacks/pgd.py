@@ -24,6 +24,7 @@ from dmlcli.attacks.base import (
     Objective,
     ascent_step,
     check_budget,
+    check_target_classes,
     project,
     random_start,
 )
@@ -69,6 +70,7 @@ class PGD(AttackBase):
     targeted: bool = False
     seed: int = 0
     keep: str = "adversarial"
+    target_classes: int = 0
     random_start: bool = True
     name: str = "pgd"
 
@@ -79,6 +81,7 @@ class PGD(AttackBase):
             raise DmlError(f"{self.name}: steps and restarts must be at least 1")
         if self.keep not in KEEP:
             raise DmlError(f"{self.name}: keep must be one of {', '.join(KEEP)}")
+        check_target_classes(self)
         if self.step_size is None:
             self.step_size = 2.5 * self.eps / self.steps
         if self.step_size < 0:
@@ -117,7 +120,7 @@ class PGD(AttackBase):
             xa = random_start(xs, self.eps, self.norm) if self.random_start else xs.clone()
             for step in range(self.steps):
                 value, grad, logits = objective.loss_grad(xa, ys, loss_fn, ts)
-                hit = objective.fooled(logits, ys, ts)
+                hit = objective.success(xa, logits, ys, ts)
                 record(idx, xa, value, hit)
                 if early and hit.any():
                     keep = ~hit
@@ -136,7 +139,7 @@ class PGD(AttackBase):
             if len(idx):
                 with torch.no_grad():
                     value, logits = objective.loss(xa, ys, loss_fn, ts)
-                record(idx, xa, value, objective.fooled(logits, ys, ts))
+                record(idx, xa, value, objective.success(xa, logits, ys, ts))
             progress((r + 1) / self.restarts, f"{self.name}: restart {r + 1}/{self.restarts} done")
         return best
 

@@ -12,6 +12,13 @@ scores it on the majority vote; the surface and the decision rule are separate c
   member cannot dominate the direction when the loss saturates (``ce``) or is scale-free
   (``dlr``), unlike the summed logits.
 - ``member:k``: the loss of member k alone (1-based); transfer sources and Table 5.
+- ``agree`` (targeted only): ``sum_k l(z_k, t)``, every member's targeted loss toward one
+  wrong class ``t``, a member's term frozen once it votes ``t``. The vote is fooled when the
+  members agree on a wrong class; pushing each member away from ``y`` on its own (the
+  ``members`` surface) lets shuffled-center members land on different wrong classes and
+  ``y`` keep the plurality.
+- ``agree:nu`` (targeted only): the same over the ``nu`` members closest to voting ``t``
+  (largest targeted loss), the ones a threshold-nu decision (Eq. 8) or a majority needs.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dmlcli.attacks.losses import Loss
 from dmlcli.errors import DmlError
 from dmlcli.models.aggregate import parse_member
 
-SURFACES = ("sum", "mean-softmax", "members", "member:k")
+SURFACES = ("sum", "mean-softmax", "members", "member:k", "agree", "agree:nu")
 Surface = Callable[[torch.Tensor, torch.Tensor, Loss, "torch.Tensor | None"], torch.Tensor]
 
 
@@ -32,8 +39,14 @@ def list_surfaces(members: int | None = None) -> list[str]:
     """Names accepted by :func:`create_surface` (``member:k`` spelled out when K is known)."""
     names = ["sum", "mean-softmax", "members"]
     if members is None:
-        return [*names, "member:k"]
-    return names + [f"member:{k}" for k in range(1, members + 1)]
+        return [*names, "member:k", "agree", "agree:nu"]
+    per = [f"member:{k}" for k in range(1, members + 1)]
+    return names + per + ["agree"] + [f"agree:{nu}" for nu in range(1, members + 1)]
+
+
+def needs_target(name: str) -> bool:
+    """True for the surfaces that pull members toward a target class (``agree``)."""
+    return name == "agree" or name.startswith("agree:")
 
 
 def surface_scores(name: str, logits: torch.Tensor) -> torch.Tensor:
@@ -59,6 +72,23 @@ def _members(
     return total
 
 
+def _agree(
+    logits: torch.Tensor, y: torch.Tensor, loss: Loss, target: torch.Tensor | None, nu: int
+) -> torch.Tensor:
+    if target is None:
+        raise DmlError("the agree surfaces pull members toward a target class: use a targeted "
+                       "attack or target classes (--target-classes)")  # fmt: skip
+    terms = []
+    for z in logits:
+        term = loss(z, y, target)
+        terms.append(torch.where(z.argmax(-1) == target, term.detach(), term))
+    stacked = torch.stack(terms)  # [K, B]
+    if nu >= len(stacked):
+        return stacked.sum(0)
+    chosen = stacked.detach().topk(nu, dim=0).indices  # the nu members closest to t
+    return stacked.gather(0, chosen).sum(0)
+
+
 def create_surface(name: str, members: int) -> Surface:
     """Surface ``name`` for a K-member model: ``(logits [K,B,C], y, loss, target) -> [B]``."""
     if name == "members":
@@ -68,4 +98,14 @@ def create_surface(name: str, members: int) -> Surface:
     if name.startswith("member:"):
         k = parse_member(name, members)
         return lambda logits, y, loss, target: loss(logits[k], y, target)
+    if name == "agree":
+        return lambda logits, y, loss, target: _agree(logits, y, loss, target, members)
+    if name.startswith("agree:"):
+        try:
+            nu = int(name.split(":", 1)[1])
+        except ValueError:
+            nu = 0
+        if not 1 <= nu <= members:
+            raise DmlError(f"{name!r}: nu must be an integer in 1..{members}")
+        return lambda logits, y, loss, target: _agree(logits, y, loss, target, nu)
     raise DmlError(f"unknown surface {name!r}; choose one of {', '.join(list_surfaces(members))}")
