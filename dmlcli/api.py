@@ -35,7 +35,13 @@ from dmlcli.eval import detect as det
 from dmlcli.eval import geometry as geo
 from dmlcli.eval import robustness as rob
 from dmlcli.eval import transfer as tr
-from dmlcli.files import read_parquet, read_tensors, save_tensors, write_parquet
+from dmlcli.files import (
+    read_parquet,
+    read_tensor_digest,
+    read_tensors,
+    save_tensors,
+    write_parquet,
+)
 from dmlcli.models.aggregate import list_decisions
 from dmlcli.models.config import resolve_config
 from dmlcli.models.ensemble import Ensemble
@@ -51,6 +57,7 @@ from dmlcli.units import parse_eps
 __all__ = [
     "attack",
     "certify",
+    "check",
     "clever",
     "detect",
     "geometry",
@@ -272,6 +279,7 @@ def attack(
     restarts: int | None = None,
     norm: str | None = None,
     targeted: bool = False,
+    target_classes: int | None = None,
     pgd_restarts: int = 5,
     cw_c: float = 1.0,
     cw_steps: int = 200,
@@ -285,6 +293,8 @@ def attack(
     aa_attack: Sequence[str] | None = None,
     aa_steps: int = 100,
     square_queries: int = 5000,
+    targets: int = 3,
+    score_draws: int = 20,
     surrogate: str | None = None,
     batch_size: int = 500,
     shard: str | None = None,
@@ -295,11 +305,14 @@ def attack(
     progress: Reporter | None = None,
 ) -> pd.DataFrame:
     """White-box robustness of each run: the suites ``paper`` (FGSM, BIM-10, PGD-10,
-    PGD-20/40, CW-L2 on the summed logits, scored by the vote), ``autoattack`` and
-    ``adaptive`` (APGD on every surface, EOT, transfer from ``surrogate``), and attacks named
-    in ``attack``, at every ``eps`` (default: the dataset's eps of the paper). Returns one row
-    per (sample, attack setting) of every run (schema ``attack``), and with the adaptive
-    suite the per-sample worst case per (eps, decision) (schema ``worst-case``).
+    PGD-20/40, CW-L2 on the summed logits, scored by the vote), ``autoattack`` (re-checked on
+    the decision) and ``adaptive`` (APGD on every surface, APGD-T and agreement attacks toward
+    the ``targets`` likeliest wrong classes, EOT, transfer from ``surrogate``), and attacks
+    named in ``attack``, at every ``eps`` (default: the dataset's eps of the paper). A
+    randomized decision is scored on ``score_draws`` draws. Returns one row per (sample,
+    attack setting) of every run (schema ``attack``), then the stored per-sample worst case
+    of each run over every stored L-inf attack result of its checkpoint (schema
+    ``worst-case``; recomputed whenever those results change).
     """
     shard_of = parse_shard(shard)
     names = _list(attack)
@@ -318,7 +331,7 @@ def attack(
         apgd_restarts=apgd_restarts, eot=eot,
         aa_version="custom" if aa_attack and aa_version == "auto" else aa_version,
         aa_attacks=tuple(aa_attack or ()), aa_steps=aa_steps, square_queries=square_queries,
-        surfaces=tuple(surface or ()),
+        surfaces=tuple(surface or ()), targets=targets, score_draws=score_draws,
     )  # fmt: skip
     budgets.validate()
     eps_values = [parse_eps(e) for e in eps] if eps else None
@@ -343,6 +356,7 @@ def attack(
         "loss": loss,
         "norm": norm,
         "targeted": targeted or None,
+        "target_classes": target_classes,
     }
     plans = []  # every job of every run is built (and so checked) before any attack runs
     for r in opened:
@@ -364,24 +378,46 @@ def attack(
             )  # fmt: skip
             for spec in specs
         ]
-        plans.append((r, specs, jobs))
+        plans.append((r, jobs))
     outcomes: list[Outcome] = []
-    for r, specs, jobs in plans:
+    for r, jobs in plans:
         r.model.to(dev)
         if sur is not None:
             sur.model.to(dev)
-        done = run_jobs(store, jobs, force=force, shard=shard_of, progress=progress)
-        outcomes += done
-        if "adaptive" in suites and shard_of is None:
-            for (e, dec), members in rob.worst_case_groups(specs).items():
-                job = rob.worst_case_job(
-                    r, [done[i].rows for i in members], [specs[i].label for i in members],
-                    n=n, seed=seed, eps=e, decision=dec,
-                    components=[specs[i].key() for i in members],
-                )  # fmt: skip
-                outcomes += run_jobs(store, [job], force=force, progress=progress)
+        outcomes += run_jobs(store, jobs, force=force, shard=shard_of, progress=progress)
+        if shard_of is None:
+            outcomes += refresh_worst_cases(store, r, progress=progress)
         r.model.cpu()
     return _rows(outcomes)
+
+
+def refresh_worst_cases(
+    store: Store, run: Run, *, progress: Reporter | None = None
+) -> list[Outcome]:
+    """Recompute ``run``'s stored worst cases (schema ``worst-case``): per (eps, decision,
+    samples, seed, scoring draws), the per-sample minimum over every stored L-inf attack
+    result of the run's current checkpoint, whatever command or suite wrote it. A worst case
+    whose component files are unchanged is read back; results of other checkpoints (stale)
+    and unreadable ones are left out."""
+    groups: dict[tuple, list[tuple[Path, str]]] = {}
+    for path in store.list_results("attack", run.name):
+        try:
+            meta = store.result_meta(path)
+        except DmlError:
+            continue
+        setting = meta["setting"]
+        key = rob.worst_case_key(setting)
+        if key is not None and setting.get("checkpoint") == run.checkpoint:
+            groups.setdefault(key, []).append((path, f"{path.name}@{meta['created']}"))
+    outcomes = []
+    for key, members in sorted(groups.items()):
+        components = sorted(c for _, c in members)
+        frames = [store.read_result(p)[0] for p, _ in members]
+        job = rob.worst_case_job(run, key, frames, components)
+        path = store.result_path(job.kind, job.run, job.setting)
+        stale = not path.is_file() or store.result_meta(path).get("components") != components
+        outcomes += run_jobs(store, [job], force=stale, progress=progress)
+    return outcomes
 
 
 # -- transfer ---------------------------------------------------------------------------------
@@ -477,7 +513,7 @@ def clever(
     batch_size: int = 1024,
     pool_factor: int = 10,
     target: str = "sum",
-    c_init: float = 1.0,
+    c_init: float | Sequence[float] | None = None,
     grad_batch: int = 512,
     data_dir: PathLike | None = None,
     part_size: int = 10,
@@ -489,11 +525,14 @@ def clever(
     progress: Reporter | None = None,
 ) -> pd.DataFrame:
     """Untargeted CLEVER scores (Weng et al. 2018) of ``target`` per sample (Fig. 1, 7, 8;
-    schema ``clever``); the result's metadata holds the DML head's Lipschitz bounds."""
+    schema ``clever``); the result's metadata holds the DML head's Lipschitz bounds.
+    ``c_init``: the Weibull shape start(s) of the fit, the best (KS p-value) kept; default
+    Weng et al.'s ``0.1 1 5 10 20 50 100``."""
     shard_of = _part_options(shard, part_size)
+    starts = cl.SHAPE_STARTS if c_init is None else c_init
     settings = cl.CleverSettings(
         norm=cl.parse_norm(norm), radius=radius, nb_batches=nb_batches,
-        batch_size=batch_size, pool_factor=pool_factor, c_init=c_init, grad_batch=grad_batch,
+        batch_size=batch_size, pool_factor=pool_factor, c_init=starts, grad_batch=grad_batch,
     ).validate()  # fmt: skip
     dev = resolve_device(device)
     store = Store(artifacts)
@@ -625,6 +664,7 @@ def detect(
     *,
     method: str = "vote",
     attack: Sequence[str] | None = None,
+    fit_attack: Sequence[str] | None = None,
     eps: str | float = "0.3",
     n: int = 1000,
     nu: int | None = None,
@@ -651,14 +691,20 @@ def detect(
 ) -> pd.DataFrame:
     """Adversary detection by member disagreement (``vote``, Eq. 8) or uncertainty and a
     logistic regression (A.5.1), against FGSM, PGD and an adaptive attack that knows the
-    detector; one ``detect`` result per attack (plus its ROC). ``attrs['nu']`` and
-    ``attrs['fpr']`` are the operating points the command prints."""
+    detector. The regression is fit once on the fit half (benign + noisy vs the adversarials
+    of ``fit_attack``, default fgsm and pgd, crafted even when not in ``attack``), frozen, and
+    every attack (the adaptive one included) is scored against it on the eval half. One
+    ``detect`` result holds the rows of every attack, one ``detect-roc`` result their ROC
+    points; the rows of the ``detect`` result are returned. ``attrs['nu']`` and
+    ``attrs['fpr']`` are the operating points the command prints (``results.detect_nu_table``
+    and ``results.detector_table``), ``attrs['aucs']`` the AUC per attack."""
     if parse_shard(shard) is not None:
         raise DmlError(
             "dml detect cannot be sharded: its detector is fit on every sample; run it in one "
             "process (unset WORLD_SIZE under torchrun); an interrupted run resumes its batches"
         )
     attacks = det.check_attacks(_list(attack) or list(DETECT_ATTACKS))
+    fit_attacks = det.check_fit_attacks(_list(fit_attack) or list(det.FIT_ATTACKS))
     results.check_fpr(fpr)
     eps_value = parse_eps(eps)
     step_value = parse_eps(step_size) if step_size is not None else None
@@ -680,6 +726,8 @@ def detect(
     if draws is not None and draws < 1:
         raise DmlError(f"--draws must be at least 1; got {draws}")
     notes = []
+    if method != "uncertainty" and fit_attack is not None:
+        notes.append("--fit-attack applies to --method uncertainty only; the vote fits nothing")
     if not r.randomized:
         if draws not in (None, 1):
             notes.append("deterministic head: every draw is the same; --draws 1")
@@ -690,26 +738,27 @@ def detect(
         steps=steps, step_size=step_value, adaptive_loss=adaptive_loss,
         adaptive_targets=adaptive_targets, var_weight=var_weight,
         eot=eot if eot is not None else draws, batch_size=batch_size,
+        attacks=tuple(attacks), fit_attacks=tuple(fit_attacks),
     )  # fmt: skip
     settings.validate()
     for note in notes:
         (progress or Reporter()).note(note)
-    cached = [
-        store.result_path("detect", r.name, det.detect_setting(r, settings, a, n)) for a in attacks
-    ]
+    cached = store.result_path("detect", r.name, det.detect_setting(r, settings, n))
     outcomes: list[Outcome] = []
-    if force or not all(p.is_file() for p in cached):
+    if force or not cached.is_file():
         images, labels, indices = _test_data(r, n, seed, data_dir)
         r.model.to(dev)
         x = images[indices].float().div_(255.0)
         data = det.prepare(r.model, x, labels[indices], indices.numpy(), settings)
-        jobs = [det.detect_job(r, data, a, settings, n) for a in attacks]
-        outcomes = run_jobs(store, jobs, force=force, progress=progress)
+        job = det.detect_job(r, data, settings, n)
+        outcomes = run_jobs(store, [job], force=force, progress=progress)
     else:
-        jobs = [det.detect_job(r, det.Benign.empty(), a, settings, n) for a in attacks]
-        outcomes = run_jobs(store, jobs, progress=progress)
+        job = det.detect_job(r, det.Benign.empty(), settings, n)
+        outcomes = run_jobs(store, [job], progress=progress)
     df = _rows(outcomes)
     df.attrs.update(nu=nu, fpr=fpr, method=method, eps=eps_value, attacks=attacks)
+    df.attrs.update(fit_attacks=fit_attacks if method == "uncertainty" else [])
+    df.attrs["aucs"] = dict(outcomes[0].meta.get("aucs", {}))
     return df
 
 
@@ -769,16 +818,27 @@ def merge(runs: Sequence[str] | None = None, *, artifacts: PathLike | None = Non
     )
 
 
-def ls(*, artifacts: PathLike | None = None) -> pd.DataFrame:
-    """The runs in the store: name, dataset, K, head, benign vote accuracy, date, results."""
+def ls(
+    *, stale: bool = False, remove_stale: bool = False, artifacts: PathLike | None = None
+) -> pd.DataFrame:
+    """The runs in the store: name, dataset, K, head, benign vote accuracy, date, results, and
+    how many of those results are stale (computed from another checkpoint of the run, e.g.
+    before a ``train --force``, or of another schema version; never used by the worst case
+    or the report).
+    ``attrs['stale']`` lists the stale files; ``remove_stale`` deletes them."""
     store = Store(artifacts)
     rows: list[dict[str, Any]] = []
+    old: list[Path] = []
     for name in store.list_runs():
         try:
             config, meta = checkpoint_config(store.checkpoint_path(name))
+            digest = read_tensor_digest(store.checkpoint_path(name))
         except DmlError as exc:
             rows.append({"run": name, "problem": str(exc)})
             continue
+        files = store.list_results(run=name)
+        mine = [p for p in files if _checkpoint_of(store, p) != digest]
+        old += mine
         rows.append(
             {
                 "run": name,
@@ -787,9 +847,93 @@ def ls(*, artifacts: PathLike | None = None) -> pd.DataFrame:
                 "head": config.head,
                 "vote": meta.get("benign", {}).get("vote"),
                 "saved": str(meta.get("saved", ""))[:19],
-                "results": len(store.list_results(run=name)),
+                "results": len(files) - len(mine),
+                "stale": len(mine),
                 "problem": "",
             }
         )
-    cols = ["run", "dataset", "members", "head", "vote", "saved", "results", "problem"]
-    return pd.DataFrame(rows, columns=cols)
+    if remove_stale:
+        for path in old:
+            path.unlink(missing_ok=True)
+    cols = ["run", "dataset", "members", "head", "vote", "saved", "results", "stale", "problem"]
+    df = pd.DataFrame(rows, columns=cols)
+    df.attrs.update(stale=[str(p) for p in old], removed=remove_stale)
+    return df
+
+
+def _checkpoint_of(store: Store, path: Path) -> str | None:
+    """The checkpoint digest a stored result was computed from (None if unreadable or of
+    another schema version)."""
+    try:
+        return store.result_meta(path)["setting"].get("checkpoint")
+    except DmlError:
+        return None
+
+
+# -- check ------------------------------------------------------------------------------------
+def check(
+    run: str,
+    *,
+    baseline: str | None = None,
+    surrogate: str | None = None,
+    eps: str | float | None = None,
+    large_eps: str | float | None = None,
+    n: int = 200,
+    decision: str = "vote",
+    steps: int = 20,
+    restarts: int = 1,
+    square_queries: int = 1000,
+    eot: int = 10,
+    batch_size: int = 500,
+    data_dir: PathLike | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    force: bool = False,
+    artifacts: PathLike | None = None,
+    progress: Reporter | None = None,
+) -> pd.DataFrame:
+    """Sanity checks for gradient masking and failed attacks (Carlini et al. 2019; AutoAttack's
+    checks; Pintor et al. 2022) on ``n`` samples at ``eps`` (default: the dataset's first
+    paper eps): iterative vs single-step, more budget, a large eps (default 4x the largest
+    paper eps, at most 0.5) and the eps sweep, Square (and a transfer from ``surrogate``) vs
+    the white-box attacks per sample, zero input gradients per surface, randomness and, with
+    ``baseline``, that the attacks break an undefended model. One ``check`` result: one row
+    per check (``status`` pass/warn/fail, ``value``, ``threshold``, ``detail``)."""
+    from dmlcli.eval import check as chk
+
+    if n < 1:
+        raise DmlError(f"--n must be at least 1; got {n}")
+    _check_batch(batch_size)
+    eps_value = parse_eps(eps) if eps is not None else None
+    large_value = parse_eps(large_eps) if large_eps is not None else None
+    dev = resolve_device(device)
+    store = Store(artifacts)
+    r = open_run(run, store)
+    info = dataset_info(r.dataset)
+    eps_value = eps_value if eps_value is not None else parse_eps(info.paper_eps[0])
+    if large_value is None:
+        large_value = chk.default_large_eps(info, eps_value)
+    settings = chk.CheckSettings(
+        eps=eps_value, large_eps=large_value, decision=decision, steps=steps,
+        restarts=restarts, square_queries=square_queries, eot=eot, batch_size=batch_size,
+    ).validate()  # fmt: skip
+    choices = list_decisions(r.num_members)
+    if decision not in choices:
+        raise DmlError(f"unknown decision {decision!r}; choose one of {', '.join(choices)}")
+    others = {}
+    for flag, ref in (("--baseline", baseline), ("--surrogate", surrogate)):
+        other = open_run(ref, store) if ref else None
+        if other is not None and other.dataset != r.dataset:
+            raise DmlError(f"{flag} {other.name} was trained on {other.dataset}, not {r.dataset}")
+        others[flag] = other
+    images, labels, indices = _test_data(r, n, seed, data_dir)
+    job = chk.check_job(
+        r, images, labels, indices, settings, seed=seed, baseline=others["--baseline"],
+        surrogate=others["--surrogate"], device=dev,
+    )  # fmt: skip
+    for m in (r, *others.values()):
+        if m is not None:
+            m.model.to(dev)
+    df = _rows(run_jobs(store, [job], force=force, progress=progress))
+    df.attrs.update(eps=settings.eps, large_eps=settings.large_eps, n=n, seed=seed)
+    return df

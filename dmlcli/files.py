@@ -103,6 +103,12 @@ def read_tensor_meta(path: Path) -> dict[str, Any]:
     return _meta_of(header, path)
 
 
+def read_tensor_digest(path: Path) -> str:
+    """The SHA-256 a file written by :func:`save_tensors` records for its tensors (read from
+    its header; :func:`read_tensors` is what verifies it)."""
+    return str(_header(path).get("sha256", ""))
+
+
 def _header(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise DmlError(f"checkpoint {path} does not exist")

@@ -80,6 +80,11 @@ def _c(spec: str) -> tuple[Column, ...]:
     return tuple(out)
 
 
+_ATTACK_OUTCOME = (
+    "target:int clean_pred:int adv_pred:int member_{k}:int clean_correct:bool adv_correct:bool "
+    "robust:bool score_draws:int clean_correct_rate:float adv_correct_rate:float "
+    "target_hit:bool linf:float l2:float seconds:float"
+)
 _ATTACK_SETTING = (
     "run:str checkpoint:str dataset:str sample:int label:int attack:str suite:str norm:str "
     "eps:float? steps:int? step_size:float? restarts:int? targeted:bool loss:str? surface:str? "
@@ -90,26 +95,24 @@ SCHEMAS: dict[str, Schema] = {
     for s in [
         Schema(
             "attack",
-            2,
-            _c(
-                _ATTACK_SETTING + " target:int clean_pred:int adv_pred:int member_{k}:int "
-                "clean_correct:bool adv_correct:bool robust:bool target_hit:bool linf:float "
-                "l2:float seconds:float"
-            ),
+            3,
+            _c(_ATTACK_SETTING + " " + _ATTACK_OUTCOME),
             "White-box robustness: one row per evaluation sample and attack setting. A sample "
             "the decision gets wrong is not attacked and never robust (robust = clean_correct "
-            "& adv_correct).",
+            "& adv_correct). A randomized decision is the majority over score_draws draws; "
+            "*_correct_rate is the share of draws that are right.",
         ),
         Schema(
             "worst-case",
-            2,
+            3,
             _c(
-                _ATTACK_SETTING + " target:int clean_pred:int adv_pred:int member_{k}:int "
-                "clean_correct:bool adv_correct:bool robust:bool target_hit:bool linf:float "
-                "l2:float seconds:float broken_by:str"
+                "run:str checkpoint:str dataset:str sample:int label:int eps:float norm:str "
+                "decision:str seed:int score_draws:int clean_correct:bool robust:bool "
+                "broken_by:str attacks:int adv_pred:int member_{k}:int linf:float l2:float"
             ),
-            "Per-sample worst case over several attack results: robust only if every one left "
-            "the sample robust; broken_by names the first attack that did not.",
+            "Per-sample worst case over every stored L-inf attack result of one checkpoint at "
+            "one eps, decision, sample set and seed: robust only if every attack left the "
+            "sample robust; broken_by names the first attack (in suite order) that did not.",
         ),
         Schema(
             "adv-examples",
@@ -132,7 +135,7 @@ SCHEMAS: dict[str, Schema] = {
         ),
         Schema(
             "cw-distortion",
-            2,
+            3,
             _c(
                 "run:str checkpoint:str dataset:str sample:int label:int source:str scored:str "
                 "attack:str kappa:float targeted:bool decision:str seed:int target:int "
@@ -140,11 +143,12 @@ SCHEMAS: dict[str, Schema] = {
                 "adv_correct:bool robust:bool fooled:bool linf:float l2:float seconds:float"
             ),
             "Adaptive CW-L2 on the ensemble or one member (Tables 5, 12): the distortion it "
-            "needed per sample (0 where it failed).",
+            "needed per sample (0 where it failed); fooled only counts samples the attacked "
+            "model classified correctly.",
         ),
         Schema(
             "clever",
-            2,
+            3,
             _c(
                 "sample:int idx:int label:int pred:int correct:bool model:str score:float "
                 "score_label:float argmin_class:int seconds:float margin:list location:list "
@@ -152,7 +156,9 @@ SCHEMAS: dict[str, Schema] = {
                 "fit_status:list"
             ),
             "CLEVER scores (Weng et al. 2018) per sample; score_label is 0 where the "
-            "prediction is wrong (the paper's non-zero count).",
+            "prediction is wrong (the paper's non-zero count is of score_label). fit_status "
+            "per class: ok, boundary, capped (the Weibull location hit its upper bound: the "
+            "score may be too high), ill-conditioned or degenerate. Version 3: multi-start fit.",
             id_column="idx",
         ),
         Schema(
@@ -185,20 +191,36 @@ SCHEMAS: dict[str, Schema] = {
         ),
         Schema(
             "detect",
-            2,
+            3,
             _c(
                 "sample:int label:int kind:str attack:str eps:float method:str vote:int "
                 "dissent:int uncertainty:float pred_member_{k}:int flagged_nu_{k}:bool "
                 "linf:float half:str lr_score:float? flagged_lr:bool?"
             ),
-            "Detection (A.4, A.5): one row per correct sample and kind (benign, noisy, "
-            "adversarial) with the detector's inputs and flags.",
+            "Detection (A.4, A.5): one result per method and setting holding every evaluated "
+            "attack: the benign and noisy rows of each correct sample once (attack empty), "
+            "then one adversarial row per sample and attack, with the detector's inputs and "
+            "flags. The uncertainty regression (lr_score) is one detector, fit once on the fit "
+            "half (metadata fit_attacks, lr_fit_samples, detector) and frozen.",
         ),
         Schema(
             "detect-roc",
-            2,
+            3,
             _c("method:str attack:str eps:float fpr:float tpr:float threshold:float auc:float"),
-            "ROC points of a detector.",
+            "ROC points of a detector, for every attack of its detect result (attack column).",
+            id_column="",
+        ),
+        Schema(
+            "check",
+            1,
+            _c(
+                "run:str checkpoint:str dataset:str n:int seed:int eps:float large_eps:float "
+                "decision:str baseline:str? surrogate:str? check:str status:str value:float? "
+                "threshold:float detail:str"
+            ),
+            "Sanity checks for gradient masking and failed attacks (dml check): one row per "
+            "check with its status (pass, warn, fail), measured value, the threshold above "
+            "which it stops passing and one sentence of detail.",
             id_column="",
         ),
     ]
@@ -293,37 +315,64 @@ def robust_accuracy(df: pd.DataFrame) -> tuple[float, float]:
     return 100.0 * float(df["clean_correct"].mean()), 100.0 * float(df["robust"].mean())
 
 
-def worst_case(frames: Sequence[pd.DataFrame], names: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per-sample worst case of attack results: robust only where every frame's row is robust.
+def sum_scored_robust(df: pd.DataFrame, counts: Mapping[str, int] | None) -> float:
+    """AutoAttack's robust accuracy (%) as the paper scores it (on the sum, scored by the
+    vote, before the decision-checked re-attack) from a re-checked result's rows and its
+    ``counts``: the stored robust accuracy plus the samples the re-check broke."""
+    broke = (counts or {}).get("recheck_broke", 0)
+    return robust_accuracy(df)[1] + 100.0 * broke / max(len(df), 1)
+
+
+SUITE_ORDER = ("paper", "custom", "autoattack", "adaptive")
+
+
+def attack_name(df: pd.DataFrame) -> str:
+    """How the worst case names the attack of one result: ``apgd-ce (members)``,
+    ``transfer-apgd-ce from digits-baseline``."""
+    label = str(first(df, "attack"))
+    surrogate = first(df, "surrogate")
+    return f"{label} from {surrogate}" if surrogate else f"{label} ({first(df, 'surface')})"
+
+
+def worst_case(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per-sample worst case of attack results (schema ``worst-case``): a sample is robust only
+    where every frame's row is robust, and counts as clean-correct only where every frame
+    says so (a randomized decision's clean draws may differ between results).
 
     The frames must hold the same samples in the same order (the same seeded evaluation
-    subset) and the same decision. Each row takes its adversarial prediction, member
-    predictions and distortion from the first attack that broke the sample; ``broken_by``
-    names it (``names[i]``, default the ``attack`` column; empty where none did).
+    subset) at one eps and decision. ``broken_by`` (:func:`attack_name`), the adversarial
+    prediction, member predictions and distortion come from the first frame, in
+    :data:`SUITE_ORDER` then label order, that broke the sample.
     """
     if not frames:
         raise DmlError("the worst case needs at least one attack result")
-    first_frame = frames[0].reset_index(drop=True)
-    for f in frames[1:]:
-        if list(f["sample"]) != list(first_frame["sample"]):
+    order = sorted(
+        frames,
+        key=lambda f: (
+            SUITE_ORDER.index(first(f, "suite")) if first(f, "suite") in SUITE_ORDER else 9,
+            attack_name(f),
+        ),
+    )
+    base = order[0].reset_index(drop=True)
+    for f in order[1:]:
+        if list(f["sample"]) != list(base["sample"]):
             raise DmlError("worst case: the attack results do not cover the same samples")
-    names = list(names) if names is not None else [str(f["attack"].iloc[0]) for f in frames]
-    robust = pd.concat([f["robust"].reset_index(drop=True) for f in frames], axis=1).all(axis=1)
-    out = first_frame.copy()
+    stack = [f.reset_index(drop=True) for f in order]
+    clean = pd.concat([f["clean_correct"] for f in stack], axis=1).all(axis=1)
+    robust = pd.concat([f["robust"] for f in stack], axis=1).all(axis=1) & clean
+    out = base[["run", "checkpoint", "dataset", "sample", "label", "eps", "norm", "decision",
+                "seed", "score_draws"]].copy()  # fmt: skip
+    out["clean_correct"] = clean
+    out["robust"] = robust
     out["broken_by"] = ""
-    pick = [*member_columns(out), "adv_pred", "adv_correct", "linf", "l2"]
-    for name, f in reversed(list(zip(names, frames, strict=True))):  # the first breaker wins
-        f = f.reset_index(drop=True)
-        broken = ~f["robust"].astype(bool) & f["clean_correct"].astype(bool)
+    out["attacks"] = len(stack)
+    pick = [*member_columns(base), "adv_pred", "linf", "l2"]
+    for c in pick:
+        out[c] = base[c]
+    for f in reversed(stack):  # the first breaker in order wins: it is written last
+        broken = ~f["robust"].astype(bool) & clean
         out.loc[broken, pick] = f.loc[broken, pick].to_numpy()
-        out.loc[broken, "broken_by"] = name
-    out["robust"] = robust.to_numpy()
-    out["adv_correct"] = out["adv_correct"].astype(bool) & (robust | ~out["clean_correct"])
-    out["attack"] = "worst-case"
-    out["suite"] = "worst-case"
-    for col in ("steps", "step_size", "restarts", "loss", "surface", "eot", "surrogate"):
-        out[col] = None
-    out["seconds"] = sum(f["seconds"].reset_index(drop=True) for f in frames)
+        out.loc[broken, "broken_by"] = attack_name(f)
     return frame("worst-case", out)
 
 
@@ -346,13 +395,26 @@ def fine_radii(rows: pd.DataFrame, step: float = 0.01) -> list[float]:
 
 # -- CLEVER -------------------------------------------------------------------------------------
 def score_quantiles(
-    scores: np.ndarray, qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
-) -> dict[str, float]:
-    """Quantiles, mean and the count of scores above 0.2 (the threshold of Fig. 7, 8)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    out = {f"q{int(round(100 * q))}": float(np.quantile(scores, q)) for q in qs}
+    rows: pd.DataFrame, column: str = "score", qs: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+) -> dict[str, Any]:
+    """Quantiles and mean of ``column`` (``score`` or ``score_label``) of CLEVER ``rows``, and
+    the counts the paper reports, always of ``score_label`` whatever ``column`` is (``score``
+    is never 0; ``score_label`` is 0 where the prediction is wrong):
+    ``score_label>0`` (Fig. 1's non-zero scores) and ``score_label>0.2`` (Fig. 7, 8), with
+    ``counted`` naming that column; ``capped``: samples with a Weibull fit whose location hit
+    its cap (their score may be too high), ``capped_fits`` of ``fits`` fits; ``n`` samples."""
+    scores = rows[column].to_numpy(dtype=np.float64)
+    label = rows["score_label"].to_numpy(dtype=np.float64)
+    out: dict[str, Any] = {"column": column, "n": len(scores)}
+    out.update({f"q{int(round(100 * q))}": float(np.quantile(scores, q)) for q in qs})
     out["mean"] = float(scores.mean())
-    out["above_0.2"] = int((scores > CLEVER_THRESHOLD).sum())
+    out["counted"] = "score_label"
+    out["score_label>0"] = int((label > 0).sum())
+    out[f"score_label>{CLEVER_THRESHOLD:g}"] = int((label > CLEVER_THRESHOLD).sum())
+    statuses = [list(s) for s in rows["fit_status"]] if "fit_status" in rows else []
+    out["capped"] = sum("capped" in s for s in statuses)
+    out["capped_fits"] = sum(s.count("capped") for s in statuses)
+    out["fits"] = sum(sum(1 for v in s if v) for s in statuses)
     return out
 
 
@@ -413,7 +475,8 @@ def _pct(mask: pd.Series) -> float:
 
 
 def rates(df: pd.DataFrame, flag: str) -> dict[str, float]:
-    """Rates (%) for the flag column ``flag`` of one attack's detection rows.
+    """Rates (%) for the flag column ``flag`` of one attack's detection rows (its
+    adversarials and the benign and noisy rows, e.g. :func:`attack_rows`).
 
     ``benign_acc``: benign answered and right; ``fpr`` / ``fpr_noisy``: benign / noisy
     flagged; ``detected``: adversarials flagged; ``undetected_wrong``: adversarials answered
@@ -430,6 +493,18 @@ def rates(df: pd.DataFrame, flag: str) -> dict[str, float]:
     }
 
 
+def detect_attacks(df: pd.DataFrame) -> list[str]:
+    """The attacks of a ``detect`` result, in the order of its adversarial rows."""
+    adv = df.loc[df["kind"] == "adversarial", "attack"]
+    return [str(a) for a in dict.fromkeys(adv)]
+
+
+def attack_rows(df: pd.DataFrame, attack: str) -> pd.DataFrame:
+    """One attack's view of a ``detect`` result: every benign and noisy row (stored once, for
+    all attacks) and the adversarial rows of ``attack``."""
+    return df[(df["kind"] != "adversarial") | (df["attack"] == attack)]
+
+
 def nu_table(df: pd.DataFrame) -> pd.DataFrame:
     """Rates (%) of the threshold-nu detector for every nu in 1..K (one attack's rows)."""
     nus = sorted(int(c.rsplit("_", 1)[1]) for c in df.columns if c.startswith("flagged_nu_"))
@@ -441,24 +516,33 @@ def lr_rates(df: pd.DataFrame) -> dict[str, float]:
     return rates(df[df["half"] == "eval"], "flagged_lr")
 
 
+def fpr_threshold(df: pd.DataFrame, fpr: float) -> float:
+    """The regression's score threshold that flags at most a share ``fpr`` of the *fit*
+    half's benign rows (their ``1 - fpr`` quantile); ``inf`` without fit-half benign rows.
+    The eval half never moves it."""
+    check_fpr(fpr)
+    fit = df[(df["half"] == "fit") & (df["kind"] == "benign")]["lr_score"].to_numpy()
+    return float(np.quantile(fit, 1.0 - fpr, method="higher")) if len(fit) else math.inf
+
+
 def flag_at_fpr(df: pd.DataFrame, fpr: float) -> pd.DataFrame:
-    """The eval half of ``df`` with ``flagged_fpr``: the regression's score above a threshold
-    set on the *fit* half so that it flags at most a share ``fpr`` of the benign inputs there.
+    """The eval half of ``df`` with ``flagged_fpr``: the regression's score above the
+    threshold of :func:`fpr_threshold` (set on the fit half's benign rows).
 
     p >= 0.5 (``flagged_lr``) is an arbitrary operating point of a class-balanced fit and
     can reject a third of the clean inputs; a detector is compared at a fixed false-positive
-    rate (e.g. TPR at 5% FPR). The threshold never sees the eval half.
+    rate (e.g. TPR at 5% FPR). The threshold never sees the eval half, and is the same for
+    every attack of the result (one frozen detector, one operating point).
     """
-    check_fpr(fpr)
-    fit = df[(df["half"] == "fit") & (df["kind"] == "benign")]["lr_score"].to_numpy()
-    threshold = float(np.quantile(fit, 1.0 - fpr, method="higher")) if len(fit) else np.inf
+    threshold = fpr_threshold(df, fpr)
     ev = df[df["half"] == "eval"].copy()
     ev["flagged_fpr"] = ev["lr_score"].to_numpy() > threshold
     return ev
 
 
 def lr_rates_at_fpr(df: pd.DataFrame, fpr: float) -> dict[str, float]:
-    """Rates (%) on the eval half at the threshold of :func:`flag_at_fpr`."""
+    """Rates (%) on the eval half at the threshold of :func:`flag_at_fpr` (one attack's
+    rows; the fit half's benign rows set the threshold)."""
     return rates(flag_at_fpr(df, fpr), "flagged_fpr")
 
 
@@ -479,17 +563,93 @@ def worst_case_undetected_wrong(frames: Sequence[pd.DataFrame], flag: str) -> fl
     return _pct(hits) if hits is not None else float("nan")
 
 
+def detect_worst_case(df: pd.DataFrame, flag: str) -> float:
+    """:func:`worst_case_undetected_wrong` over every attack of one ``detect`` result (the
+    rows ``df`` keeps: pass the eval half for the regression); every attack faced the same
+    detector, so this is the worst case against one deployed detector."""
+    return worst_case_undetected_wrong([attack_rows(df, a) for a in detect_attacks(df)], flag)
+
+
+WORST_CASE = "worst case"  # the attack name of the per-sample worst-case rows
+
+
+def detect_nu_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The threshold-nu detector of a ``detect`` result for every nu in 1..K: one row per
+    (nu, attack) with :func:`rates` (every row of the result, both halves: the vote has
+    nothing to fit) and, with several attacks, a ``worst case`` row per nu holding only
+    ``undetected_wrong`` (per sample, any attack). Columns: ``nu, attack`` and the rates."""
+    attacks = detect_attacks(df)
+    tables = {a: nu_table(attack_rows(df, a)).set_index("nu") for a in attacks}
+    nus = sorted(int(c.rsplit("_", 1)[1]) for c in df.columns if c.startswith("flagged_nu_"))
+    out: list[dict[str, Any]] = []
+    for nu in nus:
+        for a in attacks:
+            out.append({"nu": nu, "attack": a, **tables[a].loc[nu].to_dict()})
+        if len(attacks) > 1:
+            worst = detect_worst_case(df, f"flagged_nu_{nu}")
+            out.append({"nu": nu, "attack": WORST_CASE, "undetected_wrong": worst})
+    cols = ["nu", "attack", "benign_acc", "fpr", "fpr_noisy", "detected", "undetected_wrong"]
+    return pd.DataFrame(out, columns=[*cols, "adv_vote_acc"])
+
+
+def detector_table(
+    df: pd.DataFrame, nu: int, fpr: float, aucs: Mapping[str, float] | None = None
+) -> pd.DataFrame:
+    """The detector of a ``detect`` result, one row per attack plus, with several attacks, a
+    ``worst case`` row (per sample, any attack, against the same detector).
+
+    ``vote``: ``auc``, and at threshold ``nu`` ``detected``, ``undetected_wrong`` and
+    ``adv_vote_acc`` (every row). ``uncertainty`` (eval half only): ``auc``; the frozen
+    regression at p >= 0.5 (``lr_fpr``, ``lr_detected``, ``lr_undetected_wrong``) and at the
+    benign FPR ``fpr`` set on the fit half (``fpr_at``, ``detected_at``,
+    ``undetected_wrong_at``). ``aucs``: the stored AUC per attack (NaN where missing).
+    """
+    aucs = aucs or {}
+    attacks = detect_attacks(df)
+    out: list[dict[str, Any]] = []
+    if first(df, "method") == "uncertainty":
+        ev, at = df[df["half"] == "eval"], flag_at_fpr(df, fpr)
+        for a in attacks:
+            lr = rates(attack_rows(ev, a), "flagged_lr")
+            op = rates(attack_rows(at, a), "flagged_fpr")
+            row: dict[str, Any] = {"attack": a, "auc": float(aucs.get(a, math.nan))}
+            row.update(lr_fpr=lr["fpr"], lr_detected=lr["detected"])
+            row.update(lr_undetected_wrong=lr["undetected_wrong"], fpr_at=op["fpr"])
+            row.update(detected_at=op["detected"], undetected_wrong_at=op["undetected_wrong"])
+            out.append(row)
+        if len(attacks) > 1:
+            worst: dict[str, Any] = {"attack": WORST_CASE}
+            worst["lr_undetected_wrong"] = detect_worst_case(ev, "flagged_lr")
+            worst["undetected_wrong_at"] = detect_worst_case(at, "flagged_fpr")
+            out.append(worst)
+        cols = ["attack", "auc", "lr_fpr", "lr_detected", "lr_undetected_wrong"]
+        return pd.DataFrame(out, columns=[*cols, "fpr_at", "detected_at", "undetected_wrong_at"])
+    flag = f"flagged_nu_{nu}"
+    for a in attacks:
+        r = rates(attack_rows(df, a), flag)
+        row = {"attack": a, "auc": float(aucs.get(a, math.nan)), "detected": r["detected"]}
+        row.update(undetected_wrong=r["undetected_wrong"], adv_vote_acc=r["adv_vote_acc"])
+        out.append(row)
+    if len(attacks) > 1:
+        out.append({"attack": WORST_CASE, "undetected_wrong": detect_worst_case(df, flag)})
+    cols = ["attack", "auc", "detected", "undetected_wrong", "adv_vote_acc"]
+    return pd.DataFrame(out, columns=cols)
+
+
 # -- what a finished result stores beside its rows ---------------------------------------------
 def summary_meta(kind: str, df: pd.DataFrame, part_metas: Sequence[Mapping[str, Any]]) -> dict:
     """Metadata a finished result of ``kind`` stores with its rows, derived from them (and
     from the metadata of the parts it was assembled from)."""
     if kind == "attack":
         warnings: list[str] = []
+        counts: dict[str, int] = {}
         for m in part_metas:
             warnings += [w for w in m.get("warnings", []) if w not in warnings]
-        return {"warnings": warnings}
+            for key, value in (m.get("counts") or {}).items():
+                counts[key] = counts.get(key, 0) + int(value)
+        return {"warnings": warnings, **({"counts": counts} if counts else {})}
     if kind == "clever":
-        return {"quantiles": score_quantiles(df["score"].to_numpy())}
+        return {"quantiles": score_quantiles(df)}
     if kind == "certify":
         curve = certified_accuracy(df, fine_radii(df))
         return {

@@ -55,7 +55,8 @@ def test_paper_suite_writes_rows_and_is_a_no_op_when_rerun(cli, store_copy):
     assert len(ex) == 8 and len(ex["x_adv"].iloc[0]) == 64
     before = _files(store_copy)
     again = _attack(cli, store_copy, *args, "--batch-size", "12")
-    assert again.code == 0 and again.out.count("cached") == 6 and "wrote" not in again.out
+    # six attacks and the run's stored worst case over them, all cached
+    assert again.code == 0 and again.out.count("cached") == 7 and "wrote" not in again.out
     assert _files(store_copy) == before
 
 
@@ -71,6 +72,7 @@ def test_adaptive_suite_with_surrogate_stores_the_worst_case(cli, store_copy):
     assert set(frames) == {
         ("apgd-ce", "sum"),
         ("apgd-dlr", "sum"),
+        ("apgd-t", "sum"),
         ("apgd-ce", "members"),
         ("apgd-dlr", "members"),
         ("transfer-apgd-ce", "sum"),
@@ -78,7 +80,7 @@ def test_adaptive_suite_with_surrogate_stores_the_worst_case(cli, store_copy):
     assert (frames[("transfer-apgd-ce", "sum")]["surrogate"] == "digits-baseline").all()
     (path,) = Store(store_copy).list_results("worst-case")
     worst, meta = read_parquet(path)
-    assert len(meta["components"]) == len(frames) == 5
+    assert len(meta["components"]) == len(frames) == 6
     expected = None
     for df in frames.values():
         expected = df["robust"] if expected is None else expected & df["robust"]

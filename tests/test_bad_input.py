@@ -173,6 +173,18 @@ CASES: list[tuple[str, list[str], str]] = [
         "correct",
     ),
     ("detect-unknown-head", ["detect", "digits-dml", "--head", "nope", *N], "--head"),
+    (
+        "attack-no-targets",
+        ["attack", "digits-dml", "--suite", "adaptive", "--targets", "0", *N],
+        "--targets must be at least 1",
+    ),
+    (
+        "attack-zero-draws",
+        ["attack", "digits-dml", "--score-draws", "0", *N],
+        "--score-draws must be at least 1",
+    ),
+    # check
+    ("check-eps-above-one", ["check", "digits-dml", "--eps", "1.5", *N], "outside [0, 1]"),
     # transfer and geometry
     ("transfer-unknown-attack", ["transfer", "digits-dml", "--attack", "cw", *N], "attack"),
     ("transfer-bad-eps", ["transfer", "digits-dml", "--eps", "-1", *N], "eps"),

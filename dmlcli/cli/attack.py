@@ -98,6 +98,12 @@ def command(
     square_queries: Annotated[int, typer.Option(help="AutoAttack Square queries.")] = D[
         "square_queries"
     ],
+    targets: Annotated[
+        int, typer.Option(help="Adaptive: wrong classes tried by APGD-T and the agree attacks.")
+    ] = D["targets"],
+    score_draws: Annotated[
+        int, typer.Option(help="Randomized heads: draws each decision is scored on (majority).")
+    ] = D["score_draws"],
     surrogate: Annotated[
         str | None, typer.Option(help="Adaptive: transfer from this run (e.g. a baseline).")
     ] = D["surrogate"],
@@ -122,7 +128,8 @@ def command(
 
 
 def print_summary(df: Any, n: int, seed: int, artifacts: Path | None) -> None:
-    """One table per run: clean accuracy per decision, then every result's robust accuracy."""
+    """One table per run: clean accuracy per decision, every result's robust accuracy, and
+    the stored worst case over everything attacked so far."""
     tables: dict[str, list[list[Any]]] = {}
     datasets: dict[str, str] = {}
     for r, rows in results_of(df):
@@ -131,23 +138,29 @@ def print_summary(df: Any, n: int, seed: int, artifacts: Path | None) -> None:
         table = tables.setdefault(r["run"], [])
         datasets[r["run"]] = str(first(rows, "dataset"))
         decision = str(first(rows, "decision"))
-        if not any(row[0] == "clean" and row[2] == decision for row in table):
-            table.insert(0, ["clean", "-", decision, "-", robust_accuracy(rows)[0], "-", ""])
+        clean, robust = robust_accuracy(rows)
         e = first(rows, "eps")
-        surrogate = first(rows, "surrogate")
-        table.append(
-            [
-                str(first(rows, "attack")),
-                surrogate or str(first(rows, "surface") or "-"),
-                decision,
-                "L2" if e is None else format_eps(float(e)),
-                robust_accuracy(rows)[1],
-                f"{rows['seconds'].sum():.1f}",
-                r["status"],
-            ]
-        )
+        eps = "L2" if e is None else format_eps(float(e))
+        if r["kind"] == "worst-case":
+            what = f"{int(first(rows, 'attacks'))} results"
+            table.append(["worst case", what, decision, eps, robust, "-", r["status"]])
+            continue
+        if not any(row[0] == "clean" and row[2] == decision for row in table):
+            table.insert(0, ["clean", "-", decision, "-", clean, "-", ""])
+        surface = first(rows, "surrogate") or str(first(rows, "surface"))
+        seconds = f"{rows['seconds'].sum():.1f}"
+        table.append([str(first(rows, "attack")), surface, decision, eps, robust, seconds,
+                      r["status"]])  # fmt: skip
         for w in r["warnings"]:
             console.print(f"[yellow]autoattack warning[/yellow] {r['run']} {r['label']}: {w}")
+        counts = r["meta"].get("counts")
+        if counts:
+            console.print(
+                f"{r['run']} {r['label']}: AutoAttack skipped {counts['aa_sum_wrong_vote_right']}"
+                f" samples whose sum was wrong but whose {decision} was right; "
+                f"{counts['rechecked']} samples it left robust were re-attacked by the "
+                f"decision-checked APGD, which broke {counts['recheck_broke']}"
+            )
     columns = ["attack", "surface", "decision", "eps", "acc %", "s", "status"]
     for i, (run, rows) in enumerate(tables.items()):
         title = f"{run}: robust accuracy on {n} {datasets[run]} test samples (seed {seed})"

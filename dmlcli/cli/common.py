@@ -136,10 +136,12 @@ def summary(
     rows: Iterable[Sequence[Any]],
     files: Iterable[Path | str] = (),
 ) -> None:
-    """Print the short closing table of a command and where its files are."""
+    """Print the short closing table of a command and where its files are. The first column
+    (what a row is: a run, an attack) is never cut; the others wrap on narrow terminals."""
     table = Table(title=title, title_justify="left")
     for col in columns:
-        table.add_column(col, justify="left" if col == columns[0] else "right")
+        first = col == columns[0]
+        table.add_column(col, justify="left" if first else "right", no_wrap=first)
     for row in rows:
         table.add_row(*[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row])
     console.print(table)

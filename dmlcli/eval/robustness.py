@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from dmlcli import results
-from dmlcli.attacks import AutoAttack, Objective, create_attack, random_targets
+from dmlcli.attacks import AutoAttack, Objective, create_attack, list_surfaces, random_targets
 from dmlcli.attacks.base import flat_norm
+from dmlcli.attacks.surfaces import needs_target
 from dmlcli.data import to_float
 from dmlcli.errors import DmlError
 from dmlcli.eval.jobs import Job, Side, Tick, identity
@@ -64,10 +65,6 @@ class AttackSpec:
     def eps_text(self) -> str:
         return "-" if self.eps is None else format_eps(self.eps)
 
-    def key(self) -> str:
-        """What the per-sample worst case names this attack by: label, surface, surrogate."""
-        return f"{self.label}|{self.surface}|{self.surrogate}"
-
     def build(self, seed: int) -> Any:
         return create_attack(self.attack, **self.params, seed=seed)
 
@@ -90,6 +87,8 @@ class Budgets:
     aa_steps: int = 100
     square_queries: int = 5000
     surfaces: tuple[str, ...] = field(default_factory=tuple)  # adaptive; empty = all
+    targets: int = 3  # wrong classes tried by the targeted adaptive attacks (APGD-T, agree)
+    score_draws: int = 20  # draws a randomized decision is scored on (majority)
 
     def cw_params(self) -> dict[str, Any]:
         """CW-L2's parameters from these budgets."""
@@ -107,6 +106,10 @@ class Budgets:
                 raise DmlError(f"--{key.replace('_', '-')} must be at least 1")
         if self.square_queries < 1:
             raise DmlError("--square-queries must be at least 1")
+        if self.targets < 1:
+            raise DmlError(f"--targets must be at least 1 (target classes); got {self.targets}")
+        if self.score_draws < 1:
+            raise DmlError(f"--score-draws must be at least 1; got {self.score_draws}")
         # Building one of each checks the remaining values with the attacks' own messages.
         create_attack("cw", **self.cw_params())
         AutoAttack(eps=0.0, version=self.aa_version, attacks=self.aa_attacks, steps=self.aa_steps)
@@ -155,14 +158,19 @@ def autoattack_suite(
 
 
 def adaptive_surfaces(members: int, chosen: Sequence[str] = ()) -> list[str]:
-    """The surfaces of the adaptive suite: ``chosen`` or every one of a K-member model."""
-    from dmlcli.attacks import list_surfaces
-
+    """The surfaces of the adaptive suite: ``chosen`` or every one of a K-member model
+    (untargeted ones and the ``agree`` surfaces alike; :func:`adaptive_suite` sorts them)."""
     valid = list_surfaces(members)
     for s in chosen:
         if s not in valid:
             raise DmlError(f"unknown surface {s!r}; choose one of {', '.join(valid)}")
-    return list(chosen) if chosen else valid if members > 1 else ["sum"]
+    if chosen:
+        return list(chosen)
+    if members == 1:
+        return ["sum"]
+    nu = members // 2 + 1
+    plain = [s for s in valid if not needs_target(s)]
+    return [*plain, "agree", *([f"agree:{nu}"] if nu < members else [])]
 
 
 def adaptive_suite(
@@ -173,19 +181,40 @@ def adaptive_suite(
     randomized: bool,
     surrogate: str | None = None,
 ) -> list[AttackSpec]:
-    """APGD-CE and APGD-DLR on every surface (EOT if randomized), a surrogate transfer."""
+    """The attacks an adaptive evaluation of an ensemble needs, at every eps:
+
+    - APGD-CE and APGD-DLR on every untargeted surface (``sum``, ``mean-softmax``,
+      ``members``, ``member:k``), success checked on the decision itself;
+    - APGD-T: targeted APGD-DLR on the summed logits toward each of the ``targets`` wrong
+      classes with the largest summed logits (AutoAttack's APGD-T, decision-checked);
+    - agreement attacks: APGD and PGD that drive every member (``agree``) or the majority
+      closest to it (``agree:nu``, nu = K // 2 + 1) toward one wrong class, the same
+      ``targets`` classes tried: the vote falls when the members agree on a wrong class;
+    - transfer of APGD-CE adversarials from ``surrogate``.
+
+    EOT draws (``eot``) on randomized heads. Every spec belongs to suite ``adaptive``.
+    """
     eot = budgets.eot if randomized else 1
-    steps, restarts = budgets.apgd_steps, budgets.apgd_restarts
+    steps, restarts, k = budgets.apgd_steps, budgets.apgd_restarts, budgets.targets
+    surfaces = adaptive_surfaces(members, budgets.surfaces)
     specs = []
     for eps in eps_list:
-        for surface in adaptive_surfaces(members, budgets.surfaces):
+        base = {"eps": eps, "steps": steps, "restarts": restarts}
+        for surface in [s for s in surfaces if not needs_target(s)]:
             for loss in ("ce", "dlr"):
-                params = {"eps": eps, "steps": steps, "restarts": restarts}
-                specs.append(
-                    AttackSpec(f"apgd-{loss}", f"apgd-{loss}", params, surface, decision, eot)
-                )
+                name = f"apgd-{loss}"
+                specs.append(AttackSpec(name, name, base, surface, decision, eot))
+        if "sum" in surfaces:
+            targeted = {**base, "target_classes": k}
+            specs.append(AttackSpec("apgd-t", "apgd-dlr", targeted, "sum", decision, eot))
+        for surface in [s for s in surfaces if needs_target(s)]:
+            agree = {**base, "loss": "cw", "target_classes": k}
+            specs.append(AttackSpec("apgd-agree", "apgd", agree, surface, decision, eot))
+            if surface == "agree":
+                pgd = {"eps": eps, "steps": steps, "loss": "cw", "target_classes": k}
+                specs.append(AttackSpec(f"pgd-agree-{steps}", "pgd", pgd, surface, decision, eot))
         if surrogate:
-            params = {"eps": eps, "steps": steps, "restarts": restarts, "keep": "loss"}
+            params = {**base, "keep": "loss"}
             specs.append(
                 AttackSpec(
                     "transfer-apgd-ce", "apgd-ce", params, "sum", decision, 1, surrogate=surrogate
@@ -217,6 +246,25 @@ def batch_seed(seed: int, start: int, batch_size: int) -> int:
     return seed + start // batch_size
 
 
+@torch.no_grad()
+def decide_over_draws(
+    objective: Objective, x: torch.Tensor, y: torch.Tensor, draws: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decision on ``x`` ``[B, C, H, W]`` scored over ``draws`` forward passes (a
+    randomized head draws fresh noise on each): the majority label ``[B]`` (ties: the
+    smallest label), each member's majority top-1 ``[K, B]``, and the share of draws whose
+    decision is ``y`` ``[B]``. One draw for a deterministic model."""
+    decisions, tops = [], []
+    for _ in range(draws):
+        logits = objective.logits(x)
+        decisions.append(objective.decide(logits))
+        tops.append(logits.argmax(-1))
+    if draws == 1:
+        return decisions[0], tops[0], (decisions[0] == y).float()
+    stacked = torch.stack(decisions)  # [R, B]
+    return stacked.mode(0).values, torch.stack(tops).mode(0).values, (stacked == y).float().mean(0)
+
+
 def attack_batch(
     model: nn.Module,
     spec: AttackSpec,
@@ -232,40 +280,42 @@ def attack_batch(
     surrogate: nn.Module | None = None,
     targets: torch.Tensor | None = None,
     progress: Tick | None = None,
-) -> tuple[dict[str, list], list[dict], list[str]]:
+    score_draws: int = 1,
+) -> tuple[dict[str, list], list[dict], dict[str, Any]]:
     """Attack positions ``start..stop-1`` of ``indices`` ``[n]`` (one batch) and score them.
 
     ``images`` uint8 ``[N, C, H, W]`` (the whole test split), ``labels`` ``[N]``; ``surrogate``
     crafts the adversarials of a transfer spec; ``targets`` ``[n]`` are a targeted attack's
     labels. All randomness of the batch (random starts, randomized heads) derives from
     :func:`batch_seed` of ``(seed, start)``, never from a generator carried over from other
-    batches, so a batch gives the same rows in any run, resumed or sharded. Returns (rows as
-    columns, example rows of positions below ``EXAMPLES``, warnings of the attack).
+    batches, so a batch gives the same rows in any run, resumed or sharded. A randomized
+    decision is scored on ``score_draws`` fresh draws (:func:`decide_over_draws`), clean and
+    adversarial alike. Returns (rows as columns, example rows of positions below
+    ``EXAMPLES``, the attack's notes: ``warnings`` and ``counts``).
     """
     s = batch_seed(seed, start, batch_size)
     objective = Objective(
         model, spec.surface if surrogate is None else "sum", spec.decision, spec.eot
     )
     crafter = objective if surrogate is None else Objective(surrogate, spec.surface, "vote", 1)
+    draws = score_draws if objective.randomized else 1
     idx = indices[start:stop]
     x = to_float(images[idx]).to(device)
     y = labels[idx].to(device)
     t = None if targets is None else targets[start:stop].to(device)
     attack = spec.build(s)
     began = time.perf_counter()
-    with seeded(s, device), torch.no_grad():
-        clean = objective.logits(x)
-    clean_pred = objective.decide(clean)
+    with seeded(s, device):
+        clean_pred, _, clean_rate = decide_over_draws(objective, x, y, draws)
     correct = clean_pred == y
     x_adv = x.clone()
     todo = correct.nonzero().squeeze(1)
     if len(todo):
         tt = None if t is None else t[todo]
         x_adv[todo] = attack(crafter, x[todo], y[todo], tt, progress=progress)
-    with seeded(scoring_seed(s), device), torch.no_grad():
-        adv = objective.logits(x_adv)
+    with seeded(scoring_seed(s), device):
+        adv_pred, members, adv_rate = decide_over_draws(objective, x_adv, y, draws)
     seconds = time.perf_counter() - began
-    adv_pred = objective.decide(adv)
     adv_correct = adv_pred == y
     robust = correct & adv_correct
     delta = x_adv - x
@@ -275,10 +325,13 @@ def attack_batch(
         "target": [-1] * len(idx) if t is None else t.tolist(),
         "clean_pred": clean_pred.tolist(),
         "adv_pred": adv_pred.tolist(),
-        **{f"member_{k + 1}": adv[k].argmax(-1).tolist() for k in range(adv.shape[0])},
+        **{f"member_{k + 1}": members[k].tolist() for k in range(members.shape[0])},
         "clean_correct": correct.tolist(),
         "adv_correct": adv_correct.tolist(),
         "robust": robust.tolist(),
+        "score_draws": [draws] * len(idx),
+        "clean_correct_rate": clean_rate.tolist(),
+        "adv_correct_rate": adv_rate.tolist(),
         "target_hit": (adv_pred == t).tolist() if t is not None else [False] * len(idx),
         "linf": flat_norm(delta, "linf").tolist(),
         "l2": flat_norm(delta, "l2").tolist(),
@@ -296,7 +349,10 @@ def attack_batch(
         }
         for i in range(max(0, min(EXAMPLES - start, len(idx))))
     ]
-    return rows, examples, list(dict.fromkeys(getattr(attack, "warnings", [])))
+    notes = {"warnings": list(dict.fromkeys(getattr(attack, "warnings", [])))}
+    if getattr(attack, "counts", None):
+        notes["counts"] = dict(attack.counts)
+    return rows, examples, notes
 
 
 def describe(
@@ -341,9 +397,11 @@ def attack_job(
     batch_size: int = 500,
     device: str | torch.device = "cpu",
     surrogate: Run | None = None,
+    score_draws: int = 20,
 ) -> Job:
     """The job of one attack setting on ``run``: its identity (checkpoint digest, attack and
-    budgets, surface, decision, EOT, samples, seed) and a batch-wise computation.
+    budgets, surface, decision, EOT, scoring draws, samples, seed) and a batch-wise
+    computation. A randomized model's decision is scored on ``score_draws`` draws.
 
     ``images`` uint8 ``[N, C, H, W]`` (the test split), ``labels`` ``[N]``, ``indices``
     ``[n]`` (the seeded evaluation subset). ``surrogate`` crafts a transfer spec's
@@ -353,8 +411,17 @@ def attack_job(
         raise DmlError(f"{spec.label}: a transfer attack needs its surrogate run")
     Objective(run.model, spec.surface, spec.decision, spec.eot)  # checks surface and decision
     attack = spec.build(seed)
+    if needs_target(spec.surface) and not (spec.params.get("target_classes") or attack.targeted):
+        raise DmlError(
+            f"surface {spec.surface} pulls members toward a class: give --target-classes K "
+            "(or --targeted)"
+        )
     context = identity(run, len(indices), seed)
     setting = setting_of(spec, attack, context)
+    if score_draws < 1:
+        raise DmlError(f"--score-draws must be at least 1; got {score_draws}")
+    draws = score_draws if run.randomized else 1
+    setting["score_draws"] = draws
     if spec.surrogate:
         setting["surrogate_checkpoint"] = surrogate.checkpoint
     targets = None
@@ -364,13 +431,13 @@ def attack_job(
     crafter = surrogate.model if spec.surrogate else None
 
     def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
-        rows, examples, warns = attack_batch(
+        rows, examples, notes = attack_batch(
             run.model, spec, images, labels, indices, start, stop, seed=seed,
             batch_size=batch_size, device=device, surrogate=crafter, targets=targets,
-            progress=tick,
+            progress=tick, score_draws=draws,
         )  # fmt: skip
         df = describe(pd.DataFrame(rows), spec, attack, context)
-        return {"rows": df, "examples": pd.DataFrame(examples)}, {"warnings": warns}
+        return {"rows": df, "examples": pd.DataFrame(examples)}, notes
 
     def info(df: pd.DataFrame) -> str:
         return f"robust {100.0 * df['robust'].mean():.1f}%"
@@ -390,17 +457,52 @@ def attack_job(
     )
 
 
-def worst_case_setting(
-    run: Run, n: int, seed: int, eps: float, decision: str, components: Sequence[str]
-) -> dict[str, Any]:
-    """The identity of a stored worst case: checkpoint, samples, eps, decision, components."""
-    return {
+def worst_case_key(setting: dict[str, Any]) -> tuple | None:
+    """What a stored worst case groups attack results by: (eps, decision, n, seed, scoring
+    draws) of an L-inf attack's setting; None for unbounded or L2 attacks."""
+    params = setting.get("params") or {}
+    if params.get("eps") is None or params.get("norm", "linf") != "linf":
+        return None
+    return (
+        float(params["eps"]),
+        str(setting["decision"]),
+        int(setting["n"]),
+        int(setting["seed"]),
+        int(setting.get("score_draws", 1)),
+    )
+
+
+def worst_case_job(
+    run: Run, key: tuple, frames: Sequence[pd.DataFrame], components: Sequence[str]
+) -> Job:
+    """The per-sample worst case (:func:`dmlcli.results.worst_case`) of the attack results
+    ``frames`` of ``run`` that share :func:`worst_case_key` ``key``; ``components`` name the
+    result files it was computed from (stored with it, to know when to recompute)."""
+    eps, decision, n, seed, draws = key
+    setting = {
         **identity(run, n, seed),
         "eps": eps,
         "norm": "linf",
         "decision": decision,
-        "components": sorted(components),
+        "score_draws": draws,
     }
+    ids = [int(v) for v in frames[0]["sample"]]
+
+    def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
+        rows = results.worst_case(frames).iloc[start:stop].reset_index(drop=True)
+        return {"rows": rows}, {}
+
+    return Job(
+        kind="worst-case",
+        run=run.name,
+        setting=setting,
+        ids=ids,
+        compute=compute,
+        size=max(len(ids), 1),
+        label=f"worst case eps {format_eps(eps)} {decision}",
+        extra={"components": sorted(components), "attacks": len(frames)},
+        columns=["robust", "broken_by"],
+    )
 
 
 def custom_specs(
@@ -445,10 +547,11 @@ def custom_specs(
         for eps in epss:
             p = dict(params) if eps is None else {**params, "eps": eps}
             for surface in surfaces or ["sum"]:
+                base = f"{name}-top{p['target_classes']}" if p.get("target_classes") else name
                 label = (
-                    name
+                    base
                     if "steps" not in p or name in ("cw", "cw-l2", "autoattack")
-                    else (f"{name}-{p['steps']}")
+                    else (f"{base}-{p['steps']}")
                 )
                 if name in ("cw", "cw-l2") and p.get("search_steps"):
                     label = "cw-search"
@@ -489,47 +592,3 @@ def plan_specs(
         if "adaptive" in suites:
             specs += adaptive_suite(eps_list, budgets, decision, members, randomized, surrogate)
     return specs
-
-
-def worst_case_groups(specs: Sequence[AttackSpec]) -> dict[tuple[float, str], list[int]]:
-    """Positions of the eps-bounded L-inf specs per (eps, decision): the attacks a per-sample
-    worst case combines."""
-    groups: dict[tuple[float, str], list[int]] = {}
-    for i, spec in enumerate(specs):
-        norm = spec.params.get("norm", "linf")
-        if spec.eps is not None and norm == "linf":
-            groups.setdefault((spec.eps, spec.decision), []).append(i)
-    return groups
-
-
-def worst_case_job(
-    run: Run,
-    frames: Sequence[pd.DataFrame],
-    names: Sequence[str],
-    *,
-    n: int,
-    seed: int,
-    eps: float,
-    decision: str,
-    components: Sequence[str],
-) -> Job:
-    """The per-sample worst case of attack results ``frames`` (one per attack, the same
-    samples and decision; ``names`` name them in ``broken_by``) as a stored ``worst-case``
-    result (see :func:`dmlcli.results.worst_case`)."""
-    ids = [int(v) for v in frames[0]["sample"]]
-
-    def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
-        rows = results.worst_case(frames, names).iloc[start:stop].reset_index(drop=True)
-        return {"rows": rows}, {}
-
-    return Job(
-        kind="worst-case",
-        run=run.name,
-        setting=worst_case_setting(run, n, seed, eps, decision, components),
-        ids=ids,
-        compute=compute,
-        size=max(len(ids), 1),
-        label=f"worst case eps {format_eps(eps)} {decision}",
-        extra={"components": sorted(components)},
-        columns=["robust", "broken_by"],
-    )

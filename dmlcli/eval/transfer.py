@@ -193,9 +193,12 @@ def cw_batch(
 ) -> pd.DataFrame:
     """CW-L2 on ``source`` (Table 5): per sample the distortion and the attacked model's answer.
 
-    ``fooled`` is true where CW found an adversarial for the source's own decision; ``l2`` is
-    its distortion (0 where it did not). ``member_k`` columns hold each member's prediction
-    of the adversarial; ``vote`` the ensemble decision's.
+    ``fooled`` is true where the source classified the clean input correctly and CW found an
+    adversarial for the source's own decision; ``l2`` is its distortion (0 where it did not).
+    A sample the source already gets wrong is never "fooled" (at distortion 0 it would pull
+    the mean distortion down, more for the weaker members than for the ensemble).
+    ``member_k`` columns hold each member's prediction of the adversarial; ``vote`` the
+    ensemble decision's.
     """
     objective = source_objective(model, source, decision)
     scorer = Objective(model, "sum", decision)
@@ -225,7 +228,7 @@ def cw_batch(
             "clean_correct": correct.tolist(),
             "adv_correct": (adv_pred == y).tolist(),
             "robust": (correct & (adv_pred == y)).tolist(),
-            "fooled": (fooled & (flat_norm(delta, "l2") > 0)).tolist(),
+            "fooled": (fooled & correct & (flat_norm(delta, "l2") > 0)).tolist(),
             "linf": flat_norm(delta, "linf").tolist(),
             "l2": flat_norm(delta, "l2").tolist(),
             "seconds": seconds,
