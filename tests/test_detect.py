@@ -1,5 +1,6 @@
-"""Detection (A.4, A.5, A.5.1): scores, ROC/AUC, the held-out regression, the adaptive attack,
-and ``dml detect`` end to end."""
+"""Detection (A.4, A.5, A.5.1): scores, ROC/AUC, the held-out regression (fit once on the
+standard attacks, frozen, scored against every attack), the adaptive attack, and ``dml detect``
+end to end."""
 
 from __future__ import annotations
 
@@ -83,6 +84,13 @@ def test_checks_give_clear_errors():
     det.check_method("uncertainty", 2, False)
     with pytest.raises(DmlError, match="choose one of fgsm, pgd, adaptive"):
         det.check_attacks(["pgd", "cw"])
+    assert det.check_attacks(["adaptive", "fgsm", "adaptive"]) == ["fgsm", "adaptive"]
+    assert det.check_fit_attacks(["pgd", "fgsm"]) == ["fgsm", "pgd"]
+    for bad in (["cw"], ["adaptive"]):  # the adaptive attack is never fit on
+        with pytest.raises(DmlError, match="--fit-attack .* choose fgsm or pgd"):
+            det.check_fit_attacks(bad)
+    with pytest.raises(DmlError, match="at least one --fit-attack"):
+        det.check_fit_attacks([])
     with pytest.raises(DmlError, match="outside"):
         det.DetectSettings(eps=1.5).validate()
 
@@ -105,7 +113,8 @@ def _obs(values: np.ndarray, k: int = 2) -> det.Observation:
     return det.Observation(logits, torch.tensor(values, dtype=torch.float32))
 
 
-def test_regression_never_sees_its_eval_half(monkeypatch):
+def _pipeline_spy(monkeypatch) -> list[np.ndarray]:
+    """Record the features of every fit of the regression's pipeline."""
     from sklearn.pipeline import Pipeline
 
     seen: list[np.ndarray] = []
@@ -116,32 +125,145 @@ def test_regression_never_sees_its_eval_half(monkeypatch):
         return original(self, x, y, **kw)
 
     monkeypatch.setattr(Pipeline, "fit", spy)
+    return seen
+
+
+def _detection(n: int = 40, seed: int = 7, attacks=("fgsm", "pgd", "adaptive"), **adv_u):
+    """Uncertainty detection on constructed observations: benign/noisy low, FGSM/PGD high,
+    the adaptive attack matching the clean uncertainty (it evades the detector)."""
     rng = np.random.default_rng(0)
-    n = 40
     samples = np.arange(100, 100 + n)
     y = torch.zeros(n, dtype=torch.long)
+    u = {
+        "fgsm": rng.uniform(4e-3, 8e-3, n),
+        "pgd": rng.uniform(5e-3, 9e-3, n),
+        "adaptive": rng.uniform(1e-4, 2e-4, n),
+        **adv_u,
+    }
     benign = _obs(rng.uniform(1e-4, 2e-4, n))
     noisy = _obs(rng.uniform(1e-4, 3e-4, n))
-    adv = _obs(rng.uniform(5e-3, 9e-3, n))
+    adversarial = {a: _wrong(u[a]) for a in ("fgsm", "pgd", "adaptive")}
     zero = torch.zeros(n)
-    df, curve, detector = det.detection_rows(
-        "uncertainty", "pgd", 0.3, samples, y, benign, noisy, adv, (zero, zero), seed=7
-    )
-    fit_rows = detector.fit_rows
-    assert len(seen) == 1 and len(seen[0]) == len(fit_rows) == 3 * (n // 2)
-    features = det.uncertainty_features(df["uncertainty"].to_numpy())
-    assert np.array_equal(seen[0], features[fit_rows])
-    assert (df.loc[fit_rows, "half"] == "fit").all()
-    fit_samples = set(df.loc[fit_rows, "sample"])
+    linf = {"noisy": zero, **{a: zero + 0.3 for a in adversarial}}
+    return det.detection_rows(
+        "uncertainty", 0.3, samples, y, benign, noisy, adversarial, linf, list(attacks),
+        seed=seed,
+    )  # fmt: skip
+
+
+def _wrong(values: np.ndarray, k: int = 2) -> det.Observation:
+    """Observations every member answers with class 1 (the label is 0: wrong, unanimous)."""
+    n = len(values)
+    logits = torch.zeros(k, n, 3)
+    logits[..., 1] = 5.0
+    return det.Observation(logits, torch.tensor(values, dtype=torch.float32))
+
+
+def test_regression_is_fit_once_on_fit_half_standard_attacks_only(monkeypatch):
+    seen = _pipeline_spy(monkeypatch)
+    n = 40
+    got = _detection(n)
+    df, detector, fit = got.rows, got.detector, got.fit
+    assert len(seen) == 1  # one fit for every attack, the adaptive one included
+    # what it saw: fit-half benign + noisy and fit-half FGSM/PGD adversarials, nothing else
+    assert len(seen[0]) == len(detector.fit_rows) == len(fit) == 4 * (n // 2)
+    assert set(fit["half"]) == {"fit"}
+    kinds = (fit["kind"] + ":" + fit["attack"]).value_counts().to_dict()
+    expected = {"benign:": n // 2, "noisy:": n // 2}
+    assert kinds == {**expected, "adversarial:fgsm": n // 2, "adversarial:pgd": n // 2}
+    fit_samples = set(fit["sample"])
     eval_samples = set(df.loc[df["half"] == "eval", "sample"])
     assert fit_samples.isdisjoint(eval_samples) and len(eval_samples) == n - n // 2
-    # every row of a fit sample (benign, noisy, adversarial) was used; no other row
-    assert set(fit_rows) == set(np.flatnonzero(df["sample"].isin(fit_samples)))
-    assert curve.auc == 1.0  # separable uncertainties, scored on the eval half
-    ev = df[df["half"] == "eval"]
-    assert curve.auc == roc_auc_score(ev["kind"] == "adversarial", ev["lr_score"])
-    rates = results.lr_rates(df)
-    assert rates["detected"] == 100.0 and rates["fpr"] == 0.0
+    assert fit_samples == set(df.loc[df["half"] == "fit", "sample"])
+    # the features it saw are those of exactly these rows
+    rows = df.set_index(["sample", "kind", "attack"])
+    u = rows.loc[list(zip(fit["sample"], fit["kind"], fit["attack"], strict=True)), "uncertainty"]
+    assert np.array_equal(seen[0], det.uncertainty_features(u.to_numpy()))
+    # the stored rows: benign and noisy once, one adversarial row per sample and attack
+    assert len(df) == 5 * n and (df.loc[df["kind"] != "adversarial", "attack"] == "").all()
+    assert results.detect_attacks(df) == ["fgsm", "pgd", "adaptive"]
+    # the standard attacks are separable from the clean inputs: AUC 1 on the eval half
+    for a in ("fgsm", "pgd"):
+        ev = results.attack_rows(df[df["half"] == "eval"], a)
+        assert got.rocs[a].auc == 1.0 == roc_auc_score(ev["kind"] == "adversarial", ev["lr_score"])
+    assert got.rocs["adaptive"].auc < 0.75  # the adaptive one looks clean to this detector
+
+
+def test_fit_attacks_not_evaluated_are_crafted_and_fit_on_but_not_stored(monkeypatch):
+    seen = _pipeline_spy(monkeypatch)
+    got = _detection(attacks=["adaptive"])
+    assert len(seen) == 1
+    assert set(got.fit.loc[got.fit["kind"] == "adversarial", "attack"]) == {"fgsm", "pgd"}
+    assert results.detect_attacks(got.rows) == ["adaptive"] and list(got.rocs) == ["adaptive"]
+    # the same detector as when every attack is evaluated: the adaptive rows score the same
+    every = _detection()
+    pick = lambda d: d[d["attack"] == "adaptive"]["lr_score"].to_numpy()  # noqa: E731
+    assert np.array_equal(pick(got.rows), pick(every.rows))
+    assert got.detector.params() == every.detector.params()
+
+
+def test_one_frozen_detector_scores_every_attack():
+    """The adaptive adversarials never move the detector: change them and every other row's
+    score, the coefficients and the 5% FPR threshold stay; an adversarial that appears
+    identically in two attacks' rows gets the same score."""
+    n = 40
+    base = _detection(n)
+    shared = np.random.default_rng(0).uniform(4e-3, 8e-3, n)  # fgsm's values of _detection
+    moved = _detection(n, adaptive=shared)
+    assert base.detector.params() == moved.detector.params()
+    other = lambda d: d[d["attack"] != "adaptive"]["lr_score"].to_numpy()  # noqa: E731
+    assert np.array_equal(other(base.rows), other(moved.rows))
+    assert results.fpr_threshold(base.rows, 0.05) == results.fpr_threshold(moved.rows, 0.05)
+    df = moved.rows
+    fgsm = df[df["attack"] == "fgsm"].set_index("sample")
+    adaptive = df[df["attack"] == "adaptive"].set_index("sample")
+    assert np.array_equal(fgsm["uncertainty"], adaptive["uncertainty"])
+    assert np.array_equal(fgsm["lr_score"], adaptive["lr_score"])
+    assert np.array_equal(fgsm["flagged_lr"], adaptive["flagged_lr"])
+    # the stored coefficients reproduce every score
+    p = moved.detector.params()
+    f = det.uncertainty_features(df["uncertainty"].to_numpy())[:, 0]
+    z = (f - p["mean"][0]) / p["scale"][0]
+    expected = 1.0 / (1.0 + np.exp(-(p["coef"][0] * z + p["intercept"][0])))
+    assert np.allclose(df["lr_score"], expected)
+
+
+def test_worst_case_row_uses_one_detector_and_a_fit_half_threshold():
+    n = 40
+    got = _detection(n)
+    df = got.rows
+    threshold = results.fpr_threshold(df, 0.05)
+    fit_benign = df[(df["half"] == "fit") & (df["kind"] == "benign")]["lr_score"]
+    assert threshold == np.quantile(fit_benign, 0.95, method="higher")
+    table = results.detector_table(df, 2, 0.05, {a: c.auc for a, c in got.rocs.items()})
+    assert list(table["attack"]) == ["fgsm", "pgd", "adaptive", "worst case"]
+    rows = table.set_index("attack")
+    assert rows.loc["fgsm", "auc"] == 1.0 and rows.loc["fgsm", "detected_at"] == 100.0
+    assert rows.loc["adaptive", "detected_at"] < 50.0
+    # per sample of the eval half: any attack's adversarial under the one threshold and wrong
+    ev = df[(df["half"] == "eval") & (df["kind"] == "adversarial")]
+    lost = (ev["lr_score"] <= threshold) & (ev["vote"] != ev["label"])
+    expected = 100.0 * lost.groupby(ev["sample"]).any().mean()
+    assert rows.loc["worst case", "undetected_wrong_at"] == pytest.approx(expected)
+    worst = rows.loc["worst case", "undetected_wrong_at"]
+    assert worst >= rows.loc["adaptive", "undetected_wrong_at"]
+    assert np.isnan(rows.loc["worst case", "auc"])
+    # eval-half scores never move the threshold
+    shifted = df.copy()
+    shifted.loc[shifted["half"] == "eval", "lr_score"] += 0.5
+    assert results.fpr_threshold(shifted, 0.05) == threshold
+
+
+def test_nu_table_of_one_result_has_a_worst_case_row_per_nu():
+    got = _detection(20)
+    table = results.detect_nu_table(got.rows)
+    assert list(table.columns[:2]) == ["nu", "attack"]
+    assert len(table) == 2 * 4  # K = 2 thresholds x (3 attacks + worst case)
+    worst = table[table["attack"] == "worst case"]
+    assert list(worst["nu"]) == [1, 2] and (worst["undetected_wrong"] == 100.0).all()
+    assert worst["fpr"].isna().all()
+    one = results.detect_nu_table(_detection(20, attacks=["pgd"]).rows)
+    assert list(one["attack"]) == ["pgd", "pgd"]  # a single attack: no worst case row
 
 
 def test_vote_rows_columns_and_rates():
@@ -155,10 +277,12 @@ def test_vote_rows_columns_and_rates():
     adv_logits[2, 3:, 1] = 5.0  # ... and fooled too on 3-5 (unanimous)
     adv = det.Observation(adv_logits, torch.zeros(n))
     zero = torch.zeros(n)
-    df, curve, detector = det.detection_rows(
-        "vote", "adaptive", 0.1, samples, y, benign, benign, adv, (zero, zero)
-    )
-    assert detector is None and (df["half"] == "all").all()
+    got = det.detection_rows(
+        "vote", 0.1, samples, y, benign, benign, {"adaptive": adv},
+        {"noisy": zero, "adaptive": zero},
+    )  # fmt: skip
+    df, curve = got.rows, got.rocs["adaptive"]
+    assert got.detector is None and got.fit is None and (df["half"] == "all").all()
     assert {"pred_member_1", "pred_member_3", "flagged_nu_1", "flagged_nu_3"} <= set(df.columns)
     table = results.nu_table(df).set_index("nu")
     assert table.loc[3, "detected"] == 50.0 and table.loc[3, "undetected_wrong"] == 50.0
@@ -166,6 +290,22 @@ def test_vote_rows_columns_and_rates():
     assert (table["benign_acc"] == 100.0).all() and (table["fpr"] == 0.0).all()
     # dissent: 0 on all negatives, 1 on half the adversarials -> AUC = 0.75
     assert curve.auc == pytest.approx(0.75)
+    # two attacks in one result: benign rows once, each attack's ROC against all of them
+    clean = det.Observation(benign.logits.clone(), torch.zeros(n))
+    both = det.detection_rows(
+        "vote", 0.1, samples, y, benign, benign, {"pgd": clean, "adaptive": adv},
+        {"noisy": zero, "pgd": zero, "adaptive": zero},
+    )  # fmt: skip
+    assert len(both.rows) == 4 * n and list(both.rocs) == ["pgd", "adaptive"]
+    assert both.rocs["adaptive"].auc == pytest.approx(0.75) and both.rocs["pgd"].auc == 0.5
+    aucs = {a: c.auc for a, c in both.rocs.items()}
+    table = results.detector_table(both.rows, 3, 0.05, aucs).set_index("attack")
+    assert table.loc["pgd", "undetected_wrong"] == 0.0  # pgd's "adversarials" are right
+    assert table.loc["adaptive", "undetected_wrong"] == 50.0
+    assert table.loc["worst case", "undetected_wrong"] == 50.0
+    roc = det.roc_frame("vote", 0.1, both.rocs)
+    assert list(dict.fromkeys(roc["attack"])) == ["pgd", "adaptive"]
+    assert roc.groupby("attack")["auc"].first().to_dict() == aucs
 
 
 def test_operating_point_at_fpr_is_set_on_the_fit_half_only():
@@ -331,55 +471,116 @@ def _results(root) -> list:
     return sorted((root / "results").glob("*/detect*.parquet"))
 
 
+def _split(files) -> tuple:
+    """The one ``detect`` and the one ``detect-roc`` file of ``files``."""
+    rows = [f for f in files if f.name.startswith("detect-") and "roc" not in f.name]
+    rocs = [f for f in files if f.name.startswith("detect-roc-")]
+    assert len(rows) == 1 and len(rocs) == 1, files
+    return rows[0], rocs[0]
+
+
 def test_cli_vote_writes_rows_and_roc_and_is_a_noop_after(cli, store_copy):
     args = ["detect", "digits-dml", "--artifacts", store_copy, "--n", "60", "--eps", "0.2"]
     args += ["--attack", "pgd", "--attack", "adaptive", "--steps", "5"]
     r = cli(*args)
     assert r.code == 0, r.err
-    assert "threshold-nu vote detector" in r.out and "AUC" in r.out
+    assert "threshold-nu vote detector" in r.out and "AUC" in r.out and "worst case" in r.out
     files = _results(store_copy)
-    assert len(files) == 4
-    detect_files = [f for f in files if f.name.startswith("detect-") and "roc" not in f.name]
-    for f in detect_files:
-        df, meta = read_parquet(f)
-        assert meta["kind"] == "detect" and meta["setting"]["method"] == "vote"
-        assert set(df["kind"]) == {"benign", "noisy", "adversarial"}
-        assert [f"flagged_nu_{v}" for v in range(1, 6)] == [
-            c for c in df.columns if c.startswith("flagged_nu_")
-        ]
-        adv = df[df["kind"] == "adversarial"]
-        assert adv["linf"].max() <= 0.2 + 1e-6
-        assert (df[df["kind"] == "benign"]["vote"] == df[df["kind"] == "benign"]["label"]).all()
-        assert not df["flagged_nu_1"].any()
-        roc_path = f.with_name(f.name.replace("detect-", "detect-roc-"))
-        roc_df, roc_meta = read_parquet(roc_path)
-        expected = roc_auc_score(df["kind"] == "adversarial", df["dissent"])
-        assert roc_meta["auc"] == pytest.approx(expected)
-        assert (roc_df["auc"] == roc_meta["auc"]).all()
-        assert {"fpr", "tpr", "threshold"} <= set(roc_df.columns)
+    assert len(files) == 2  # one detect result with every attack, one detect-roc
+    path, roc_path = _split(files)
+    df, meta = read_parquet(path)
+    assert meta["kind"] == "detect" and meta["setting"]["method"] == "vote"
+    assert meta["setting"]["attacks"] == ["pgd", "adaptive"]
+    assert "fit_attacks" not in meta["setting"]
+    assert set(df["kind"]) == {"benign", "noisy", "adversarial"}
+    assert results.detect_attacks(df) == ["pgd", "adaptive"]
+    assert (df.loc[df["kind"] != "adversarial", "attack"] == "").all()
+    n = meta["n_correct"]
+    assert len(df) == 4 * n and (df["kind"] == "benign").sum() == n
+    assert [f"flagged_nu_{v}" for v in range(1, 6)] == [
+        c for c in df.columns if c.startswith("flagged_nu_")
+    ]
+    adv = df[df["kind"] == "adversarial"]
+    assert adv["linf"].max() <= 0.2 + 1e-6
+    assert (df[df["kind"] == "benign"]["vote"] == df[df["kind"] == "benign"]["label"]).all()
+    assert not df["flagged_nu_1"].any()
+    roc_df, roc_meta = read_parquet(roc_path)
+    assert roc_meta["kind"] == "detect-roc" and roc_meta["setting"] == meta["setting"]
+    assert {"fpr", "tpr", "threshold"} <= set(roc_df.columns)
+    for attack in ("pgd", "adaptive"):
+        part = results.attack_rows(df, attack)
+        expected = roc_auc_score(part["kind"] == "adversarial", part["dissent"])
+        assert meta["aucs"][attack] == pytest.approx(expected)
+        assert (roc_df.loc[roc_df["attack"] == attack, "auc"] == meta["aucs"][attack]).all()
     mtimes = [f.stat().st_mtime_ns for f in files]
     again = cli(*args)
     assert again.code == 0 and "already in" in again.out
     assert [f.stat().st_mtime_ns for f in files] == mtimes
+    # each attack's crafting is seeded by itself: PGD alone gives the same adversarials
+    alone = cli(*args[:-6], "--attack", "pgd", "--steps", "5")
+    assert alone.code == 0, alone.err
+    new = [f for f in _results(store_copy) if f not in files]
+    pgd_only, _ = read_parquet(_split(new)[0])
+    cols = ["sample", "vote", "dissent", "uncertainty", "linf"]
+    pd.testing.assert_frame_equal(
+        pgd_only.loc[pgd_only["attack"] == "pgd", cols].reset_index(drop=True),
+        adv.loc[adv["attack"] == "pgd", cols].reset_index(drop=True),
+    )
+
+
+def test_cli_uncertainty_adaptive_only_is_scored_by_the_detector_fit_on_fgsm_pgd(cli, store_copy):
+    args = ["detect", "digits-dml", "--artifacts", store_copy, "--method", "uncertainty"]
+    args += ["--n", "40", "--attack", "adaptive", "--steps", "3"]
+    r = cli(*args)
+    assert r.code == 0, r.err
+    assert "fit once on fgsm, pgd" in r.out and "det @5%" in r.out
+    files = _results(store_copy)
+    path, roc_path = _split(files)
+    df, meta = read_parquet(path)
+    s = meta["setting"]
+    assert s["attacks"] == ["adaptive"] and s["fit_attacks"] == ["fgsm", "pgd"]
+    assert s["keep"] == "loss"  # PGD was crafted for the fit: its parameters are identity
+    assert results.detect_attacks(df) == ["adaptive"]
+    assert set(df["half"]) == {"fit", "eval"}
+    n, half = meta["n_correct"], meta["n_correct"] // 2
+    # the regression saw the fit half's clean inputs and FGSM/PGD adversarials, no adaptive
+    assert meta["lr_fit_rows"] == {
+        "benign": half, "noisy": half, "adversarial:fgsm": half, "adversarial:pgd": half
+    }  # fmt: skip
+    assert set(meta["lr_fit_samples"]) == set(df.loc[df["half"] == "fit", "sample"])
+    assert len(meta["lr_fit_samples"]) == half and len(df) == 3 * n
+    assert set(meta["detector"]) == {"mean", "scale", "coef", "intercept"}
+    roc_df, _ = read_parquet(roc_path)
+    assert set(roc_df["attack"]) == {"adaptive"}
+    ev = df[df["half"] == "eval"]
+    assert meta["aucs"]["adaptive"] == pytest.approx(
+        roc_auc_score(ev["kind"] == "adversarial", ev["lr_score"])
+    )
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = cli(*args)
+    assert again.code == 0 and "already in" in again.out
+    assert [f.stat().st_mtime_ns for f in _results(store_copy)] == mtimes
+    assert not list((store_copy / "results").glob("*/.parts/*"))
 
 
 def test_cli_uncertainty_with_swapped_rdml_head(cli, store_copy):
     r = cli(
         "detect", "digits-dml", "--artifacts", store_copy, "--method", "uncertainty",
         "--head", "rdml", "--head-sigma", "0.5", "--draws", "4", "--eot", "2",
-        "--attack", "fgsm", "--attack", "adaptive", "--n", "60", "--steps", "3", "--eps", "0.2",
+        "--attack", "fgsm", "--attack", "adaptive", "--fit-attack", "fgsm",
+        "--n", "60", "--steps", "3", "--eps", "0.2",
     )  # fmt: skip
     assert r.code == 0, r.err
-    assert "LR det" in r.out
-    for f in _results(store_copy):
-        if "roc" in f.name:
-            continue
-        df, meta = read_parquet(f)
-        assert meta["setting"]["head"] == "rdml" and meta["setting"]["draws"] == 4
-        assert set(df["half"]) == {"fit", "eval"}
-        fit_samples = set(meta["lr_fit_samples"])
-        assert fit_samples == set(df.loc[df["half"] == "fit", "sample"])
-        assert (df["uncertainty"] > 0).all()
+    assert "LR det" in r.out and "worst case" in r.out
+    path, _ = _split(_results(store_copy))
+    df, meta = read_parquet(path)
+    assert meta["setting"]["head"] == "rdml" and meta["setting"]["draws"] == 4
+    assert meta["setting"]["fit_attacks"] == ["fgsm"] and "keep" not in meta["setting"]
+    assert set(df["half"]) == {"fit", "eval"}
+    fit_samples = set(meta["lr_fit_samples"])
+    assert fit_samples == set(df.loc[df["half"] == "fit", "sample"])
+    assert set(meta["lr_fit_rows"]) == {"benign", "noisy", "adversarial:fgsm"}
+    assert (df["uncertainty"] > 0).all()
 
 
 def _save(ensemble, root, name: str) -> None:
@@ -398,6 +599,8 @@ def test_cli_bad_input_exits_2_and_writes_nothing(cli, store_copy, tmp_path):
         (["--nu", "6"], "--nu must be between 1"),
         (["--eps", "1.5"], "outside [0, 1]"),
         (["--attack", "cw"], "unknown attack"),
+        (["--fit-attack", "cw"], "unknown --fit-attack"),
+        (["--method", "uncertainty", "--fit-attack", "adaptive"], "unknown --fit-attack"),
         (["--method", "entropy"], "unknown detection method"),
         (["--fpr", "0"], "--fpr must be in (0, 1)"),
         (["--fpr", "1.5"], "--fpr must be in (0, 1)"),

@@ -37,6 +37,14 @@ def command(
         list[str] | None,
         typer.Option("--attack", help="fgsm, pgd or adaptive; repeat for several (default all)."),
     ] = D["attack"],
+    fit_attack: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fit-attack",
+            help="Uncertainty: standard attack(s) the detector is fit on once, then frozen: "
+            "fgsm or pgd, repeatable (default both; crafted even if not an --attack).",
+        ),
+    ] = D["fit_attack"],
     eps: Annotated[str, typer.Option(help="L-inf budget in pixels, e.g. 0.3 or 8/255.")] = D["eps"],
     n: NOpt = D["n"],
     nu: Annotated[
@@ -92,6 +100,9 @@ def command(
 ) -> None:
     """Detect adversarials by disagreement (threshold-nu vote) or uncertainty; ROC/AUC.
 
+    The uncertainty regression is fit once on half of the samples (benign + noisy vs the
+    --fit-attack adversarials), frozen, and every --attack (adaptive included) is scored
+    against that same detector on the other half. One result holds every attack's rows.
     Every crafted batch of adversarials is kept as a part file, so after Ctrl-C or a kill
     the same command crafts only the missing batches. '--shard' is refused (also under
     torchrun): the logistic regression and the ROC need every sample, so detection runs
@@ -104,65 +115,50 @@ def command(
     cached_note(df, artifacts)
 
 
+_NU_COLS = {
+    "benign_acc": "benign acc %",
+    "fpr": "FPR %",
+    "fpr_noisy": "FPR noisy %",
+    "detected": "det %",
+    "undetected_wrong": "undet+wrong %",
+}
+
+
+def _cells(row: Any, columns: list[str]) -> list[Any]:
+    """A table row's cells; missing numbers (NaN) print empty."""
+    return ["" if isinstance(row[c], float) and row[c] != row[c] else row[c] for c in columns]
+
+
 def print_tables(df: Any) -> None:
     """The threshold-nu table (every nu, per attack, and the per-sample worst case) and the
-    detector table (AUC and the headline operating point)."""
+    detector table (AUC and the operating points), both computed by :mod:`dmlcli.results`."""
     a = df.attrs
     nu, fpr, method, eps = a["nu"], a["fpr"], a["method"], a["eps"]
-    parts = list(results_of(df))
-    frames = {str(rows["attack"].iloc[0]): rows for _, rows in parts}
-    aucs = {str(rows["attack"].iloc[0]): float(r["meta"]["auc"]) for r, rows in parts}
-    run = parts[0][0]["run"]
-    attacks = list(frames)
-    tables = {k: results.nu_table(f).set_index("nu") for k, f in frames.items()}
-    cols = ["nu", "attack", "benign acc %", "FPR %", "FPR noisy %", "det %", "undet+wrong %"]
-    rows: list[list[Any]] = []
-    for v in tables[attacks[0]].index:
-        mark = v if v != nu else f"{v} *"
-        for k in attacks:
-            t = tables[k].loc[v]
-            rows.append([mark, k, t["benign_acc"], t["fpr"], t["fpr_noisy"], t["detected"],
-                         t["undetected_wrong"]])  # fmt: skip
-        if len(attacks) > 1:  # per sample, whichever attack works
-            worst = results.worst_case_undetected_wrong(list(frames.values()), f"flagged_nu_{v}")
-            rows.append([mark, "worst case", "", "", "", "", worst])
-    summary(f"{run}: threshold-nu vote detector (Eq. 8), eps {format_eps(eps)}", cols, rows)
+    run = next(results_of(df))[0]["run"]
+    nu_rows = results.detect_nu_table(df)
+    nu_rows["nu"] = [f"{v} *" if v == nu else v for v in nu_rows["nu"]]
+    cols = ["nu", "attack", *_NU_COLS]
+    rows = [_cells(r, cols) for _, r in nu_rows.iterrows()]
+    title = f"{run}: threshold-nu vote detector (Eq. 8), eps {format_eps(eps)}"
+    summary(title, ["nu", "attack", *_NU_COLS.values()], rows)
 
+    table = results.detector_table(df, nu, fpr, a["aucs"])
     at = f"@{100 * fpr:g}%"
     if method == "uncertainty":
         head = ["attack", "AUC", "LR FPR %", "LR det %", "LR u+w %"]
         head += [f"FPR {at}", f"det {at}", f"u+w {at}"]
+        fit = ", ".join(a["fit_attacks"])
+        what = (
+            f"uncertainty + LR fit once on {fit} (fit half), frozen; eval half; "
+            f"threshold {at} = {results.fpr_threshold(df, fpr):.4g}"
+        )
     else:
         head = ["attack", "AUC", f"det % nu={nu}", f"u+w % nu={nu}", "adv vote acc %"]
-    rows = []
-    for k in attacks:
-        row: list[Any] = [k, f"{aucs[k]:.4f}"]
-        if method == "uncertainty":
-            for lr in (results.lr_rates(frames[k]), results.lr_rates_at_fpr(frames[k], fpr)):
-                row += [lr["fpr"], lr["detected"], lr["undetected_wrong"]]
-        else:
-            r = tables[k].loc[nu]
-            row += [r["detected"], r["undetected_wrong"], r["adv_vote_acc"]]
-        rows.append(row)
-    if len(attacks) > 1:  # per sample, whichever attack works
-        if method == "uncertainty":
-            evals = [f[f["half"] == "eval"] for f in frames.values()]
-            at_fpr = [results.flag_at_fpr(f, fpr) for f in frames.values()]
-            row = [
-                "worst case",
-                "",
-                "",
-                "",
-                results.worst_case_undetected_wrong(evals, "flagged_lr"),
-            ]
-            row += ["", "", results.worst_case_undetected_wrong(at_fpr, "flagged_fpr")]
-        else:
-            worst = results.worst_case_undetected_wrong(list(frames.values()), f"flagged_nu_{nu}")
-            row = ["worst case", "", "", worst, ""]
-        rows.append(row)
-    what = "dissent (K - top votes)" if method == "vote" else "uncertainty + LR, eval half"
+        what = "dissent (K - top votes)"
+    table["auc"] = [f"{v:.4f}" if v == v else "" for v in table["auc"]]
+    rows = [_cells(r, list(table.columns)) for _, r in table.iterrows()]
     title = (
         f"{run}: detection by {what}, eps {format_eps(eps)} (u+w: undetected and wrong; "
-        "worst case: per sample, any attack)"
+        "worst case: per sample, any attack, same detector)"
     )
     summary(title, head, rows, new_files(df))

@@ -5,22 +5,33 @@ versions of the same correctly classified test samples = negative):
 
 * ``vote``: the threshold-nu rule of Eq. 8 answers only when at least nu members agree
   (nu = K: unanimity, A.4.1); the score is the number of dissenting members ``K - max votes``.
-  With ``--centers 1d`` models this is the 1-D projection detector of A.5 (Fig. 4).
+  With ``--centers 1d`` models this is the 1-D projection detector of A.5 (Fig. 4). It has
+  nothing to fit.
 * ``uncertainty``: the variance of the softmax outputs across members x R-DML draws, averaged
-  over classes (A.5.1), fed (as its log) to a logistic regression trained on half of the
-  samples (benign + noisy negative, adversarial positive) and scored on the other half only.
+  over classes (A.5.1), fed (as its log) to a logistic regression. The regression is fit
+  **once**, the way a defender deploys a detector: on the fit half of the samples (by sample
+  id, :func:`split_halves`), benign + noisy inputs negative and the adversarials of the
+  standard attacks (``fit_attacks``: FGSM and PGD by default, crafted even when not
+  evaluated) positive. It is then frozen, and every evaluated attack -- the adaptive one
+  included -- is scored against that same detector on the eval half only. The detector is
+  never refit on an attack's own adversarials, so the per-sample worst case over attacks is
+  the worst case against one deployed detector.
 
 Every adversarial is crafted from a benign sample that the ensemble classifies correctly; the
 standard attacks (FGSM, PGD) attack the summed logits as in the paper, the ``adaptive`` one
 (:mod:`dmlcli.attacks.agreement`) attacks the detector itself. ``undetected-and-wrong`` is the
 fraction of adversarials that the detector lets through and the vote misclassifies: the rate
 that matters to a defender.
+
+One ``detect`` result per (run, method, eps, settings) holds the rows of every evaluated
+attack: the benign and noisy rows once (``attack`` empty), then one adversarial row per
+sample and attack; its ``detect-roc`` result holds the ROC points of every attack.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +40,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from dmlcli import results
 from dmlcli.attacks import Objective, create_attack
 from dmlcli.attacks.agreement import AgreementPGD, member_draws, softmax_variance
 from dmlcli.errors import DmlError
@@ -39,6 +51,8 @@ from dmlcli.runtime import mix_seed, seeded
 
 METHODS = ("vote", "uncertainty")
 ATTACKS = ("fgsm", "pgd", "adaptive")
+#: The standard attacks the uncertainty detector may be fit on (never the adaptive one).
+FIT_ATTACKS = ("fgsm", "pgd")
 _LOG_FLOOR = 1e-10
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -69,14 +83,30 @@ def check_method(method: str, members: int, randomized: bool) -> str:
 
 
 def check_attacks(names: Sequence[str]) -> list[str]:
-    """Deduplicated attack names, each one of :data:`ATTACKS`."""
+    """Deduplicated attack names, each one of :data:`ATTACKS`, in the order of :data:`ATTACKS`
+    (the order given does not change the result)."""
     out = list(dict.fromkeys(names))
     for name in out:
         if name not in ATTACKS:
             raise DmlError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
     if not out:
         raise DmlError(f"give at least one --attack ({', '.join(ATTACKS)})")
-    return out
+    return [a for a in ATTACKS if a in out]
+
+
+def check_fit_attacks(names: Sequence[str]) -> list[str]:
+    """Deduplicated ``--fit-attack`` names, each one of :data:`FIT_ATTACKS`, in that order."""
+    out = list(dict.fromkeys(names))
+    for name in out:
+        if name not in FIT_ATTACKS:
+            raise DmlError(
+                f"unknown --fit-attack {name!r}; choose {' or '.join(FIT_ATTACKS)} (the "
+                "standard attacks the uncertainty detector is fit on; the adaptive attack is "
+                "only evaluated, never fit on)"
+            )
+    if not out:
+        raise DmlError(f"give at least one --fit-attack ({', '.join(FIT_ATTACKS)})")
+    return [a for a in FIT_ATTACKS if a in out]
 
 
 # -- scores -----------------------------------------------------------------------------------
@@ -139,7 +169,8 @@ def uncertainty_features(u: np.ndarray) -> np.ndarray:
 class UncertaintyDetector:
     """Logistic regression on the log-uncertainty (A.5.1), fit on a chosen set of rows only.
 
-    ``fit_rows`` records exactly which rows the regression saw (for audits and tests).
+    ``fit_rows`` records exactly which rows the regression saw (for audits and tests). Once
+    fit it is frozen: :meth:`score` never refits.
     """
 
     seed: int = 0
@@ -168,6 +199,19 @@ class UncertaintyDetector:
         if self.model is None:
             raise RuntimeError("fit the detector first")
         return self.model.predict_proba(features)[:, 1]
+
+    def params(self) -> dict[str, list[float]]:
+        """The frozen detector as plain numbers: ``p = sigmoid(coef . (f - mean) / scale +
+        intercept)`` with ``f = log(u + 1e-10)`` (stored with the result for audits)."""
+        if self.model is None:
+            raise RuntimeError("fit the detector first")
+        scaler, lr = self.model[0], self.model[-1]
+        return {
+            "mean": [float(v) for v in scaler.mean_],
+            "scale": [float(v) for v in scaler.scale_],
+            "coef": [float(v) for v in lr.coef_.ravel()],
+            "intercept": [float(v) for v in lr.intercept_.ravel()],
+        }
 
 
 # -- observing the ensemble ---------------------------------------------------------------------
@@ -211,7 +255,11 @@ def gaussian_noise(x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
 # -- settings and attacks -----------------------------------------------------------------------
 @dataclass
 class DetectSettings:
-    """Everything that defines one detection result besides the model and the attack."""
+    """Everything that defines one detection result besides the model and the samples.
+
+    ``attacks``: the attacks evaluated; ``fit_attacks``: the standard attacks whose
+    fit-half adversarials the uncertainty regression is fit on (ignored by ``vote``).
+    """
 
     method: str = "vote"
     eps: float = 0.3
@@ -225,6 +273,8 @@ class DetectSettings:
     adaptive_targets: int = 3
     eot: int = 1
     batch_size: int = 500
+    attacks: tuple[str, ...] = ATTACKS
+    fit_attacks: tuple[str, ...] = FIT_ATTACKS
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -237,25 +287,40 @@ class DetectSettings:
             raise DmlError(f"--noise-sigma must be >= 0; got {self.noise_sigma}")
         if self.batch_size < 1:
             raise DmlError(f"--batch-size must be at least 1; got {self.batch_size}")
+        self.attacks = tuple(check_attacks(self.attacks))
+        self.fit_attacks = tuple(check_fit_attacks(self.fit_attacks))
         for name in ATTACKS:  # builds (and so validates) every attack's parameters
             make_attack(name, self)
 
-    def setting(self, attack: str) -> dict[str, Any]:
-        """The result setting of ``attack`` (only the parameters it uses)."""
+    @property
+    def crafted(self) -> list[str]:
+        """Every attack whose adversarials are crafted: the evaluated ones and, for the
+        uncertainty detector, its fit attacks (in the order of :data:`ATTACKS`)."""
+        need = set(self.attacks)
+        if self.method == "uncertainty":
+            need |= set(self.fit_attacks)
+        return [a for a in ATTACKS if a in need]
+
+    def setting(self) -> dict[str, Any]:
+        """The result setting: the attacks evaluated (and fit on) and only the parameters
+        that the crafted attacks use."""
+        crafted = self.crafted
         out: dict[str, Any] = {
             "method": self.method,
-            "attack": attack,
+            "attacks": list(self.attacks),
             "eps": self.eps,
             "draws": self.draws,
             "noise_sigma": self.noise_sigma,
             "seed": self.seed,
             "eot": self.eot,
         }
-        if attack != "fgsm":
+        if self.method == "uncertainty":
+            out["fit_attacks"] = list(self.fit_attacks)
+        if any(a != "fgsm" for a in crafted):
             out.update(steps=self.steps, step_size=self.step_size)
-        if attack == "pgd":
+        if "pgd" in crafted:
             out["keep"] = "loss"
-        if attack == "adaptive":
+        if "adaptive" in crafted:
             out["adaptive_loss"] = self.adaptive_loss
             out["adaptive_targets"] = self.adaptive_targets
             if self.method == "uncertainty":
@@ -322,65 +387,110 @@ def _rows(
     return df
 
 
+@dataclass
+class Detection:
+    """What :func:`detection_rows` gives.
+
+    ``rows``: the stored rows (benign and noisy once, then every evaluated attack's
+    adversarials); ``rocs``: the ROC of the detector per evaluated attack; ``detector``: the
+    frozen regression (None for ``vote``); ``fit``: ``sample``, ``kind``, ``attack`` and
+    ``half`` of every row the regression was fit on, in the order it saw them (None for
+    ``vote``). Fit rows of a fit attack that is not evaluated are not among ``rows``.
+    """
+
+    rows: pd.DataFrame
+    rocs: dict[str, Roc]
+    detector: UncertaintyDetector | None = None
+    fit: pd.DataFrame | None = None
+
+
 def detection_rows(
     method: str,
-    attack: str,
     eps: float,
     samples: np.ndarray,
     y: torch.Tensor,
     benign: Observation,
     noisy: Observation,
-    adversarial: Observation,
-    linf: tuple[torch.Tensor, torch.Tensor],
+    adversarial: Mapping[str, Observation],
+    linf: Mapping[str, torch.Tensor],
+    attacks: Sequence[str] | None = None,
+    fit_attacks: Sequence[str] = FIT_ATTACKS,
     seed: int = 0,
-) -> tuple[pd.DataFrame, Roc, UncertaintyDetector | None]:
-    """Rows (one per sample x kind), the ROC of the detector, and the fitted regression.
+) -> Detection:
+    """Rows (one per sample x kind x attack), the ROC per attack and the frozen regression.
 
-    ``linf``: L-inf distances to the clean sample of the noisy and adversarial inputs ``[N]``.
-    ``vote``: score = ``dissent``, ROC over every row. ``uncertainty``: rows get a ``half``
-    (fit/eval, by sample), the regression is fit on the fit half and ``lr_score`` /
-    ``flagged_lr`` (probability >= 0.5) come from it; the ROC uses the eval half only.
+    ``adversarial``: the observed adversarials of every crafted attack (the evaluated ones,
+    ``attacks``, default all of them, and for ``uncertainty`` the ``fit_attacks``).
+    ``linf``: L-inf distances to the clean samples ``[N]`` of ``'noisy'`` and of every attack.
+
+    ``vote``: score = ``dissent``; the ROC of an attack uses every row of it (its
+    adversarials against all benign and noisy rows). ``uncertainty``: rows get a ``half``
+    (fit/eval, by sample); the regression is fit ONCE on the fit half's benign and noisy rows
+    (negative) and the fit half's adversarials of ``fit_attacks`` (positive), then frozen;
+    ``lr_score`` / ``flagged_lr`` (p >= 0.5) of every row come from that one detector and
+    each attack's ROC uses the eval half only.
     """
+    attacks = list(adversarial) if attacks is None else list(attacks)
     parts = [
-        _rows("benign", attack, samples, y, benign),
-        _rows("noisy", attack, samples, y, noisy),
-        _rows("adversarial", attack, samples, y, adversarial),
+        _rows("benign", "", samples, y, benign),
+        _rows("noisy", "", samples, y, noisy),
+        *[_rows("adversarial", a, samples, y, obs) for a, obs in adversarial.items()],
     ]
     parts[0]["linf"] = 0.0
-    for part, dist in zip(parts[1:], linf, strict=True):
-        part["linf"] = dist.numpy().astype(np.float64)
-    df = pd.concat(parts, ignore_index=True)
-    df.insert(4, "eps", float(eps))
-    df.insert(5, "method", method)
-    positive = (df["kind"] == "adversarial").to_numpy()
+    parts[1]["linf"] = linf["noisy"].numpy().astype(np.float64)
+    for part, a in zip(parts[2:], adversarial, strict=True):
+        part["linf"] = linf[a].numpy().astype(np.float64)
+    pool = pd.concat(parts, ignore_index=True)
+    pool.insert(4, "eps", float(eps))
+    pool.insert(5, "method", method)
+    adv = (pool["kind"] == "adversarial").to_numpy()
+    keep = ~adv | pool["attack"].isin(attacks).to_numpy()
     if method == "vote":
-        df["half"] = "all"
-        return df, roc(df["dissent"].to_numpy(), positive), None
-    is_fit = split_halves(df["sample"].to_numpy(), seed)
-    df["half"] = np.where(is_fit, "fit", "eval")
-    features = uncertainty_features(df["uncertainty"].to_numpy())
+        pool["half"] = "all"
+        rows = pool[keep].reset_index(drop=True)
+        rocs = {a: _attack_roc(rows, a, "dissent") for a in attacks}
+        return Detection(rows, rocs)
+    is_fit = split_halves(pool["sample"].to_numpy(), seed)
+    pool["half"] = np.where(is_fit, "fit", "eval")
+    fit_mask = is_fit & (~adv | pool["attack"].isin(list(fit_attacks)).to_numpy())
+    features = uncertainty_features(pool["uncertainty"].to_numpy())
     detector = UncertaintyDetector(seed=seed)
-    detector.fit(features, positive, np.flatnonzero(is_fit))
-    df["lr_score"] = detector.score(features)
-    df["flagged_lr"] = df["lr_score"].to_numpy() >= 0.5
-    ev = ~is_fit
-    return df, roc(df["lr_score"].to_numpy()[ev], positive[ev]), detector
+    detector.fit(features, adv, np.flatnonzero(fit_mask))
+    pool["lr_score"] = detector.score(features)  # the one frozen detector scores every row
+    pool["flagged_lr"] = pool["lr_score"].to_numpy() >= 0.5
+    fit = pool.loc[detector.fit_rows, ["sample", "kind", "attack", "half"]].reset_index(drop=True)
+    rows = pool[keep].reset_index(drop=True)
+    evals = rows[rows["half"] == "eval"]
+    rocs = {a: _attack_roc(evals, a, "lr_score") for a in attacks}
+    return Detection(rows, rocs, detector, fit)
 
 
-def roc_frame(method: str, attack: str, eps: float, curve: Roc) -> pd.DataFrame:
-    """ROC points as rows (``detect-roc``): method, attack, eps, fpr, tpr, threshold, auc."""
-    n = len(curve.fpr)
-    return pd.DataFrame(
-        {
-            "method": [method] * n,
-            "attack": [attack] * n,
-            "eps": [float(eps)] * n,
-            "fpr": curve.fpr.astype(np.float64),
-            "tpr": curve.tpr.astype(np.float64),
-            "threshold": curve.thresholds.astype(np.float64),
-            "auc": [curve.auc] * n,
-        }
-    )
+def _attack_roc(rows: pd.DataFrame, attack: str, score: str) -> Roc:
+    """The ROC of ``attack``'s adversarials against the benign and noisy rows of ``rows``."""
+    part = results.attack_rows(rows, attack)
+    return roc(part[score].to_numpy(), (part["kind"] == "adversarial").to_numpy())
+
+
+def roc_frame(method: str, eps: float, curves: Mapping[str, Roc]) -> pd.DataFrame:
+    """ROC points of every attack as rows (``detect-roc``): method, attack, eps, fpr, tpr,
+    threshold, auc."""
+    frames = []
+    for attack, curve in curves.items():
+        n = len(curve.fpr)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "method": [method] * n,
+                    "attack": [attack] * n,
+                    "eps": [float(eps)] * n,
+                    "fpr": curve.fpr.astype(np.float64),
+                    "tpr": curve.tpr.astype(np.float64),
+                    "threshold": curve.thresholds.astype(np.float64),
+                    "auc": [curve.auc] * n,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
 # -- the whole evaluation -------------------------------------------------------------------------
@@ -441,49 +551,54 @@ def craft_batch(
     """Adversarials ``[B, C, H, W]`` (CPU) of one batch: float pixels ``x``, labels ``y``
     ``[B]``, at position ``start`` of the correct samples. Its randomness (randomized heads,
     random starts) derives from ``(seed, attack, start)`` only, so a batch crafted alone
-    (resumed) equals the same batch of an uninterrupted run."""
+    (resumed, or next to other attacks) equals the same batch of an uninterrupted run."""
     device = _device(model)
     with seeded(mix_seed(s.seed + 1 + ATTACKS.index(attack), start), device):
         return make_attack(attack, s)(model, x.to(device), y.to(device)).detach().cpu()
 
 
-def detect_attack(
+def detect_all(
     model: nn.Module,
     data: Benign,
-    attack: str,
     s: DetectSettings,
+    adv: Mapping[str, torch.Tensor] | None = None,
     on_batch: Callable[[int], None] | None = None,
-    adv: torch.Tensor | None = None,
-) -> tuple[pd.DataFrame, Roc, UncertaintyDetector | None]:
-    """Craft ``attack`` on the correct samples and score the detector (:func:`detection_rows`).
+) -> Detection:
+    """Craft every attack of ``s.crafted`` on the correct samples, observe the adversarials
+    and score the detector (:func:`detection_rows`).
 
-    ``adv`` ``[N, C, H, W]``: adversarials already crafted by :func:`craft_batch` (batches
-    of ``s.batch_size``, e.g. read back from part files); crafted here when ``None``.
+    ``adv`` ``{attack: [N, C, H, W]}``: adversarials already crafted by :func:`craft_batch`
+    (batches of ``s.batch_size``, e.g. read back from part files); crafted here when ``None``.
     """
     if adv is None:
-        batches = []
-        for start in range(0, len(data.x), s.batch_size):
-            stop = start + s.batch_size
-            batches.append(
-                craft_batch(model, attack, s, data.x[start:stop], data.y[start:stop], start)
-            )
-            if on_batch is not None:
-                on_batch(len(batches[-1]))
-        adv = torch.cat(batches)
-    torch.manual_seed(s.seed + 1 + ATTACKS.index(attack))  # randomized heads in observe
-    obs = observe(model, adv, s.draws, s.batch_size)
-    linf = (data.noisy_linf, _linf(adv, data.x))
+        adv = {}
+        for attack in s.crafted:
+            batches = []
+            for start in range(0, len(data.x), s.batch_size):
+                stop = start + s.batch_size
+                x, y = data.x[start:stop], data.y[start:stop]
+                batches.append(craft_batch(model, attack, s, x, y, start))
+                if on_batch is not None:
+                    on_batch(len(batches[-1]))
+            adv[attack] = torch.cat(batches)
+    observed, linf = {}, {"noisy": data.noisy_linf}
+    for attack in s.crafted:
+        torch.manual_seed(s.seed + 1 + ATTACKS.index(attack))  # randomized heads in observe
+        observed[attack] = observe(model, adv[attack], s.draws, s.batch_size)
+        linf[attack] = _linf(adv[attack], data.x)
     return detection_rows(
-        s.method, attack, s.eps, data.samples, data.y, data.benign, data.noisy, obs, linf, s.seed
-    )
+        s.method, s.eps, data.samples, data.y, data.benign, data.noisy, observed, linf,
+        s.attacks, s.fit_attacks, s.seed,
+    )  # fmt: skip
 
 
-def detect_setting(run: Run, s: DetectSettings, attack: str, n: int) -> dict[str, Any]:
-    """The identity of the detection result of ``attack``: settings, samples, checkpoint and
-    the head that was evaluated (a swapped R-DML head is part of it)."""
+def detect_setting(run: Run, s: DetectSettings, n: int) -> dict[str, Any]:
+    """The identity of the detection result: settings (the attacks evaluated and fit on
+    included), samples, checkpoint and the head that was evaluated (a swapped R-DML head is
+    part of it)."""
     config = getattr(run.model, "config", None)
     return {
-        **s.setting(attack),
+        **s.setting(),
         "n": n,
         "checkpoint": run.checkpoint,
         "head": config.head if config is not None else "custom",
@@ -492,33 +607,54 @@ def detect_setting(run: Run, s: DetectSettings, attack: str, n: int) -> dict[str
     }
 
 
-def detect_job(run: Run, data: Benign, attack: str, s: DetectSettings, n: int) -> Job:
-    """Craft ``attack`` on the correctly classified samples of ``data`` (blocks of
-    ``s.batch_size``, kept as parts), then fit and score the detector on all of them: a
-    ``detect`` result (one row per sample and kind) and its ``detect-roc`` points."""
-    setting = detect_setting(run, s, attack, n)
+def _x_adv(attack: str) -> str:
+    return f"x_adv_{attack}"
+
+
+def detect_job(run: Run, data: Benign, s: DetectSettings, n: int) -> Job:
+    """One job for the whole detection result. Each block of ``s.batch_size`` correctly
+    classified samples crafts the adversarials of every attack of ``s.crafted`` (kept as a
+    part, so an interrupted run resumes); ``finish`` fits the detector once and scores every
+    attack against it: a ``detect`` result (one row per sample, kind and attack) and its
+    ``detect-roc`` points (every attack's ROC)."""
+    setting = detect_setting(run, s, n)
     model = run.model
+    crafted = s.crafted
 
     def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
-        adv = craft_batch(model, attack, s, data.x[start:stop], data.y[start:stop], start)
-        rows = {"sample": data.samples[start:stop], "x_adv": list(adv.flatten(1).numpy())}
+        rows: dict[str, Any] = {"sample": data.samples[start:stop]}
+        x, y = data.x[start:stop], data.y[start:stop]
+        for i, attack in enumerate(crafted):
+            tick(i / len(crafted), f"{attack} ({i + 1}/{len(crafted)})")
+            adv = craft_batch(model, attack, s, x, y, start)
+            rows[_x_adv(attack)] = list(adv.flatten(1).numpy())
         return {"rows": pd.DataFrame(rows)}, {}
 
     def finish(df: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, dict]]:
-        flat = np.stack(df["x_adv"].to_numpy()).astype(np.float32)
-        adv = torch.from_numpy(flat).view(-1, *data.x.shape[1:])
-        rows, curve, detector = detect_attack(model, data, attack, s, adv=adv)
+        shape = data.x.shape[1:]
+        adv = {
+            a: torch.from_numpy(np.stack(df[_x_adv(a)].to_numpy()).astype(np.float32)).view(
+                -1, *shape
+            )
+            for a in crafted
+        }
+        got = detect_all(model, data, s, adv=adv)
         extra: dict[str, Any] = {
-            "auc": curve.auc,
+            "aucs": {a: c.auc for a, c in got.rocs.items()},
+            "attacks": list(s.attacks),
             "members": run.num_members,
             "dataset": run.dataset,
             "n_correct": int(len(data.y)),
         }
-        if detector is not None:
-            fit = rows["sample"].to_numpy()[detector.fit_rows]
-            extra["lr_fit_samples"] = sorted({int(v) for v in fit})
-        roc_rows = roc_frame(s.method, attack, s.eps, curve)
-        return {"detect": (rows, extra), "detect-roc": (roc_rows, extra)}
+        if got.detector is not None and got.fit is not None:
+            fit = got.fit
+            extra["fit_attacks"] = list(s.fit_attacks)
+            extra["lr_fit_samples"] = sorted({int(v) for v in fit["sample"]})
+            labels = fit["kind"] + fit["attack"].map(lambda a: f":{a}" if a else "")
+            extra["lr_fit_rows"] = {str(k): int(v) for k, v in labels.value_counts().items()}
+            extra["detector"] = got.detector.params()
+        roc_rows = roc_frame(s.method, s.eps, got.rocs)
+        return {"detect": (got.rows, extra), "detect-roc": (roc_rows, extra)}
 
     return Job(
         kind="detect",
@@ -527,7 +663,7 @@ def detect_job(run: Run, data: Benign, attack: str, s: DetectSettings, n: int) -
         ids=[int(v) for v in data.samples],
         compute=compute,
         size=s.batch_size,
-        label=f"detect {attack} adversarials",
-        columns=["x_adv"],
+        label=f"detect {'+'.join(crafted)} adversarials",
+        columns=[_x_adv(a) for a in crafted],
         finish=finish,
     )
