@@ -12,8 +12,9 @@ from torch import nn
 from dmlcli.errors import DmlError
 from dmlcli.eval import clever as cl
 from dmlcli.files import read_parquet
+from dmlcli.results import score_quantiles
 from dmlcli.store import Store
-from tests.helpers import tiny_ensemble
+from tests.helpers import tiny_ensemble, tree_listing
 
 
 def _linear(seed: int = 0) -> nn.Module:
@@ -101,6 +102,137 @@ def test_pooled_maxima_keep_the_fit_instead_of_the_observed_max() -> None:
     assert cl.score_sample(margins, 0, np.stack([maxima] * 2, 1), fresh).score == pytest.approx(
         1.0 / maxima.max()
     )
+
+
+def test_multi_start_fit_beats_a_single_bad_start() -> None:
+    """Weng et al. fit from several shape starts and keep the best KS p-value: from shape 0.1
+    alone the fit ends on the boundary (L = the observed maximum, a poor fit); from the
+    reference's seven starts it finds the interior optimum, closer to the true endpoint."""
+    true_loc = 1.7
+    for seed in (1, 2, 4):
+        rng = np.random.default_rng(seed)
+        maxima = true_loc - 0.4 * rng.weibull(8.0, 200)  # reverse Weibull, shape 8
+        bad = cl.fit_reverse_weibull(maxima, 0.1)  # one start is still accepted
+        best = cl.fit_reverse_weibull(maxima)
+        assert bad.status == "boundary" and bad.location == pytest.approx(maxima.max())
+        assert best.status == "ok" and best.start != 0.1
+        assert best.ks_pvalue > max(bad.ks_pvalue, 0.5)
+        assert abs(best.location - true_loc) < abs(bad.location - true_loc)
+        assert best.location > maxima.max()
+        # the kept fit is the best of the single-start fits
+        singles = [cl.fit_reverse_weibull(maxima, c) for c in cl.SHAPE_STARTS]
+        assert best.ks_pvalue == pytest.approx(max(f.ks_pvalue for f in singles))
+    rng = np.random.default_rng(2)
+    fit = cl.fit_reverse_weibull(true_loc - 0.4 * rng.weibull(8.0, 200))
+    assert fit.location == pytest.approx(true_loc, abs=0.05)
+    assert fit.shape == pytest.approx(8.0, rel=0.25)
+
+
+def test_c_init_is_a_list_of_starts_recorded_in_the_setting() -> None:
+    assert cl.CleverSettings().validate().c_init == cl.SHAPE_STARTS == (0.1, 1, 5, 10, 20, 50, 100)
+    assert cl.CleverSettings(c_init=5).validate().c_init == (5.0,)
+    assert cl.CleverSettings(c_init=[20, 1, 20]).validate().c_init == (1.0, 20.0)
+    setting = cl.CleverSettings().validate().setting()
+    assert setting["c_init"] == [0.1, 1, 5, 10, 20, 50, 100]
+    assert setting["fit"] == cl.FIT_RULE and setting["max_offset"] == cl.MAX_OFFSET
+    one = cl.CleverSettings(c_init=1.0).validate().setting()
+    assert one["c_init"] == [1.0]  # another setting: another stored result
+    for bad in (0, -1, math.inf, math.nan, [1, 0], []):
+        with pytest.raises(DmlError, match="--c-init"):
+            cl.CleverSettings(c_init=bad).validate()
+
+
+def _fit(location: float, status: str) -> cl.WeibullFit:
+    return cl.WeibullFit(location, 3.0, 0.5, 0.5, status, location)
+
+
+def _handmade_rows():
+    """Four samples of 3 classes: labels 0 1 2 0, predictions 0 1 1 0 (the third is wrong:
+    score 0.9 but score_label 0); the first sample's fit of class 2 is capped."""
+    margins = [[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [2.0, 0.0, 1.0], [0.0, 2.0, 2.0]]
+    scores = [0.5, 0.1, 0.9, 0.3]
+    res = []
+    for i, (m, score) in enumerate(zip(margins, scores, strict=True)):
+        pred = 1 if i in (1, 2) else 0
+        fits = [None if j == pred else _fit(2.0, "ok") for j in range(3)]
+        if i == 0:
+            fits[2] = _fit(4.0, "capped")
+        res.append(cl.CleverResult(score, pred, 2, m, fits, 0.1))
+    return cl.results_frame(res, np.arange(10, 14), np.array([0, 1, 2, 0]), "sum")
+
+
+def test_non_zero_count_is_of_score_label() -> None:
+    """The paper's non-zero count (Fig. 1) and the count above 0.2 (Fig. 7, 8) are of
+    score_label: a wrong prediction has a positive score but counts as 0."""
+    rows = _handmade_rows()
+    assert rows["score"].tolist() == [0.5, 0.1, 0.9, 0.3]
+    assert rows["score_label"].tolist() == [0.5, 0.1, 0.0, 0.3]
+    for column in ("score", "score_label"):
+        q = score_quantiles(rows, column)
+        assert q["counted"] == "score_label" and q["column"] == column and q["n"] == 4
+        assert q["score_label>0"] == 3  # not 4: the wrong prediction's 0.9 is not counted
+        assert q["score_label>0.2"] == 2  # 0.5 and 0.3; not 0.9
+        assert q["capped"] == 1 and q["capped_fits"] == 1 and q["fits"] == 8
+    assert score_quantiles(rows, "score")["q50"] == pytest.approx(0.4)
+    assert score_quantiles(rows, "score_label")["q50"] == pytest.approx(0.2)
+
+
+def test_fit_forced_onto_the_cap_is_marked_and_counted(monkeypatch) -> None:
+    """A location that hits MAX_OFFSET ranges above the observed maximum is marked capped
+    and counted in the rows' summary (the CLI and the report tables use it)."""
+    rng = np.random.default_rng(2)
+    maxima = 1.7 - 0.4 * rng.weibull(8.0, 200)  # endpoint ~0.6 ranges above the maximum
+    assert cl.fit_reverse_weibull(maxima).status == "ok"
+    monkeypatch.setattr(cl, "MAX_OFFSET", 0.1)
+    fit = cl.fit_reverse_weibull(maxima)
+    top, spread = maxima.max(), np.ptp(maxima)
+    assert fit.status == "capped"
+    assert fit.location == pytest.approx(top + 0.1 * spread, rel=1e-4)
+    s = cl.CleverSettings(nb_batches=200)
+    ok = np.stack([np.zeros(200), maxima, np.full(200, 1.0)], 1)  # class 2: degenerate
+    res = cl.score_sample(np.array([0.0, 1.0, 5.0]), 0, ok, s)
+    assert [f.status for f in res.fits[1:]] == ["capped", "degenerate"]
+    assert res.score == pytest.approx(1.0 / fit.location)
+    rows = cl.results_frame([res, res], np.array([3, 4]), np.array([0, 1]), "sum")
+    assert rows["fit_status"].iloc[0] == ["", "capped", "degenerate"]
+    q = score_quantiles(rows)
+    assert (q["capped"], q["capped_fits"], q["fits"]) == (2, 2, 4)
+
+
+def test_cli_and_report_tables_count_score_label_and_capped(tmp_path, capsys, monkeypatch):
+    from dmlcli.cli import clever as cli_clever
+    from dmlcli.cli import common
+    from dmlcli.report.collect import collect
+    from dmlcli.report.tables import clever_table
+
+    rows = _handmade_rows()
+    setting = {**cl.CleverSettings().validate().setting(), "n": 4, "seed": 0, "target": "sum"}
+    store = Store(tmp_path / "art")
+    path = store.write_result("clever", "fx-dml", setting, rows, {"dataset": "digits"})
+    table = clever_table(collect(store), "digits")
+    assert table.cell("fx-dml", "> 0") == 3 and table.cell("fx-dml", "> 0.2") == 2
+    assert table.cell("fx-dml", "capped") == 1 and table.cell("fx-dml", "n") == 4
+    assert table.cell("fx-dml", "median") == pytest.approx(0.2)  # of score_label
+    notes = " ".join(table.notes)
+    assert "score_label" in notes and "capped" in notes and "0.1 1 5 10 20 50 100" in notes
+
+    stored, meta = read_parquet(path)
+    stored.attrs["results"] = [
+        {"run": "fx-dml", "rows": [0, 4], "meta": meta, "status": "cached", "path": str(path)}
+    ]
+    monkeypatch.setattr(common.console, "width", 200)
+    capsys.readouterr()
+    cli_clever.print_summary(stored, "sum", "2", 2.0)
+    out = capsys.readouterr().out
+    cells = {
+        row[1]: row[-5:-1]
+        for row in ([c.strip() for c in x.split("│")] for x in out.splitlines())
+        if len(row) > 5
+    }
+    assert cells["score_label"] == ["3", "2", "1", "4"]  # > 0, > 0.2, capped, n
+    assert cells["score"] == ["", "", "", "4"]  # counts are of score_label only
+    text = " ".join(out.split())
+    assert "capped: samples with a Weibull fit" in text and "1 of 8 fits" in text
 
 
 def test_parse_norm_and_dual() -> None:
@@ -243,8 +375,16 @@ def test_cli_end_to_end(cli, store_copy) -> None:
     assert len(meta["head_lipschitz"]) == 5 and meta["setting"]["nb_batches"] == 10
     again = cli("clever", "digits-dml", "--artifacts", store_copy, *args)
     assert again.code == 0 and "already in" in again.out
-    member = cli("clever", "digits-dml", "--artifacts", store_copy, *args, "--target", "member:2")
+    assert meta["setting"]["c_init"] == [0.1, 1, 5, 10, 20, 50, 100]
+    assert meta["setting"]["fit"] == cl.FIT_RULE
+    assert "capped" in res.out and "score_label" in res.out
+    member = cli(
+        "clever", "digits-dml", "--artifacts", store_copy, *args, "--target", "member:2",
+        "--c-init", "5",
+    )  # fmt: skip
     assert member.code == 0, member.err
+    (member_path,) = set(Store(store_copy).list_results("clever")) - set(paths)
+    assert read_parquet(member_path)[1]["setting"]["c_init"] == [5.0]
     base = cli("clever", "digits-baseline", "--artifacts", store_copy, *args, "--norm", "inf")
     assert base.code == 0 and "n/a (linear head)" in base.out
     for bad in (
@@ -258,3 +398,14 @@ def test_cli_end_to_end(cli, store_copy) -> None:
         ["--target", "vote"],
     ):
         _bad(cli, store_copy, *bad)
+
+
+def test_cli_rejects_bad_c_init(cli, store_copy) -> None:
+    """--c-init 0 and -1: exit 2, one error line, nothing written."""
+    before = tree_listing(store_copy)
+    for bad in ("0", "-1"):
+        res = cli("clever", "digits-dml", "--artifacts", store_copy, "--n", "2", "--c-init", bad)
+        assert res.code == 2, (bad, res.out, res.err)
+        lines = res.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and "--c-init" in lines[0]
+        assert tree_listing(store_copy) == before

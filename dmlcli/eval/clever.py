@@ -19,7 +19,9 @@ with replacement (``pool_factor = 0``: fresh points for every batch, Weng et al.
 margin gradients come from one forward pass and ``C`` backward passes over a large batch,
 several samples' pools sharing a batch when they are small), and the Weibull fit keeps the
 location strictly inside a bounded range above the largest observed maximum instead of
-collapsing onto it or running off (see :func:`fit_reverse_weibull`).
+collapsing onto it or running off; like Weng et al.'s reference code (and unlike ART) it is
+run from several shape starts and the best fit by KS p-value is kept; a fit whose location
+hits the top of the range is marked ``capped`` (see :func:`fit_reverse_weibull`).
 
 Result rows (one per sample and scored model) are built by :func:`results_frame`.
 """
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -105,8 +107,12 @@ class WeibullFit:
     """A reverse Weibull fitted to batch maxima: ``L - m ~ Weibull(shape, scale)``.
 
     ``location`` is ``L`` (the right endpoint); ``status`` is ``ok``, ``boundary`` (the
-    endpoint sits at the observed maximum: the likelihood has no interior optimum) or
-    ``degenerate`` (all maxima equal: a constant gradient norm, ``L`` = that value).
+    endpoint sits at the observed maximum: the likelihood has no interior optimum),
+    ``capped`` (the endpoint sits at its upper bound, :data:`MAX_OFFSET` ranges above the
+    observed maximum: the likelihood wanted it higher, so ``L`` may be too low and the score
+    too high), ``ill-conditioned`` (KS fallback to the observed maximum) or ``degenerate``
+    (all maxima equal: a constant gradient norm, ``L`` = that value). ``start`` is the shape
+    start the kept fit came from.
     """
 
     location: float
@@ -115,55 +121,102 @@ class WeibullFit:
     ks_pvalue: float
     status: str
     observed_max: float
+    start: float = math.nan
 
 
-SHAPE_STARTS: tuple[float, ...] = ()  # extra Nelder-Mead starts for the Weibull shape
+#: Weibull shape starts of the fit: Weng et al.'s reference code (``clever.py``, ``c_init``).
+SHAPE_STARTS: tuple[float, ...] = (0.1, 1.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 MAX_OFFSET = 1.0  # the endpoint is at most this many ranges of the maxima above their max
+MIN_OFFSET = 1e-6  # ... and at least this many (the likelihood is unbounded at 0 for c < 1)
 ILL_CONDITIONED_P = 0.001  # Weng et al.: below this KS p-value use the observed maximum
+#: How a fit is made and kept; stored in every result's setting (a new rule, a new result).
+FIT_RULE = "profile-mle;rescaled-to-range;moment-start-per-shape;best-ks-then-nll"
 
 
-def _fit_from(d: np.ndarray, spread: float, c0: float) -> tuple[float, float, str]:
-    """Profile-likelihood fit of ``d + off ~ Weibull(c, s)`` from shape ``c0``: (c, off,
-    status), status ``boundary`` / ``capped`` where ``off`` sits at its lower / upper bound."""
+def _moment_offset(d: np.ndarray, c0: float) -> float:
+    """The offset ``off`` at which ``d + off`` has the mean and variance of a Weibull of shape
+    ``c0`` (what scipy's ``fit`` starts location and scale from), clipped to its bounds."""
+    g1, g2 = math.gamma(1 + 1 / c0), math.gamma(1 + 2 / c0)
+    spread = g2 - g1 * g1
+    if not (math.isfinite(spread) and spread > 0):
+        return 0.05
+    scale = float(d.std()) / math.sqrt(spread)
+    return min(max(scale * g1 - float(d.mean()), 2 * MIN_OFFSET), 0.99 * MAX_OFFSET)
+
+
+def _fit_from(d: np.ndarray, c0: float) -> tuple[float, float, float, str]:
+    """Profile-likelihood fit of ``d + off ~ Weibull(c, s)`` (``d`` rescaled to range 1) from
+    shape ``c0``: (c, off, negative log-likelihood, status), status ``boundary`` / ``capped``
+    where ``off`` sits at its lower / upper bound."""
     from scipy.optimize import minimize
 
     n = len(d)
-    log_floor = math.log(1e-6 * spread)
+    log_floor, log_cap = math.log(MIN_OFFSET), math.log(MAX_OFFSET)
 
     def nll(p: np.ndarray) -> float:
         c, off = math.exp(p[0]), math.exp(p[1])
         lz = np.log(d + off)
-        mean_zc = np.exp(c * lz).mean()
-        return float(-n * math.log(c) + n * math.log(mean_zc) - (c - 1) * lz.sum() + n)
+        czmax = c * float(lz.max())  # s^c = mean(z^c) (profiled), summed in log space
+        log_mean_zc = czmax + math.log(float(np.exp(c * lz - czmax).mean()))
+        return -n * math.log(c) + n * log_mean_zc - (c - 1) * float(lz.sum()) + n
 
     res = minimize(
         nll,
-        np.array([math.log(c0), math.log(0.05 * spread)]),
+        np.array([math.log(c0), math.log(_moment_offset(d, c0))]),
         method="Nelder-Mead",
-        bounds=[(math.log(1e-2), 6.0), (log_floor, math.log(MAX_OFFSET * spread))],
+        bounds=[(math.log(1e-2), 6.0), (log_floor, log_cap)],
         options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 400},
     )
-    log_cap = math.log(MAX_OFFSET * spread)
     status = "boundary" if res.x[1] <= log_floor + 1e-2 else "ok"
     status = "capped" if res.x[1] >= log_cap - 1e-3 else status
-    return math.exp(res.x[0]), math.exp(res.x[1]), status
+    return math.exp(res.x[0]), math.exp(res.x[1]), float(res.fun), status
+
+
+def _weibull_cdf(c: float, off: float, scale: float) -> Callable[[np.ndarray], np.ndarray]:
+    """The CDF of ``d`` when ``d + off ~ Weibull(c, scale)`` (scipy's ``weibull_min(c,
+    loc=-off, scale=scale).cdf``, without its per-call overhead)."""
+    return lambda x: -np.expm1(-np.power(np.maximum(x + off, 0.0) / scale, c))
+
+
+def shape_starts(c_init: float | Sequence[float]) -> tuple[float, ...]:
+    """``--c-init`` (one start or several) -> sorted distinct starts, each finite and > 0."""
+    values = [c_init] if isinstance(c_init, int | float | str) else list(c_init)
+    try:
+        starts = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise DmlError(f"--c-init must be numbers > 0; got {c_init!r}") from None
+    if not starts:
+        raise DmlError("--c-init needs at least one Weibull shape start")
+    for v in starts:
+        if not (math.isfinite(v) and v > 0):
+            raise DmlError(f"--c-init (Weibull shape start) must be a finite number > 0; got {v:g}")
+    return tuple(sorted(set(starts)))
 
 
 def fit_reverse_weibull(
-    maxima: np.ndarray, c_init: float = 1.0, ks_fallback: bool = True
+    maxima: np.ndarray,
+    c_init: float | Sequence[float] = SHAPE_STARTS,
+    ks_fallback: bool = True,
 ) -> WeibullFit:
     """Maximum-likelihood reverse Weibull fit to ``maxima`` ``[nb_batches]`` (Weng et al.).
 
-    The scale is profiled out analytically and Nelder-Mead (scipy) searches the shape
-    (from ``c_init``, plus any :data:`SHAPE_STARTS`; the best KS p-value wins) and the
-    offset ``L - max(maxima)`` in log space, bounded to ``[1e-6, MAX_OFFSET]`` times the
-    range of the maxima. scipy's generic ``weibull_min.fit`` (what ART calls) often
-    returns ``L = max(maxima)`` exactly (a degenerate point of infinite density) or, now
-    and then, a location millions of times the observed maximum (a CLEVER score of ~0);
-    the bounded interior optimum avoids both. As in Weng et al.'s reference code, a best
-    KS p-value below 0.001 marks the maxima ill-conditioned and the observed maximum is
-    used. ``status``: ``ok``, ``boundary``/``capped`` (offset at its lower/upper bound),
-    ``ill-conditioned`` or ``degenerate`` (all maxima equal, e.g. a linear model).
+    As in Weng et al.'s reference code, the maxima are first shifted by their maximum and
+    divided by their range (``d = (max - m) / range`` lies in [0, 1]; the fit's location and
+    scale are mapped back), and the fit is run from every shape start in ``c_init`` (default
+    the reference's :data:`SHAPE_STARTS`; a start far from the true shape can end in a poor
+    local optimum); the fit with the best KS p-value is kept (ties: the higher likelihood).
+    Each fit profiles the scale out analytically and Nelder-Mead (scipy) searches the shape
+    and the offset ``L - max(maxima)`` in log space, started where a Weibull of the start
+    shape matches the mean and variance of ``d`` and bounded to
+    ``[MIN_OFFSET, MAX_OFFSET]`` ranges. scipy's generic ``weibull_min.fit`` (what ART calls)
+    often returns ``L = max(maxima)`` exactly (a degenerate point of infinite density) or,
+    now and then, a location millions of times the observed maximum (a CLEVER score of ~0);
+    the bounded optimum avoids both, and a fit whose offset hits the upper bound is marked
+    ``capped`` (``L`` is then a lower bound of what the likelihood wanted). A best KS
+    p-value below 0.001 marks the maxima ill-conditioned and the observed maximum is used
+    (as in the reference). ``status``: ``ok``, ``boundary``/``capped`` (offset at its
+    lower/upper bound), ``ill-conditioned`` or ``degenerate`` (all maxima equal, e.g. a
+    linear model).
 
     ``ks_fallback=False`` keeps the fitted location whatever the p-value. Maxima of batches
     resampled from a finite pool repeat the pool's top values, and a KS test against a
@@ -171,7 +224,7 @@ def fit_reverse_weibull(
     Fashion-MNIST ensemble). Falling back to the observed maximum would then lower ``L`` and
     raise the score, in the defense's favour; the bounded fit is never below it.
     """
-    from scipy.stats import kstest, weibull_max
+    from scipy.stats import kstest
 
     m = np.asarray(maxima, dtype=np.float64)
     if not np.isfinite(m).all():
@@ -179,27 +232,32 @@ def fit_reverse_weibull(
     top, spread = float(m.max()), float(m.max() - m.min())
     if spread <= 1e-6 * max(abs(top), 1e-12):
         return WeibullFit(top, math.nan, math.nan, math.nan, "degenerate", top)
-    d = top - m
-    best: WeibullFit | None = None
-    for c0 in dict.fromkeys((float(c_init), *SHAPE_STARTS)):
-        c, off, status = _fit_from(d, spread, c0)
-        location = top + off
+    d = (top - m) / spread
+    best: tuple[float, float] | None = None  # (KS p-value, -nll) of the kept fit
+    fit: WeibullFit | None = None
+    for c0 in shape_starts(c_init):
+        c, off, nll, status = _fit_from(d, c0)
         scale = float(np.mean((d + off) ** c) ** (1.0 / c))
-        pvalue = float(kstest(m, weibull_max(c, loc=location, scale=scale).cdf).pvalue)
-        fit = WeibullFit(location, c, scale, pvalue, status, top)
-        if best is None or pvalue > best.ks_pvalue:
-            best = fit
-    assert best is not None
-    if ks_fallback and not best.ks_pvalue >= ILL_CONDITIONED_P:
-        return WeibullFit(top, best.shape, best.scale, best.ks_pvalue, "ill-conditioned", top)
-    return best
+        pvalue = float(kstest(d, _weibull_cdf(c, off, scale)).pvalue)
+        rank = (pvalue if math.isfinite(pvalue) else -1.0, -nll)
+        if best is None or rank > best:
+            best = rank
+            fit = WeibullFit(top + off * spread, c, scale * spread, pvalue, status, top, c0)
+    assert fit is not None
+    if ks_fallback and not fit.ks_pvalue >= ILL_CONDITIONED_P:
+        return WeibullFit(
+            top, fit.shape, fit.scale, fit.ks_pvalue, "ill-conditioned", top, fit.start
+        )
+    return fit
 
 
 @dataclass
 class CleverSettings:
     """CLEVER settings; defaults are the paper's (Weng et al.'s ``N_b = 500``, ``N_s = 1024``).
 
-    ``grad_batch`` is how many points go through one forward/backward; it changes speed and
+    ``c_init``: the Weibull shape start(s) of the fit (default Weng et al.'s seven; the best
+    fit by KS p-value is kept, :func:`fit_reverse_weibull`). ``grad_batch`` is how many
+    points go through one forward/backward; it changes speed and
     memory, never the scores (512 was fastest for LeNet-5 on 1 and 2 CPU threads:
     ``benchmarks/clever_throughput.py``).
     """
@@ -209,7 +267,7 @@ class CleverSettings:
     nb_batches: int = 500
     batch_size: int = 1024
     pool_factor: int = 10
-    c_init: float = 1.0
+    c_init: float | Sequence[float] = SHAPE_STARTS  # Weibull shape start(s) of the fit
     grad_batch: int = 512
 
     def validate(self) -> CleverSettings:
@@ -222,8 +280,7 @@ class CleverSettings:
             raise DmlError(f"--batch-size must be at least 1; got {self.batch_size}")
         if self.pool_factor < 0:
             raise DmlError(f"--pool-factor must be >= 0 (0 = fresh points); got {self.pool_factor}")
-        if not (math.isfinite(self.c_init) and self.c_init > 0):
-            raise DmlError(f"--c-init must be > 0; got {self.c_init}")
+        self.c_init = shape_starts(self.c_init)
         if self.grad_batch < 1:
             raise DmlError(f"--grad-batch must be at least 1; got {self.grad_batch}")
         return self
@@ -240,9 +297,13 @@ class CleverSettings:
         out["norm"] = norm_name(self.norm)
         out.pop("grad_batch")  # does not change the result
         # How points are drawn and fits are kept: results computed before either changed
-        # (draws sized by the gradient batch; the KS fallback on pooled maxima) get other keys.
+        # (draws sized by the gradient batch; the KS fallback on pooled maxima; one shape
+        # start) get other keys.
         out["draw_chunk"] = DRAW_CHUNK
         out["ks_fallback"] = self.pool_factor == 0
+        out["c_init"] = list(shape_starts(self.c_init))
+        out["fit"] = FIT_RULE
+        out["max_offset"] = MAX_OFFSET
         return out
 
 
