@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-ORDER = ["train", "attack", "transfer", "clever", "certify", "geometry", "detect", "report",
-         "run", "ls", "merge"]  # fmt: skip
+ORDER = ["train", "attack", "transfer", "clever", "certify", "geometry", "detect", "check",
+         "report", "run", "ls", "merge"]  # fmt: skip
 
 
 def test_commands_are_listed_in_pipeline_order(cli):

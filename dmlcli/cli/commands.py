@@ -3,7 +3,19 @@
 
 from __future__ import annotations
 
-from dmlcli.cli import attack, certify, clever, detect, geometry, ls, merge, report, train, transfer
+from dmlcli.cli import (
+    attack,
+    certify,
+    check,
+    clever,
+    detect,
+    geometry,
+    ls,
+    merge,
+    report,
+    train,
+    transfer,
+)
 from dmlcli.cli.common import guarded
 
 COMMANDS = [
@@ -14,6 +26,7 @@ COMMANDS = [
     ("certify", guarded(certify.command)),
     ("geometry", guarded(geometry.command)),
     ("detect", guarded(detect.command)),
+    ("check", guarded(check.command)),
     ("report", guarded(report.command)),
     ("ls", ls.command),
     ("merge", merge.command),

@@ -1,0 +1,615 @@
+"""Sanity checks for gradient masking and failed attacks (``dml check``).
+
+A robustness number is only as good as the attack behind it. The field's checklists say how
+to tell a robust model from a model that only defeats the attack:
+
+- Carlini et al. 2019, "On Evaluating Adversarial Robustness" (Section 5, the checklist):
+  iterative attacks beat single-step ones; doubling iterations and restarts changes nothing;
+  accuracy falls as the budget grows and reaches random guessing at a "high" distortion;
+  white-box attacks beat black-box (gradient-free) and transfer attacks, compared per sample;
+  randomized defenses need an ensemble over the randomness (EOT); the same attacks must
+  break a similar undefended model.
+- Croce & Hein 2020, AutoAttack's ``checks.py`` / ``flags_doc.md``: zero gradients, a
+  randomized defense (outputs that change between passes, relative tolerance 1e-4), Square
+  lowering the white-box robust accuracy.
+- Pintor et al. 2022, "Indicators of Attack Failure": unavailable (zero) gradients,
+  unconstrained attack failure (a huge budget that still fails), transfer failure.
+
+:func:`evidence` runs one small attack set on a batch (FGSM; PGD; PGD with twice the steps and
+restarts at the same step size; PGD over an eps sweep up to a large eps; Square through
+AutoAttack's ``custom`` version; APGD-CE transferred from a surrogate; FGSM and both PGDs
+on a baseline)
+and measures input gradients per surface and two forward passes, one value per sample.
+:func:`summarize` turns those per-sample values into one row per check: ``status``
+(``pass``, ``warn`` or ``fail``), the measured ``value``, the ``threshold`` above which the
+check stops passing and one sentence of ``detail``. :func:`check_job` stores the rows as a
+``check`` result (the per-sample values are kept as part files while it runs, so an
+interrupted check resumes). Both work on any module mapping pixels to member logits
+``[K, B, C]`` or logits ``[B, C]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from dmlcli import results
+from dmlcli.attacks import Objective, create_attack, create_loss
+from dmlcli.attacks.base import flat_norm
+from dmlcli.data import DatasetInfo, to_float
+from dmlcli.errors import DmlError
+from dmlcli.eval.jobs import Job, Tick, identity
+from dmlcli.eval.robustness import batch_seed
+from dmlcli.models.aggregate import list_decisions
+from dmlcli.models.io import Run
+from dmlcli.runtime import scoring_seed, seeded
+from dmlcli.units import eps_text, parse_eps
+
+STATUSES = ("pass", "warn", "fail")
+ZERO_GRADIENT = 1e-12  # an input gradient below this L2 norm counts as zero
+LARGE_EPS_FACTOR = 4.0  # default large eps: 4x the dataset's largest paper eps, at most 0.5
+LARGE_EPS_CAP = 0.5  # at 0.5 every L-inf ball holds the all-gray image
+SWEEP_AT_EPS = 2  # the position of eps itself in CheckSettings.sweep
+_ROUNDING = 1e-9  # a value equal to its threshold up to float rounding passes
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where each check stops passing (``pass`` at or below, ``warn`` above, ``fail`` above
+    the ``*_fail`` value). Points and % are of the evaluation samples."""
+
+    #: PGD robust accuracy may exceed FGSM's by this many points (sampling noise of the
+    #: random start); more is a sign of masking (Carlini et al. 2019).
+    iterative: float = 2.0
+    iterative_fail: float = 10.0
+    #: % of samples FGSM breaks but PGD does not.
+    iterative_samples: float = 2.0
+    #: Points of robust accuracy gained by doubling PGD's steps and restarts.
+    budget: float = 2.0
+    #: % robust accuracy PGD may leave at the large eps (fail above: the attack fails even
+    #: unconstrained, Pintor et al.'s "unconstrained attack failure").
+    large_eps: float = 5.0
+    #: Points robust accuracy may rise from one eps of the sweep to the next (at least one
+    #: sample, so a single noisy sample of a small n never warns).
+    monotone: float = 2.0
+    #: % of samples a black-box or transfer attack breaks but no white-box attack does: any
+    #: warns (Carlini et al.: compare per sample), above ``blackbox_fail`` fails.
+    blackbox: float = 0.0
+    blackbox_fail: float = 2.0
+    #: % of correctly classified samples with a zero input gradient (AutoAttack flags any).
+    zero_gradient: float = 1.0
+    zero_gradient_fail: float = 10.0
+    #: L2 distance of two passes' normalized logits above which a model is randomized
+    #: (AutoAttack's ``check_randomized`` tolerance); any such sample warns.
+    randomness: float = 1e-4
+    #: % robust accuracy FGSM and both PGDs together (per sample) may leave on the
+    #: baseline: the same attacks must break a similar undefended model.
+    baseline: float = 5.0
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """The attack set of the checks: eps and large eps (pixels), the decision scored, the
+    surface attacked, PGD's steps and restarts (the doubled run keeps PGD's step size),
+    Square's queries, EOT draws on randomized heads, samples per block."""
+
+    eps: float
+    large_eps: float
+    decision: str = "vote"
+    surface: str = "sum"
+    steps: int = 20
+    restarts: int = 1
+    square_queries: int = 1000
+    eot: int = 10
+    batch_size: int = 500
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def validate(self) -> CheckSettings:
+        if not 0 < self.eps <= 1:
+            raise DmlError(f"--eps must be above 0 (pixel units); got {self.eps}")
+        if not self.eps < self.large_eps <= 1:
+            raise DmlError(
+                f"--large-eps must lie above --eps ({eps_text(self.eps)}) and at most 1; "
+                f"got {eps_text(self.large_eps)}"
+            )
+        for key in ("steps", "restarts", "square_queries", "eot", "batch_size"):
+            if getattr(self, key) < 1:
+                raise DmlError(f"--{key.replace('_', '-')} must be at least 1")
+        return self
+
+    @property
+    def step_size(self) -> float:
+        """PGD's step at eps (Madry et al.'s 2.5 eps / steps), also that of the doubled run."""
+        return 2.5 * self.eps / self.steps
+
+    @property
+    def sweep(self) -> tuple[float, ...]:
+        """The eps of the accuracy-vs-eps curve: eps/4, eps/2, eps, halfway, the large eps."""
+        e, big = self.eps, self.large_eps
+        return tuple(round(v, 10) for v in (e / 4, e / 2, e, (e + big) / 2, big))
+
+    def setting(self) -> dict[str, Any]:
+        """The stored identity of these settings (thresholds included: they set the rows)."""
+        out = asdict(self)
+        out["sweep"] = list(self.sweep)
+        return out
+
+
+def default_large_eps(info: DatasetInfo, eps: float) -> float:
+    """A budget at which any honest evaluation reaches ~0% robust accuracy: four times the
+    dataset's largest paper eps, at most 0.5 (MNIST-like: 0.5; CIFAR-like: 0.124 ~ 32/255),
+    and at least twice ``eps`` (at most 1)."""
+    paper = max(parse_eps(e) for e in info.paper_eps)
+    return min(1.0, max(min(LARGE_EPS_CAP, LARGE_EPS_FACTOR * paper), 2 * eps))
+
+
+def surfaces_of(members: int) -> list[str]:
+    """The surfaces whose input gradients are checked: sum, mean-softmax, members (K > 1)."""
+    return ["sum", "mean-softmax", *(["members"] if members > 1 else [])]
+
+
+def _column(surface: str) -> str:
+    return surface.replace("-", "_")
+
+
+# -- per-sample evidence ----------------------------------------------------------------------
+def _robust(
+    scorer: Objective,
+    crafter: Objective,
+    attack: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    correct: torch.Tensor,
+    seed: int,
+) -> torch.Tensor:
+    """Robust flags ``[B]``: correct on ``x`` and on ``attack``'s adversarial (crafted on
+    ``crafter``, scored on ``scorer``'s decision with a fresh draw); wrong samples are not
+    attacked."""
+    x_adv = x.clone()
+    todo = correct.nonzero().squeeze(1)
+    if len(todo):
+        x_adv[todo] = attack(crafter, x[todo], y[todo])
+    with seeded(scoring_seed(seed), x.device), torch.no_grad():
+        adv = scorer.decide(scorer.logits(x_adv))
+    return correct & (adv == y)
+
+
+def _gradient_norms(objective: Objective, x: torch.Tensor, y: torch.Tensor, loss: str, seed: int):
+    with seeded(seed, x.device):
+        _, grad, _ = objective.loss_grad(x, y, create_loss(loss))
+    return flat_norm(grad, "l2")
+
+
+def _passes(objective: Objective, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
+    """Two forward passes (the clean one and a fresh draw): logits ``[K, B, C]`` each."""
+    with torch.no_grad():
+        with seeded(seed, x.device):
+            first = objective.logits(x)
+        with seeded(scoring_seed(seed), x.device):
+            second = objective.logits(x)
+    return first, second
+
+
+def evidence(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: CheckSettings,
+    *,
+    seed: int = 0,
+    baseline: nn.Module | None = None,
+    surrogate: nn.Module | None = None,
+    progress: Tick | None = None,
+) -> dict[str, list]:
+    """Per-sample measurements of every check on one batch: ``x`` float pixels
+    ``[B, C, H, W]`` in [0, 1], labels ``y`` ``[B]``; ``seed`` fixes every random start and
+    draw. Returns columns (lists of length B): ``clean_correct``, ``robust_<attack>`` for
+    FGSM, PGD, the doubled PGD, each sweep eps (``robust_sweep_<i>``), Square, the transfer
+    (with ``surrogate``) and the baseline (``baseline_correct``, ``baseline_robust``);
+    ``grad_<surface>`` / ``grad_dlr_<surface>`` (L2 norm of the CE / DLR input gradient);
+    ``logit_change`` (distance of two passes' normalized logits) and ``decision_change``."""
+    s = settings
+    tick = progress or (lambda fraction, info: None)
+    objective = Objective(model, s.surface, s.decision, s.eot)
+    k = objective.num_members
+    first, second = _passes(objective, x, seed)
+    correct = objective.decide(first) == y
+    a = first.permute(1, 0, 2).flatten(1)
+    b = second.permute(1, 0, 2).flatten(1)
+    change = a / (a.norm(dim=1, keepdim=True) + 1e-10) - b / (b.norm(dim=1, keepdim=True) + 1e-10)
+    out: dict[str, list] = {
+        "label": y.tolist(),
+        "clean_correct": correct.tolist(),
+        "logit_change": change.norm(dim=1).tolist(),
+        "decision_change": (objective.decide(first) != objective.decide(second)).tolist(),
+    }
+    for surface in surfaces_of(k):
+        grad_obj = Objective(model, surface, s.decision, 1)
+        out[f"grad_{_column(surface)}"] = _gradient_norms(grad_obj, x, y, "ce", seed).tolist()
+        out[f"grad_dlr_{_column(surface)}"] = _gradient_norms(grad_obj, x, y, "dlr", seed).tolist()
+    steps = [
+        ("fgsm", create_attack("fgsm", eps=s.eps, seed=seed)),
+        ("pgd", _pgd(s.eps, s.steps, s.restarts, seed)),
+        ("pgd2", _pgd(s.eps, 2 * s.steps, 2 * s.restarts, seed, step_size=s.step_size)),
+    ]
+    steps += [(f"sweep_{i}", _pgd(e, s.steps, s.restarts, seed)) for i, e in enumerate(s.sweep)]
+    square = create_attack(
+        "autoattack", eps=s.eps, version="custom", attacks=("square",),
+        square_queries=s.square_queries, seed=seed, recheck=False,
+    )  # fmt: skip
+    steps.append(("square", square))  # black-box: AutoAttack's Square alone, no re-check
+    total = len(steps) + (surrogate is not None) + (baseline is not None)
+    done = 0
+    for name, attack in steps:
+        tick(done / total, f"check: {name}")
+        if name == f"sweep_{SWEEP_AT_EPS}":  # PGD at eps itself: the same attack and seed
+            robust = torch.tensor(out["robust_pgd"], device=x.device)
+        else:
+            robust = _robust(objective, objective, attack, x, y, correct, seed)
+        out[f"robust_{name}"] = robust.tolist()
+        done += 1
+    if surrogate is not None:
+        tick(done / total, "check: transfer")
+        crafter = Objective(surrogate, "sum", "vote", 1)
+        apgd = create_attack(
+            "apgd-ce", eps=s.eps, steps=s.steps, restarts=s.restarts, keep="loss", seed=seed
+        )
+        out["robust_transfer"] = _robust(objective, crafter, apgd, x, y, correct, seed).tolist()
+        done += 1
+    if baseline is not None:
+        tick(done / total, "check: baseline")
+        base = Objective(baseline, "sum", baseline_decision(s.decision, baseline), 1)
+        with seeded(seed, x.device), torch.no_grad():
+            base_correct = base.decide(base.logits(x)) == y
+        robust = base_correct
+        for attack in (steps[0][1], steps[1][1], steps[2][1]):  # FGSM, PGD, doubled PGD
+            robust = robust & _robust(base, base, attack, x, y, robust, seed)
+        out["baseline_correct"] = base_correct.tolist()
+        out["baseline_robust"] = robust.tolist()
+    tick(1.0, "check: done")
+    return out
+
+
+def _pgd(
+    eps: float,
+    steps: int,
+    restarts: int,
+    seed: int,
+    step_size: float | None = None,
+) -> Any:
+    return create_attack(
+        "pgd", eps=eps, steps=steps, restarts=restarts, seed=seed,
+        step_size=step_size if step_size is not None else 2.5 * eps / steps,
+    )  # fmt: skip
+
+
+def baseline_decision(decision: str, baseline: nn.Module) -> str:
+    """The decision scored on the baseline: the run's, if the baseline has it, else vote."""
+    members = int(getattr(baseline, "num_members", 1))
+    return decision if decision in list_decisions(members) else "vote"
+
+
+# -- from evidence to checks --------------------------------------------------------------------
+def _grade(value: float, warn_above: float, fail_above: float | None = None) -> str:
+    """``pass`` at or below ``warn_above`` (up to rounding), ``fail`` above ``fail_above``,
+    else ``warn``; an unmeasurable value (no correct sample) warns."""
+    if value is None or math.isnan(value):
+        return "warn"
+    if fail_above is not None and value > fail_above + _ROUNDING:
+        return "fail"
+    return "warn" if value > warn_above + _ROUNDING else "pass"
+
+
+def _pct(mask: pd.Series | np.ndarray, n: int) -> float:
+    return 100.0 * float(np.asarray(mask, dtype=bool).sum()) / n if n else math.nan
+
+
+def _acc(ev: pd.DataFrame, column: str) -> float:
+    return 100.0 * float(ev[column].astype(bool).mean()) if len(ev) else math.nan
+
+
+def _samples(ev: pd.DataFrame, mask: Any) -> list[int]:
+    return [int(v) for v in ev.loc[np.asarray(mask, dtype=bool), "sample"]]
+
+
+def summarize(ev: pd.DataFrame, settings: CheckSettings) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per check (``check``, ``status``, ``value``, ``threshold``, ``detail``) from
+    the per-sample ``evidence`` of every evaluation sample (with a ``sample`` column), and
+    the samples behind each per-sample check and the eps sweep (for the metadata).
+
+    Values are points of robust accuracy or % of the samples. The thresholds of the
+    iterative, budget and monotonicity checks are at least one sample (100 / n points), so
+    a single sample of a small n never decides them."""
+    s, t = settings, settings.thresholds
+    n = len(ev)
+    one = 100.0 / n if n else 0.0
+    e = eps_text(s.eps)
+    rows: list[dict[str, Any]] = []
+    meta: dict[str, Any] = {"samples": {}}
+
+    def add(check: str, status: str, value: float, threshold: float, detail: str) -> None:
+        rows.append(
+            {"check": check, "status": status, "value": value, "threshold": threshold,
+             "detail": detail}
+        )  # fmt: skip
+
+    correct = ev["clean_correct"].astype(bool)
+    fgsm, pgd, pgd2 = (ev[f"robust_{a}"].astype(bool) for a in ("fgsm", "pgd", "pgd2"))
+    acc = {a: _acc(ev, f"robust_{a}") for a in ("fgsm", "pgd", "pgd2")}
+    pgd_name = f"PGD-{s.steps}" + (f"x{s.restarts}" if s.restarts > 1 else "")
+    pgd2_name = f"PGD-{2 * s.steps}x{2 * s.restarts}"
+    white = f"FGSM, {pgd_name} and {pgd2_name}"
+
+    # 1. iterative beats single-step (overall and per sample)
+    limit = max(t.iterative, one)
+    status = _grade(acc["pgd"] - acc["fgsm"], limit, max(t.iterative_fail, limit))
+    add(
+        "iterative vs single-step",
+        status,
+        acc["pgd"] - acc["fgsm"],
+        limit,
+        f"{pgd_name} leaves {acc['pgd']:.1f}% robust, FGSM {acc['fgsm']:.1f}% at eps {e}: "
+        + (
+            "PGD is weaker than one step (masked gradients or a bad step size)."
+            if status != "pass"
+            else "PGD is at least as strong as one step."
+        ),
+    )
+    only = ~fgsm & pgd & correct
+    meta["samples"]["fgsm_not_pgd"] = _samples(ev, only)
+    limit = max(t.iterative_samples, one)
+    status = _grade(_pct(only, n), limit)
+    add(
+        "iterative vs single-step, per sample",
+        status,
+        _pct(only, n),
+        limit,
+        f"{int(only.sum())} of {n} samples broken by FGSM survive {pgd_name}"
+        + (": PGD misses adversarials one step finds." if status != "pass" else "."),
+    )
+
+    # 2. more budget changes little
+    limit = max(t.budget, one)
+    status = _grade(acc["pgd"] - acc["pgd2"], limit)
+    add(
+        "more budget",
+        status,
+        acc["pgd"] - acc["pgd2"],
+        limit,
+        f"{pgd2_name} (same step size) leaves {acc['pgd2']:.1f}% robust, {pgd_name} "
+        f"{acc['pgd']:.1f}%: "
+        + ("not converged; raise --steps and --restarts." if status != "pass" else "converged."),
+    )
+
+    # 3. accuracy reaches ~0 at a large eps and falls with eps
+    eps_all = [0.0, *s.sweep]
+    curve = [100.0 * float(correct.mean()) if n else math.nan]
+    curve += [_acc(ev, f"robust_sweep_{i}") for i in range(len(s.sweep))]
+    meta["sweep"] = {"eps": eps_all, "robust": curve}
+    status = _grade(curve[-1], t.large_eps, t.large_eps)
+    add(
+        "large eps",
+        status,
+        curve[-1],
+        t.large_eps,
+        f"{pgd_name} leaves {curve[-1]:.1f}% robust at eps {eps_text(s.large_eps)}: "
+        + (
+            "even a huge budget fails (masked gradients or a broken attack)."
+            if status != "pass"
+            else "an almost unconstrained attack succeeds."
+        ),
+    )
+    rises = [b - a for a, b in zip(curve, curve[1:], strict=False)]
+    at = int(np.nanargmax(rises)) if n else 0
+    # a plateau: two steps in a row where no sample falls while samples are left to break
+    flat = [r >= 0 and a > t.large_eps for a, r in zip(curve, rises, strict=False)]
+    stalls = [i for i in range(len(flat) - 1) if flat[i] and flat[i + 1]]
+    limit = max(t.monotone, one)
+    status = _grade(rises[at], limit)
+    names = "/".join(eps_text(v) if v else "0" for v in eps_all)
+    if status != "pass":
+        verdict = (
+            f"; it rises from eps {eps_text(eps_all[at]) if at else '0'} to "
+            f"{eps_text(eps_all[at + 1])}: more budget must never help the model."
+        )
+    elif stalls:
+        status, i = "warn", stalls[0]
+        verdict = (
+            f"; no sample falls from eps {eps_text(eps_all[i]) if i else '0'} to "
+            f"{eps_text(eps_all[i + 2])}: more budget must break more samples."
+        )
+    else:
+        verdict = "; it falls with eps."
+    add(
+        "monotone in eps",
+        status,
+        max(rises[at], 0.0),
+        limit,
+        f"robust % at eps {names}: " + "/".join(f"{a:.1f}" for a in curve) + verdict,
+    )
+
+    # 4. black-box and transfer never beat white-box, per sample
+    white_broken = correct & ~(fgsm & pgd & pgd2)
+    for column, name, what in (
+        ("robust_square", "black-box vs white-box", f"Square ({s.square_queries} queries)"),
+        ("robust_transfer", "transfer vs white-box", "APGD-CE from the surrogate"),
+    ):
+        if column not in ev.columns:
+            continue
+        only = correct & ~ev[column].astype(bool) & ~white_broken
+        meta["samples"][column.removeprefix("robust_") + "_only"] = _samples(ev, only)
+        status = _grade(_pct(only, n), t.blackbox, t.blackbox_fail)
+        add(
+            name,
+            status,
+            _pct(only, n),
+            t.blackbox,
+            f"{what} breaks {int(only.sum())} of {n} samples that {white} leave robust "
+            f"(fail above {t.blackbox_fail:g}%)"
+            + (": the white-box attacks miss adversarials." if status != "pass" else "."),
+        )
+
+    # 5. zero input gradients per surface
+    n_correct = int(correct.sum())
+    for col in [c for c in ev.columns if c.startswith("grad_") and not c.startswith("grad_dlr_")]:
+        key = col.removeprefix("grad_")
+        zero = correct & (ev[col] < ZERO_GRADIENT)
+        zero_dlr = zero & (ev[f"grad_dlr_{key}"] < ZERO_GRADIENT)
+        meta["samples"][f"zero_gradient_{key}"] = _samples(ev, zero)
+        status = _grade(_pct(zero, n_correct), t.zero_gradient, t.zero_gradient_fail)
+        cause = "."
+        if status != "pass":
+            cause = (
+                ": no gradient reaches the input (non-differentiable parts; try BPDA or "
+                "gradient-free attacks)."
+                if int(zero_dlr.sum()) == int(zero.sum())
+                else ": the cross-entropy saturates; use a margin loss (DLR, CW)."
+            )
+        add(
+            f"zero gradients: {key.replace('_', '-')}",
+            status,
+            _pct(zero, n_correct),
+            t.zero_gradient,
+            f"{int(zero.sum())} of {n_correct} correct samples have a zero CE input gradient "
+            f"({int(zero_dlr.sum())} also under DLR, fail above {t.zero_gradient_fail:g}%)" + cause,
+        )
+
+    # 6. randomness
+    moved = ev["logit_change"] > t.randomness
+    flips = ev["decision_change"].astype(bool)
+    add(
+        "randomness",
+        "warn" if moved.any() else "pass",
+        _pct(flips, n),
+        0.0,
+        (
+            f"two passes differ on {int(moved.sum())} of {n} samples' logits and change "
+            f"{int(flips.sum())} decisions: attack with EOT, score over several draws."
+            if moved.any()
+            else "two passes give the same logits: a deterministic model."
+        ),
+    )
+
+    # 7. the attack set breaks an undefended baseline
+    if "baseline_robust" in ev.columns:
+        value = _acc(ev, "baseline_robust")
+        status = _grade(value, t.baseline)
+        add(
+            "baseline broken",
+            status,
+            value,
+            t.baseline,
+            f"{white} leave the baseline {value:.1f}% robust (clean "
+            f"{_acc(ev, 'baseline_correct'):.1f}%): "
+            + (
+                "it looks robust, so the attacks may be broken."
+                if status != "pass"
+                else "the attacks break an undefended model."
+            ),
+        )
+    return pd.DataFrame(rows), meta
+
+
+def check_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: CheckSettings,
+    *,
+    seed: int = 0,
+    baseline: nn.Module | None = None,
+    surrogate: nn.Module | None = None,
+) -> pd.DataFrame:
+    """The check rows of ``model`` on float pixels ``x`` ``[B, C, H, W]`` and labels ``y``
+    (one batch, samples numbered 0..B-1): :func:`evidence` then :func:`summarize`."""
+    cols = evidence(model, x, y, settings, seed=seed, baseline=baseline, surrogate=surrogate)
+    ev = pd.DataFrame({"sample": list(range(len(y))), **cols})
+    return summarize(ev, settings)[0]
+
+
+# -- the stored result ----------------------------------------------------------------------------
+def check_setting(
+    run: Run,
+    settings: CheckSettings,
+    n: int,
+    seed: int,
+    baseline: Run | None = None,
+    surrogate: Run | None = None,
+) -> dict[str, Any]:
+    """The identity of a ``check`` result: the run and its checkpoint digest, samples, seed,
+    the attack set and thresholds, and the baseline's and surrogate's runs and digests."""
+    return {
+        **identity(run, n, seed),
+        "kind": "check",
+        **settings.setting(),
+        "baseline": None if baseline is None else [baseline.name, baseline.checkpoint],
+        "surrogate": None if surrogate is None else [surrogate.name, surrogate.checkpoint],
+    }
+
+
+def check_job(
+    run: Run,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    settings: CheckSettings,
+    *,
+    seed: int,
+    baseline: Run | None = None,
+    surrogate: Run | None = None,
+    device: str | torch.device = "cpu",
+) -> Job:
+    """The sanity checks of ``run`` as one ``check`` result: per-sample evidence computed in
+    blocks of ``settings.batch_size`` (kept as parts; block seed ``seed + start //
+    batch_size``), then one row per check. ``images`` uint8 ``[N, C, H, W]`` (the test
+    split), ``labels`` ``[N]``, ``indices`` ``[n]`` (the seeded evaluation subset)."""
+    Objective(run.model, settings.surface, settings.decision, settings.eot)  # checks both
+    n = len(indices)
+    setting = check_setting(run, settings, n, seed, baseline, surrogate)
+
+    def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
+        idx = indices[start:stop]
+        x = to_float(images[idx]).to(device)
+        y = labels[idx].to(device)
+        cols = evidence(
+            run.model, x, y, settings, seed=batch_seed(seed, start, settings.batch_size),
+            baseline=baseline.model if baseline else None,
+            surrogate=surrogate.model if surrogate else None, progress=tick,
+        )  # fmt: skip
+        return {"rows": pd.DataFrame({"sample": idx.tolist(), **cols})}, {}
+
+    def finish(ev: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, dict]]:
+        rows, meta = summarize(ev, settings)
+        rows["run"], rows["checkpoint"], rows["dataset"] = run.name, run.checkpoint, run.dataset
+        rows["n"], rows["seed"], rows["eps"] = n, seed, settings.eps
+        rows["large_eps"], rows["decision"] = settings.large_eps, settings.decision
+        rows["baseline"] = baseline.name if baseline else None
+        rows["surrogate"] = surrogate.name if surrogate else None
+        return {"check": (results.frame("check", rows), meta)}
+
+    def info(ev: pd.DataFrame) -> str:
+        return f"PGD robust {100.0 * ev['robust_pgd'].mean():.1f}%"
+
+    return Job(
+        kind="check",
+        run=run.name,
+        setting=setting,
+        ids=indices.tolist(),
+        compute=compute,
+        size=settings.batch_size,
+        label=f"sanity checks eps {eps_text(settings.eps)}",
+        columns=["clean_correct", "robust_fgsm", "robust_pgd", "robust_pgd2", "logit_change"],
+        info=info,
+        finish=finish,
+    )
+
+
+def status_counts(rows: pd.DataFrame) -> dict[str, int]:
+    """How many checks passed, warned and failed."""
+    return {s: int((rows["status"] == s).sum()) for s in STATUSES}

@@ -1,0 +1,266 @@
+"""``dml check``: sanity checks for gradient masking and failed attacks (Carlini et al. 2019,
+AutoAttack's checks, Pintor et al. 2022) on modules, on synthetic evidence and end to end."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from dmlcli import api, results
+from dmlcli.data import dataset_info, eval_set, to_float
+from dmlcli.errors import DmlError
+from dmlcli.eval import check as chk
+from dmlcli.runs import open_run
+from dmlcli.store import Store
+from tests.helpers import tree_listing
+
+#: Small budgets that keep every test to a few seconds on two CPU cores.
+FAST = {"steps": 10, "square_queries": 100}
+
+
+class Rounded(nn.Module):
+    """A deliberately masked model: inputs quantized to 5 levels (``round(4x) / 4``) before
+    the ensemble, so no gradient reaches the input (``torch.round`` has zero derivative)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.num_members = inner.num_members
+        self.trainable_sets = inner.trainable_sets
+        self.randomized = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 4) / 4)
+
+
+def _by_check(rows: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(rows["check"], rows["status"], strict=True))
+
+
+@pytest.fixture(scope="module")
+def digits(trained_store):
+    """(digits-dml, digits-baseline, x, y): 40 seeded test samples of the trained store."""
+    store = Store(trained_store)
+    images, labels, idx = eval_set("digits", 40, 0)
+    dml, base = open_run("digits-dml", store), open_run("digits-baseline", store)
+    return dml.model, base.model, to_float(images[idx]), labels[idx]
+
+
+# -- settings ----------------------------------------------------------------------------------
+def test_settings_are_checked_and_the_large_eps_follows_the_registry():
+    assert chk.default_large_eps(dataset_info("digits"), 0.2) == 0.5
+    assert chk.default_large_eps(dataset_info("cifar10"), 8 / 255) == pytest.approx(0.124)
+    assert chk.default_large_eps(dataset_info("digits"), 0.6) == 1.0  # at least twice eps
+    s = chk.CheckSettings(eps=0.2, large_eps=0.5).validate()
+    assert s.sweep[chk.SWEEP_AT_EPS] == 0.2 and s.sweep[-1] == 0.5
+    assert list(s.sweep) == sorted(s.sweep)
+    for bad, match in (
+        ({"eps": 0.0, "large_eps": 0.5}, "above 0"),
+        ({"eps": 0.3, "large_eps": 0.2}, "--large-eps"),
+        ({"eps": 0.1, "large_eps": 0.5, "steps": 0}, "--steps"),
+        ({"eps": 0.1, "large_eps": 0.5, "square_queries": 0}, "--square-queries"),
+    ):
+        with pytest.raises(DmlError, match=match):
+            chk.CheckSettings(**bad).validate()
+
+
+# -- thresholds on synthetic evidence ---------------------------------------------------------
+def _evidence(n: int = 100, **override: object) -> tuple[pd.DataFrame, chk.CheckSettings]:
+    """Per-sample evidence of an honest model: 90% clean, PGD 10%, FGSM 50%, large eps 0%."""
+    s = chk.CheckSettings(eps=0.2, large_eps=0.5)
+    rng = np.arange(n)
+    cols: dict[str, object] = {
+        "sample": rng,
+        "label": rng % 10,
+        "clean_correct": rng < 90,
+        "robust_fgsm": rng < 50,
+        "robust_pgd": rng < 10,
+        "robust_pgd2": rng < 10,
+        "robust_square": rng < 10,
+        "logit_change": np.zeros(n),
+        "decision_change": np.zeros(n, dtype=bool),
+        "grad_sum": np.ones(n),
+        "grad_dlr_sum": np.ones(n),
+    }
+    for i, top in enumerate((80, 60, 10, 3, 0)):  # eps/4, eps/2, eps, halfway, large eps
+        cols[f"robust_sweep_{i}"] = rng < top
+    cols.update(override)
+    return pd.DataFrame(cols), s
+
+
+def test_an_honest_evaluation_passes_every_check():
+    ev, s = _evidence()
+    rows, meta = chk.summarize(ev, s)
+    assert set(rows["status"]) == {"pass"}, rows.to_string()
+    assert meta["sweep"]["robust"] == [90.0, 80.0, 60.0, 10.0, 3.0, 0.0]
+    assert rows.set_index("check").loc["iterative vs single-step", "value"] == -40.0
+
+
+def test_each_check_flags_its_failure():
+    n = 100
+    rng = np.arange(n)
+    ev, s = _evidence(
+        robust_pgd=rng < 30,  # PGD leaves 30%, FGSM 50%... but 5 samples only FGSM breaks
+        robust_fgsm=(rng < 25) | ((rng >= 30) & (rng < 50)),
+        robust_pgd2=rng < 20,  # doubling the budget gains 10 points
+        robust_square=rng < 15,  # Square breaks 5 samples the white-box attacks left robust
+        robust_sweep_3=rng < 12,
+        robust_sweep_4=rng < 40,  # the large eps leaves 40% and accuracy rises
+        grad_sum=np.where(rng < 5, 0.0, 1.0),  # 5 zero gradients (CE saturation: DLR > 0)
+        logit_change=np.full(n, 1e-3),  # a randomized model
+        decision_change=rng < 7,
+    )
+    ev["robust_sweep_2"] = ev["robust_pgd"]
+    rows, meta = chk.summarize(ev, s)
+    status = _by_check(rows)
+    value = dict(zip(rows["check"], rows["value"], strict=True))
+    assert status["iterative vs single-step, per sample"] == "warn" and meta["samples"][
+        "fgsm_not_pgd"
+    ] == [25, 26, 27, 28, 29]
+    assert status["more budget"] == "warn" and value["more budget"] == 10.0
+    assert status["large eps"] == "fail" and value["large eps"] == 40.0
+    assert status["monotone in eps"] == "warn" and value["monotone in eps"] == 28.0
+    assert status["black-box vs white-box"] == "fail" and value["black-box vs white-box"] == 5.0
+    assert meta["samples"]["square_only"] == [15, 16, 17, 18, 19]
+    assert status["zero gradients: sum"] == "warn"  # 5 of 90 correct: above 1%, below 10%
+    assert "saturates" in rows.set_index("check").loc["zero gradients: sum", "detail"]
+    assert status["randomness"] == "warn" and value["randomness"] == 7.0
+    # PGD weaker than FGSM by more than 10 points fails
+    ev2, _ = _evidence(robust_pgd=np.arange(n) < 70)
+    assert _by_check(chk.summarize(ev2, s)[0])["iterative vs single-step"] == "fail"
+    # one flat step of the eps sweep is noise; a plateau (two steps, no sample falls) warns
+    ev3, _ = _evidence(robust_sweep_0=np.arange(n) < 90)
+    assert _by_check(chk.summarize(ev3, s)[0])["monotone in eps"] == "pass"
+    ev4, _ = _evidence(robust_sweep_0=np.arange(n) < 90, robust_sweep_1=np.arange(n) < 90)
+    rows = chk.summarize(ev4, s)[0].set_index("check")
+    assert rows.loc["monotone in eps", "status"] == "warn"
+    assert "no sample falls from eps 0 to 0.1" in rows.loc["monotone in eps", "detail"]
+
+
+def test_one_sample_never_decides_a_small_evaluation():
+    ev, s = _evidence(robust_pgd2=np.arange(100) < 9)  # 1 of 100 samples: below 2 points
+    assert _by_check(chk.summarize(ev, s)[0])["more budget"] == "pass"
+    small = ev.iloc[:30].copy()
+    small["robust_pgd"] = np.arange(30) < 10
+    small["robust_pgd2"] = np.arange(30) < 9  # 3.3 points = one sample of 30
+    rows = chk.summarize(small, s)[0].set_index("check")
+    assert rows.loc["more budget", "status"] == "pass"
+    assert rows.loc["more budget", "threshold"] == pytest.approx(100 / 30)
+
+
+# -- modules -----------------------------------------------------------------------------------
+def test_a_masked_ensemble_fails_the_gradient_check_and_another(digits):
+    dml, base, x, y = digits
+    s = chk.CheckSettings(eps=0.2, large_eps=0.5, **FAST).validate()
+    rows = chk.check_model(Rounded(dml), x[:30], y[:30], s, seed=0, baseline=base)
+    status = _by_check(rows)
+    for surface in ("sum", "mean-softmax", "members"):
+        assert status[f"zero gradients: {surface}"] == "fail", rows.to_string()
+    assert (
+        "no gradient reaches the input"
+        in rows.set_index("check").loc["zero gradients: sum", "detail"]
+    )
+    others = ("iterative vs single-step", "large eps", "black-box vs white-box")
+    assert any(status[c] in ("warn", "fail") for c in others), rows.to_string()
+    assert status["randomness"] == "pass"
+    assert status["baseline broken"] == "pass"  # the attacks do break the undefended baseline
+
+
+def test_a_plain_dml_ensemble_passes_gradient_randomness_and_iterative_checks(digits):
+    """The trained digits-dml: no zero gradients on any surface, deterministic, PGD at least
+    as strong as FGSM overall and per sample. (Its large eps, eps sweep and black-box checks
+    pass too on this store; the budget check depends on the small budget used here.)"""
+    dml, _, x, y = digits
+    s = chk.CheckSettings(eps=0.2, large_eps=0.5, **FAST).validate()
+    rows = chk.check_model(dml, x, y, s, seed=0)
+    status = _by_check(rows)
+    passing = [
+        "zero gradients: sum",
+        "zero gradients: mean-softmax",
+        "zero gradients: members",
+        "randomness",
+        "iterative vs single-step",
+        "iterative vs single-step, per sample",
+        "large eps",
+    ]
+    assert all(status[c] == "pass" for c in passing), rows.to_string()
+    assert set(rows["status"]) <= set(chk.STATUSES)
+    assert "baseline broken" not in status and "transfer vs white-box" not in status
+
+
+def test_a_randomized_head_asks_for_eot(digits):
+    dml, _, x, y = digits
+    noisy = dml.with_head("rdml", 0.5, 4).eval()
+    s = chk.CheckSettings(eps=0.2, large_eps=0.5, steps=2, square_queries=10, eot=2).validate()
+    rows = chk.check_model(noisy, x[:8], y[:8], s, seed=0).set_index("check")
+    assert rows.loc["randomness", "status"] == "warn"
+    assert "EOT" in rows.loc["randomness", "detail"]
+
+
+# -- the command -------------------------------------------------------------------------------
+def test_the_command_is_thin_and_takes_the_api_defaults():
+    from dmlcli.cli import check as cli_check
+
+    node = ast.parse(inspect.getsource(cli_check.command)).body[0]
+    body = node.body[1:] if isinstance(node.body[0], ast.Expr) else node.body
+    assert body[-1].end_lineno - body[0].lineno + 1 <= 40
+    params = inspect.signature(api.check).parameters
+    for name, p in inspect.signature(cli_check.command).parameters.items():
+        assert name in params and p.default == params[name].default, name
+    assert params["n"].default == 200 and params["seed"].default == 0
+    assert params["decision"].default == "vote"
+
+
+@pytest.mark.slow
+def test_check_end_to_end_writes_one_result_then_is_a_no_op(cli, store_copy):
+    args = ["check", "digits-dml", "--baseline", "digits-baseline", "--surrogate",
+            "digits-baseline", "--n", "30", "--steps", "10", "--square-queries", "100",
+            "--artifacts", store_copy]  # fmt: skip
+    res = cli(*args)
+    assert res.code == 0, res.err
+    out = " ".join(res.out.split())
+    assert "digits-dml: sanity checks at eps 0.2" in out and "iterative" in out
+    assert " pass, " in out and " warn, " in out and " fail; " in out
+    files = Store(store_copy).list_results(kind="check")
+    assert len(files) == 1
+    df, meta = Store(store_copy).read_result(files[0])
+    assert set(df["status"]) <= {"pass", "warn", "fail"} and len(df) == 12
+    assert results.first(df, "eps") == 0.2 and results.first(df, "n") == 30
+    assert meta["setting"]["baseline"][0] == "digits-baseline"
+    assert meta["setting"]["checkpoint"] == open_run("digits-dml", Store(store_copy)).checkpoint
+    assert not list((store_copy / "results" / "digits-dml").glob(".parts/*"))
+    before = tree_listing(store_copy)
+    again = cli(*args)
+    assert again.code == 0 and "already in" in again.out
+    assert tree_listing(store_copy) == before
+    report = cli("report", store_copy)
+    assert report.code == 0, report.err
+    text = (store_copy / "report" / "report.md").read_text()
+    assert "Sanity checks" in text and "iterative vs single-step" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (["--eps", "1.5"], "outside [0, 1]"),
+        (["--eps", "-0.1"], "outside [0, 1]"),
+        (["--eps", "0"], "above 0"),
+        (["--n", "0"], "--n"),
+        (["--baseline", "nope"], "no run named"),
+        (["--large-eps", "0.1"], "--large-eps"),
+        (["--decision", "nope"], "decision"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(cli, store_copy, argv, expect):
+    before = tree_listing(store_copy)
+    res = cli("check", "digits-dml", *argv, "--artifacts", store_copy)
+    lines = res.err.strip().splitlines()
+    assert res.code == 2 and len(lines) == 1 and lines[0].startswith("error:"), res.err
+    assert expect in lines[0] and "Traceback" not in res.out + res.err
+    assert tree_listing(store_copy) == before
