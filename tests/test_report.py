@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
+from dmlcli.api import refresh_worst_cases
 from dmlcli.cli.recipes import save_recipe_json, validate_recipe
-from dmlcli.files import write_parquet
+from dmlcli.files import read_tensor_digest, write_parquet
 from dmlcli.models.io import save_ensemble
 from dmlcli.report import render_report
 from dmlcli.report import tables as tb
+from dmlcli.runs import open_run
 from dmlcli.store import Store
 from tests.helpers import tiny_ensemble
 
@@ -50,6 +52,12 @@ def _run(store: Store, name: str, head: str, benign: dict[str, float], epochs: i
     write_parquet(store.run_dir(name) / "history.parquet", hist, {"run": name})
 
 
+def _ckpt(store: Store, run: str) -> str:
+    """The digest results of ``run`` must name to be current (not stale)."""
+    path = store.checkpoint_path(run)
+    return read_tensor_digest(path) if path.is_file() else "0" * 64
+
+
 def _attack(
     store: Store,
     run: str,
@@ -64,6 +72,7 @@ def _attack(
     restarts: int | None = None,
     params: dict | None = None,
     broken: list[int] | None = None,
+    meta: dict | None = None,
 ) -> None:
     """One ``dml attack`` result: ``clean`` of N samples right, the first ``robust`` robust
     (or every sample but those in ``broken``)."""
@@ -75,7 +84,7 @@ def _attack(
     df = pd.DataFrame(
         {
             "run": run,
-            "checkpoint": "0" * 64,
+            "checkpoint": _ckpt(store, run),
             "dataset": "digits",
             "sample": samples,
             "label": samples % 10,
@@ -100,6 +109,9 @@ def _attack(
             "clean_correct": clean_ok,
             "adv_correct": rob,
             "robust": rob,
+            "score_draws": 1,
+            "clean_correct_rate": clean_ok.astype(float),
+            "adv_correct_rate": rob.astype(float),
             "target_hit": False,
             "linf": 0.0 if eps is None else eps,
             "l2": 1.5,
@@ -108,7 +120,7 @@ def _attack(
     )
     setting = {
         "run": run,
-        "checkpoint": "0" * 64,
+        "checkpoint": _ckpt(store, run),
         "dataset": "digits",
         "n": N,
         "seed": 0,
@@ -120,7 +132,8 @@ def _attack(
         "eot": 1,
         "surrogate": None,
     }
-    store.write_result("attack", run, setting, df, {"warnings": [], "batch_size": 500})
+    meta = {"warnings": [], "batch_size": 500, **(meta or {})}
+    store.write_result("attack", run, setting, df, meta)
     x = np.linspace(0, 1, 64).tolist()
     examples = pd.DataFrame(
         {
@@ -164,7 +177,7 @@ def _transfer(store: Store, run: str, accs: dict[str, int], targeted: bool) -> N
     df = pd.concat(parts, ignore_index=True)
     for key, v in {
         "run": run,
-        "checkpoint": "0" * 64,
+        "checkpoint": _ckpt(store, run),
         "dataset": "digits",
         "attack": "pgd",
         "eps": 0.2,
@@ -184,7 +197,7 @@ def _transfer(store: Store, run: str, accs: dict[str, int], targeted: bool) -> N
     }
     setting = {
         "run": run,
-        "checkpoint": "0" * 64,
+        "checkpoint": _ckpt(store, run),
         "dataset": "digits",
         "n": N,
         "seed": 0,
@@ -226,7 +239,7 @@ def _cw(store: Store, run: str, source: str, kappa: float, acc: int, l2: list[fl
     )
     for key, v in {
         "run": run,
-        "checkpoint": "0" * 64,
+        "checkpoint": _ckpt(store, run),
         "dataset": "digits",
         "attack": "cw",
         "kappa": kappa,
@@ -238,7 +251,7 @@ def _cw(store: Store, run: str, source: str, kappa: float, acc: int, l2: list[fl
     params = {"c": 1.0, "kappa": kappa, "steps": 100, "lr": 0.1, "targeted": False}
     setting = {
         "run": run,
-        "checkpoint": "0" * 64,
+        "checkpoint": _ckpt(store, run),
         "dataset": "digits",
         "n": N,
         "seed": 0,
@@ -255,24 +268,27 @@ def _cw(store: Store, run: str, source: str, kappa: float, acc: int, l2: list[fl
 def _others(store: Store, run: str, scores: np.ndarray) -> None:
     """clever, certify, gradients, surface, detect and detect-roc rows."""
     extra = {"dataset": "digits", "members": K, "head": "dml"}
+    # ``scores`` are the score_labels: 0 = a wrong prediction, whose own score is positive
+    # (0.7) and must not count as non-zero; the first sample has a capped fit
+    wrong = scores == 0
     clever = pd.DataFrame(
         {
             "sample": np.arange(len(scores)),
             "idx": np.arange(len(scores)),
             "label": 0,
-            "pred": 0,
-            "correct": True,
+            "pred": np.where(wrong, 1, 0),
+            "correct": ~wrong,
             "model": "sum",
-            "score": scores,
+            "score": np.where(wrong, 0.7, scores),
             "score_label": scores,
-            "argmin_class": 1,
+            "argmin_class": 2,
             "seconds": 0.1,
             **{
                 c: [[0.0] * 10] * len(scores)
                 for c in ("margin", "location", "observed_max", "weibull_shape")
             },
             **{c: [[0.0] * 10] * len(scores) for c in ("weibull_scale", "ks_pvalue")},
-            "fit_status": [["ok"] * 10] * len(scores),
+            "fit_status": [["capped"] + ["ok"] * 9] + [["ok"] * 10] * (len(scores) - 1),
         }
     )
     store.write_result(
@@ -284,11 +300,13 @@ def _others(store: Store, run: str, scores: np.ndarray) -> None:
             "nb_batches": 20,
             "batch_size": 64,
             "pool_factor": 10,
-            "c_init": 1.0,
+            "c_init": [0.1, 1.0, 5.0, 10.0, 20.0, 50.0, 100.0],
+            "fit": "profile-mle;rescaled-to-range;moment-start-per-shape;best-ks-then-nll",
+            "max_offset": 1.0,
             "n": len(scores),
             "seed": 0,
             "target": "sum",
-            "checkpoint": run,
+            "checkpoint": _ckpt(store, run),
         },
         clever,
         extra,
@@ -318,7 +336,7 @@ def _others(store: Store, run: str, scores: np.ndarray) -> None:
             "decision": "vote",
             "seed": 0,
             "head": "dml",
-            "checkpoint": run,
+            "checkpoint": _ckpt(store, run),
         },
         certify,
         extra,
@@ -335,7 +353,9 @@ def _others(store: Store, run: str, scores: np.ndarray) -> None:
             "norm_b": 1.0,
         }
     )
-    store.write_result("gradients", run, {"n": N, "seed": 0, "checkpoint": run}, grads, extra)
+    store.write_result(
+        "gradients", run, {"n": N, "seed": 0, "checkpoint": _ckpt(store, run)}, grads, extra
+    )
     r, t = np.meshgrid(np.linspace(0, 0.1, 5), np.linspace(-0.1, 0.1, 5), indexing="ij")
     surf = pd.concat(
         [
@@ -354,62 +374,100 @@ def _others(store: Store, run: str, scores: np.ndarray) -> None:
         ignore_index=True,
     )
     store.write_result(
-        "surface", run, {"n": 1, "grid": 5, "seed": 0, "checkpoint": run}, surf, extra
+        "surface", run, {"n": 1, "grid": 5, "seed": 0, "checkpoint": _ckpt(store, run)}, surf, extra
     )
-    # pgd: adversarials 0-14 flagged, 5-19 wrong -> 15-19 undetected and wrong (25%);
-    # adaptive: 10-19 flagged, all wrong -> 0-9 (50%); worst case per sample: 75%.
-    for attack, adv_flag, adv_wrong in (
-        ("pgd", lambda i: i < 15, lambda i: i >= 5),
-        ("adaptive", lambda i: i >= 10, lambda i: True),
-    ):
-        rows = []
-        for kind, flagged in (("benign", 2), ("noisy", 3), ("adversarial", None)):
-            for i in range(N):
-                flag = adv_flag(i) if flagged is None else i < flagged
-                wrong = flagged is None and adv_wrong(i)
-                rows.append(
-                    {
-                        "sample": i,
-                        "label": 1,
-                        "kind": kind,
-                        "attack": attack,
-                        "eps": 0.3,
-                        "method": "vote",
-                        "vote": 2 if wrong else 1,
-                        "dissent": int(flag),
-                        "uncertainty": 0.1 * (kind == "adversarial") + 0.01 * i,
-                        **{f"pred_member_{m}": 1 for m in range(1, K + 1)},
-                        **{f"flagged_nu_{nu}": bool(nu == K and flag) for nu in range(1, K + 1)},
-                        "linf": 0.3,
-                        "half": "all",
-                    }
-                )
-        det_setting = {
-            "method": "vote",
+    _detect(store, run)
+
+
+def _detect(store: Store, run: str) -> None:
+    """One vote and one uncertainty ``detect`` result (+ ``detect-roc``), each holding the
+    rows of every attack: the benign and noisy rows once, then each attack's adversarials.
+
+    vote, pgd: adversarials 0-14 flagged, 5-19 wrong -> 15-19 undetected and wrong (25%);
+    adaptive: 10-19 flagged, all wrong -> 0-9 (50%); worst case per sample: 75%.
+    uncertainty: samples 0-9 fit, 10-19 eval; benign lr_score 0.01 * (i mod 10) (the 5% FPR
+    threshold is the fit half's highest benign score, 0.09); fgsm adversarials score 0.5
+    (all detected), adaptive ones 0.05 (none), every adversarial wrong."""
+    attacks = {
+        "pgd": (lambda i: i < 15, lambda i: i >= 5),
+        "adaptive": (lambda i: i >= 10, lambda i: True),
+    }
+
+    def row(i: int, kind: str, attack: str, flag: bool, wrong: bool, method: str) -> dict:
+        return {
+            "sample": i,
+            "label": 1,
+            "kind": kind,
             "attack": attack,
             "eps": 0.3,
-            "draws": 1,
-            "noise_sigma": 0.1,
-            "seed": 0,
-            "n": N,
-            "checkpoint": run,
-            "head": "dml",
+            "method": method,
+            "vote": 2 if wrong else 1,
+            "dissent": int(flag),
+            "uncertainty": 0.1 * (kind == "adversarial") + 0.01 * i,
+            **{f"pred_member_{m}": 1 for m in range(1, K + 1)},
+            **{f"flagged_nu_{nu}": bool(nu == K and flag) for nu in range(1, K + 1)},
+            "linf": 0.3,
         }
-        auc = 0.875 if attack == "pgd" else 0.5
-        det_extra = {"auc": auc, "members": K, "dataset": "digits", "n_correct": N}
-        store.write_result("detect", run, det_setting, pd.DataFrame(rows), det_extra)
-        roc = pd.DataFrame(
-            {
-                "method": "vote",
-                "attack": attack,
-                "eps": 0.3,
-                "fpr": [0.0, 0.1, 1.0],
-                "tpr": [0.0, 0.75, 1.0],
-                "threshold": [np.inf, 1.0, 0.0],
-                "auc": auc,
-            }
-        )
-        store.write_result("detect-roc", run, det_setting, roc, det_extra)
+
+    base = {
+        "eps": 0.3,
+        "draws": 1,
+        "noise_sigma": 0.1,
+        "seed": 0,
+        "n": N,
+        "checkpoint": _ckpt(store, run),
+    }
+    # vote
+    rows = [row(i, kind, "", i < f, False, "vote") for kind, f in (("benign", 2), ("noisy", 3))
+            for i in range(N)]  # fmt: skip
+    for attack, (adv_flag, adv_wrong) in attacks.items():
+        rows += [row(i, "adversarial", attack, adv_flag(i), adv_wrong(i), "vote") for i in range(N)]
+    df = pd.DataFrame(rows).assign(half="all")
+    setting = {"method": "vote", "attacks": list(attacks), **base, "head": "dml"}
+    aucs = {"pgd": 0.875, "adaptive": 0.5}
+    det_extra = {"aucs": aucs, "members": K, "dataset": "digits", "n_correct": N}
+    store.write_result("detect", run, setting, df, det_extra)
+    store.write_result("detect-roc", run, setting, _roc("vote", aucs), det_extra)
+    # uncertainty: one frozen regression fit on fgsm + pgd, scored on fgsm and adaptive
+    rows = [row(i, kind, "", False, False, "uncertainty") for kind in ("benign", "noisy")
+            for i in range(N)]  # fmt: skip
+    rows += [row(i, "adversarial", a, False, True, "uncertainty") for a in ("fgsm", "adaptive")
+             for i in range(N)]  # fmt: skip
+    df = pd.DataFrame(rows)
+    df["half"] = np.where(df["sample"] < N // 2, "fit", "eval")
+    score = {"benign": 0.01 * (df["sample"] % (N // 2)), "noisy": 0.02 + 0 * df["sample"]}
+    df["lr_score"] = np.select(
+        [df["kind"] == "benign", df["kind"] == "noisy", df["attack"] == "fgsm"],
+        [score["benign"], score["noisy"], 0.5],
+        0.05,
+    )
+    df["flagged_lr"] = df["lr_score"] >= 0.5
+    setting = {"method": "uncertainty", "attacks": ["fgsm", "adaptive"], **base,
+               "fit_attacks": ["fgsm", "pgd"], "head": "dml"}  # fmt: skip
+    aucs = {"fgsm": 1.0, "adaptive": 0.6}
+    det_extra = {**det_extra, "aucs": aucs, "fit_attacks": ["fgsm", "pgd"]}
+    store.write_result("detect", run, setting, df, det_extra)
+    store.write_result("detect-roc", run, setting, _roc("uncertainty", aucs), det_extra)
+
+
+def _roc(method: str, aucs: dict[str, float]) -> pd.DataFrame:
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "method": method,
+                    "attack": attack,
+                    "eps": 0.3,
+                    "fpr": [0.0, 0.1, 1.0],
+                    "tpr": [0.0, 0.75, 1.0],
+                    "threshold": [np.inf, 1.0, 0.0],
+                    "auc": auc,
+                }
+            )
+            for attack, auc in aucs.items()
+        ],
+        ignore_index=True,
+    )
 
 
 RECIPE = {
@@ -503,8 +561,11 @@ def build_store(root: Path) -> Path:
         0.2,
         10,
         suite="autoattack",
-        params={"eps": 0.2, "version": "standard", "steps": 100},
-    )
+        params={"eps": 0.2, "version": "standard", "steps": 100, "square_queries": 5000,
+                "recheck": True},
+        # AutoAttack alone (on the sum, scored by the vote) left 12 robust; the re-check broke 2
+        meta={"counts": {"aa_sum_wrong_vote_right": 1, "rechecked": 12, "recheck_broke": 2}},
+    )  # fmt: skip
     _attack(
         store,
         "fx-dml",
@@ -529,16 +590,9 @@ def build_store(root: Path) -> Path:
         restarts=1,
         broken=[3, 4, 5, 6, 13, 15],
     )
-    _attack(
-        store,
-        "fx-dml",
-        "worst-case",
-        0.2,
-        0,
-        suite="worst-case",
-        surface="-",
-        broken=[0, 1, 2, 3, 4, 5, 6, 13, 14, 15] + list(range(10, 20)),
-    )
+    # the stored worst case over every attack above, as `dml attack` keeps it
+    for run in ("fx-base", "fx-dml"):
+        refresh_worst_cases(store, open_run(run, store))
     _transfer(
         store, "fx-dml", {"ensemble": 13, "member:1": 4, "member:2": 16, "member:3": 15}, False
     )
@@ -564,28 +618,47 @@ def fixture_report(tmp_path_factory):
 
 
 # -- tables: the numbers ------------------------------------------------------------------
+def _row(t: tb.Table, model: str, attack: str) -> dict[str, object]:
+    """The cells of the row (model, attack) of a table keyed by its first two columns."""
+    (row,) = [r for r in t.rows if r[0] == model and r[1] == attack]
+    return dict(zip(t.columns, row, strict=True))
+
+
 def test_whitebox_table_numbers_and_paper_columns(fixture_report):
     _, _, _, tables = fixture_report
     t = tables["whitebox"]
-    assert t.columns[:3] == ["Model", "Benign", "paper"]
-    assert "FGSM eps=0.2" in t.columns and "PGD-10 eps=0.3" in t.columns
-    assert t.cell("Baseline", "Benign") == 98.0
-    assert t.cell("DML Ensemble", "FGSM eps=0.2") == pytest.approx(70.0)
-    assert t.cell("Baseline", "FGSM eps=0.2") == pytest.approx(25.0)
-    assert t.cell("DML Ensemble", "PGD-10 eps=0.2") == pytest.approx(60.0)
-    assert t.cell("DML Ensemble", "PGD-10 eps=0.3") == pytest.approx(40.0)
-    assert t.cell("DML Ensemble", "CW-200 c=1") == pytest.approx(85.0)
-    # each paper number stands right after our column
-    row = next(r for r in t.rows if r[0] == "DML Ensemble")
-    j = t.columns.index("FGSM eps=0.2")
-    assert t.columns[j + 1] == "paper" and row[j + 1] == 68.55
-    j = t.columns.index("CW-200 c=1")
-    assert row[j + 1] == 85.0
-    # a paper column we did not run is shown, with our cell empty
-    j = t.columns.index("BIM-10 eps=0.2 (not run)")
-    assert row[j] is None and row[j + 1] == 63.08
+    # one row per (model, attack), one column per eps, the paper's number in the same cell
+    assert t.columns == ["Model", "Attack", "eps=0.2", "eps=0.3", "L2 (unbounded)"]
+    assert _row(t, "Baseline", "clean (the same samples)")["eps=0.2"] == "100.00 (paper 98.79)"
+    assert _row(t, "DML Ensemble", "FGSM")["eps=0.2"] == "70.00 (paper 68.55)"
+    assert _row(t, "Baseline", "FGSM")["eps=0.2"] == "25.00 (paper 23.81)"
+    pgd = _row(t, "DML Ensemble", "PGD-10")
+    assert pgd["eps=0.2"] == "60.00 (paper 62.92)" and pgd["eps=0.3"] == "40.00"
+    assert _row(t, "DML Ensemble", "CW-200 c=1")["L2 (unbounded)"] == "85.00 (paper 85.00)"
+    # a paper attack we did not run is shown with our cell empty
+    assert _row(t, "DML Ensemble", "BIM-10 (not run)")["eps=0.2"] == "- (paper 63.08)"
+    # each model's last row is its stored worst case over every attack at that eps (the
+    # paper's, AutoAttack and the adaptive suite): at 0.2 only samples 7..9 survive all
+    dml = [r for r in t.rows if r[0] == "DML Ensemble"]
+    assert dml[-1][1] == "worst case (every stored attack, per sample)"
+    assert dml[-1][2:4] == ["15.00", "40.00"]
+    base = [r for r in t.rows if r[0] == "Baseline"]
+    assert base[-1][1].startswith("worst case") and base[-1][2] == "0.00"
     assert any("n = 20" in n for n in t.notes) and any("majority vote" in n for n in t.notes)
     assert any("PGD-10: 10 steps, step 0.25 x eps, 1 restart" in n for n in t.notes)
+
+
+def test_stored_worst_case_is_the_per_sample_minimum(fixture_report):
+    root, _, _, _ = fixture_report
+    store = Store(root)
+    (path,) = store.list_results("worst-case", "fx-dml")[:1] or [None]
+    worst, meta = store.read_result(path)
+    components = [store.read_result(p)[0] for p in store.list_results("attack", "fx-dml")]
+    at = [f for f in components if f["eps"].iloc[0] == worst["eps"].iloc[0]]
+    assert len(meta["components"]) == len(at) == 5  # fgsm, pgd-10, autoattack, 2 adaptive
+    expected = np.logical_and.reduce([f["robust"].to_numpy() for f in at])
+    assert worst["robust"].tolist() == expected.tolist()
+    assert worst.loc[~worst["robust"], "broken_by"].str.len().gt(0).all()
 
 
 def test_transfer_and_cw_tables(fixture_report):
@@ -612,54 +685,83 @@ def test_adaptive_worst_case_beside_paper_protocol(fixture_report):
     _, _, _, tables = fixture_report
     t = tables["adaptive"]
     row = next(r for r in t.rows if r[0] == "DML Ensemble" and r[1] == "0.2")
-    paper_protocol = row[t.columns.index("paper protocol")]
-    assert paper_protocol == pytest.approx(60.0)  # min(FGSM 70, PGD-10 60)
-    assert row[t.columns.index("its strongest attack")] == "PGD-10"
-    assert row[t.columns.index("AutoAttack")] == pytest.approx(50.0)
-    assert row[t.columns.index("adaptive suite worst case")] == pytest.approx(15.0)
+    cell = dict(zip(t.columns, row, strict=True))
+    assert cell["paper protocol"] == pytest.approx(60.0)  # min(FGSM 70, PGD-10 60)
+    assert cell["its strongest attack"] == "PGD-10"
+    assert cell["AutoAttack (re-checked)"] == pytest.approx(50.0)
+    # APGD-CE on members breaks 5 samples (75%), APGD-DLR on member:1 breaks 6 (70%)
+    assert cell["strongest adaptive attack"] == pytest.approx(70.0)
+    assert cell["which"] == "APGD-DLR on member:1"
     # robust under every stored attack at 0.2: samples 7..9 only (AA breaks 10..19)
-    worst = row[t.columns.index("worst case, all stored attacks")]
-    assert worst == pytest.approx(15.0)
-    assert row[t.columns.index("change vs paper (pp)")] == pytest.approx(-45.0)
+    assert cell["worst case, all stored attacks"] == pytest.approx(15.0)
+    assert cell["attacks; samples"] == "5 on n=20"
+    assert cell["change vs paper (pp)"] == pytest.approx(-45.0)
     base = next(r for r in t.rows if r[0] == "Baseline" and r[1] == "0.2")
-    assert base[t.columns.index("AutoAttack")] is None
+    assert base[t.columns.index("AutoAttack (re-checked)")] is None
 
 
 def test_autoattack_benign_clever_certify_detect_tables(fixture_report):
     _, _, _, tables = fixture_report
     aa = tables["autoattack"]
-    assert aa.cell("DML Ensemble", "AutoAttack eps=0.2") == pytest.approx(50.0)
-    j = aa.columns.index("AutoAttack eps=0.2")
-    assert aa.columns[j + 1] == "paper" and aa.rows[0][j + 1] == 73.46
+    assert aa.columns == ["Model", "AutoAttack", "eps=0.2"]
+    # as the paper scores it (12 robust of 20, beside the paper's number), then re-checked
+    (paper_row, rechecked) = [r for r in aa.rows if r[0] == "DML Ensemble"]
+    assert paper_row[1].startswith("standard, on the sum, scored by the vote")
+    assert paper_row[2] == "60.00 (paper 73.46)"
+    assert rechecked[1] == "+ decision-checked APGD-CE/APGD-T" and rechecked[2] == "50.00"
+    assert any("honest AutoAttack number" in n for n in aa.notes)
     b = tables["benign"]
     assert b.cell("DML Ensemble", "member mean") == pytest.approx(91.0)
     assert b.cell("Baseline", "member range") == "96.00-98.00"
     cl = tables["clever"]
     assert cl.cell("DML Ensemble", "> 0") == 6 and cl.cell("DML Ensemble", "> 0.2") == 5
     assert cl.cell("Baseline", "median") == pytest.approx(0.025)
+    assert cl.cell("DML Ensemble", "capped") == 1  # the first sample's capped fit is flagged
     ce = tables["certify"]
     assert ce.cell("DML Ensemble", "r=0") == pytest.approx(50.0)
     assert ce.cell("DML Ensemble", "r=0.25") == pytest.approx(25.0)
     assert ce.cell("DML Ensemble", "r=0.5") == 0.0
     de = tables["detect"]
-    rows = {r[de.columns.index("attack")]: r for r in de.rows if r[0] == "DML Ensemble"}
+    c = de.columns.index
+    mine = [r for r in de.rows if r[0] == "DML Ensemble"]
+    rows = {r[c("attack")]: r for r in mine if r[c("method")].startswith("vote")}
     assert list(rows) == ["adaptive", "pgd", "worst case"]
     pgd, adaptive, worst = rows["pgd"], rows["adaptive"], rows["worst case"]
-    assert pgd[de.columns.index("AUC")] == 0.875
-    assert pgd[de.columns.index("FPR nu=K")] == pytest.approx(10.0)
-    assert pgd[de.columns.index("detected nu=K")] == pytest.approx(75.0)
-    assert pgd[de.columns.index("undetected+wrong nu=K")] == pytest.approx(25.0)
-    assert adaptive[de.columns.index("undetected+wrong nu=K")] == pytest.approx(50.0)
-    assert worst[de.columns.index("undetected+wrong nu=K")] == pytest.approx(75.0)
+    assert pgd[c("AUC")] == 0.875
+    assert pgd[c("n")] == N  # the benign rows, stored once, count once
+    assert pgd[c("FPR nu=K")] == pytest.approx(10.0)
+    assert pgd[c("detected nu=K")] == pytest.approx(75.0)
+    assert pgd[c("undetected+wrong nu=K")] == pytest.approx(25.0)
+    assert adaptive[c("undetected+wrong nu=K")] == pytest.approx(50.0)
+    assert worst[c("undetected+wrong nu=K")] == pytest.approx(75.0)
+    # the uncertainty result: one frozen detector, threshold from the fit half's benign rows
+    unc = {r[c("attack")]: r for r in mine if r[c("method")].startswith("uncertainty")}
+    assert list(unc) == ["adaptive", "fgsm", "worst case"]
+    assert unc["fgsm"][c("n")] == N // 2  # eval half only
+    assert unc["fgsm"][c("LR detected @5% FPR")] == 100.0
+    assert unc["adaptive"][c("LR detected @5% FPR")] == 0.0
+    assert unc["adaptive"][c("LR undetected+wrong @5% FPR")] == 100.0
+    assert unc["worst case"][c("LR undetected+wrong @5% FPR")] == 100.0
+    assert unc["adaptive"][c("AUC")] == 0.6
+    fit_notes = [n for n in de.notes if "fit once" in n]
+    assert len(fit_notes) == 1 and "benign + noisy inputs vs fgsm, pgd adversarials" in fit_notes[0]
+    assert "DML Ensemble" in fit_notes[0] and "Baseline" in fit_notes[0]
     assert "rdml" not in tables  # no R-DML run: skipped, not an error
 
 
 def test_rendered_formats_carry_the_numbers(fixture_report):
     root, report, files, _ = fixture_report
     out = root / "report"
-    assert {p.name for p in files} == {"report.md", "report.html", "report.tex", "robustbench.json"}
+    assert {str(p.relative_to(out)) for p in files} == {
+        "report.md",
+        "report.html",
+        "report.tex",
+        "robustbench.json",
+        "robustbench/fx-base.json",
+        "robustbench/fx-dml.json",
+    }
     md = (out / "report.md").read_text()
-    assert "| DML Ensemble | 95.50 | 93.66 | 70.00 | 68.55 |" in md
+    assert "| DML Ensemble | FGSM | 70.00 (paper 68.55) | - | - |" in md
     assert "![CLEVER score distribution (paper Fig. 1, 7, 8)](figures/digits-clever.png)" in md
     assert "DML vs R-DML ensembles" in md and "no R-DML run" in md  # skipped with a note
     for f in (
@@ -678,13 +780,17 @@ def test_rendered_formats_carry_the_numbers(fixture_report):
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", f
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 10 and 'src="figures/' not in html
-    assert "<td>70.00</td>" in html and '<td class="paper">68.55</td>' in html
+    assert '<td class="txt">70.00 (paper 68.55)</td>' in html
     tex = (out / "report.tex").read_text()
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
-    assert r"FGSM $\epsilon$=0.2" in tex and r"\includegraphics" in tex
+    assert r"$\epsilon$=0.2" in tex and r"\includegraphics" in tex
+    assert "DML Ensemble & FGSM & 70.00 (paper 68.55)" in tex
     entries = json.loads((out / "robustbench.json").read_text())["entries"]
     dml = next(e for e in entries if e["name"] == "fx-dml")
-    assert dml["autoattack_acc"] == "50.00" and dml["clean_acc"] == "100.00"
+    # the decision-checked number; AutoAttack alone as the paper scores it beside it
+    assert dml["autoattack_acc"] == "50.00" and dml["autoattack_acc_sum_scored"] == "60.00"
+    assert dml["clean_acc"] == "100.00" and dml["n_eval"] == N and not dml["unreliable"]
+    assert json.loads((out / "robustbench" / "fx-dml.json").read_text()) == [dml]  # per eps
     assert dml["eps"] == "0.2" and dml["threat_model"] == "Linf" and dml["reported"] == "73.46"
     assert dml["number_forward_passes"] == 1 and dml["dataset"] == "digits"
     assert "3 x small-cnn" in dml["architecture"]

@@ -308,12 +308,18 @@ def _check_paper(w: _Where, paper: Any, recipe: Recipe) -> dict[str, Any]:
         w.fail("[paper] must be a table")
     out: dict[str, Any] = {}
     for section, body in paper.items():
-        if section in ("source", "note"):
+        if section in ("source", "note", "dataset"):
             _check_type(w, f"paper.{section}", body, str)
+            if section == "dataset" and body not in DATASETS:
+                w.fail(
+                    f"bad value for 'paper.dataset': {body!r}; choose from {', '.join(DATASETS)}"
+                )
             out[section] = body
             continue
         if section not in PAPER:
-            w.unknown(f"paper.{section}", [f"paper.{k}" for k in (*PAPER, "source", "note")])
+            w.unknown(
+                f"paper.{section}", [f"paper.{k}" for k in (*PAPER, "source", "note", "dataset")]
+            )
         if not isinstance(body, dict):
             w.fail(f"[paper.{section}] must be a table")
         spec = PAPER[section]

@@ -25,6 +25,7 @@ REFS = {
     "clever": "F1, F7, F8",
     "certify": "F14-F16",
     "detect": "F3, F4, F6",
+    "check": "not in paper",
     "surfaces": "F2, F17",
     "roc": "F3, F4, F6",
     "uncertainty": "F5",

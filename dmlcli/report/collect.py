@@ -19,7 +19,7 @@ import pandas as pd
 
 from dmlcli.data import DATASETS
 from dmlcli.errors import DmlError
-from dmlcli.files import read_parquet
+from dmlcli.files import read_parquet, read_tensor_digest
 from dmlcli.models.config import EnsembleConfig
 from dmlcli.models.io import checkpoint_config
 from dmlcli.store import Store
@@ -41,6 +41,7 @@ class RunInfo:
     config: EnsembleConfig
     benign: dict[str, float]
     saved: str = ""
+    digest: str = ""  # SHA-256 of the checkpoint's tensors: results of others are stale
     history: pd.DataFrame | None = None
     role: str = ""
     label: str = ""
@@ -165,10 +166,12 @@ def collect(store: Store) -> Collection:
     for name in store.list_runs():
         try:
             config, meta = checkpoint_config(store.checkpoint_path(name))
+            digest = read_tensor_digest(store.checkpoint_path(name))
         except DmlError as exc:
             col.problems.append(str(exc))
             continue
-        run = RunInfo(name, config, dict(meta.get("benign") or {}), str(meta.get("saved", "")))
+        benign = dict(meta.get("benign") or {})
+        run = RunInfo(name, config, benign, str(meta.get("saved", "")), digest)
         hist = store.history_path(name)
         if hist.is_file():
             try:
@@ -190,7 +193,12 @@ def collect(store: Store) -> Collection:
         except DmlError as exc:
             col.problems.append(str(exc))
             continue
-        col.results.append(Result(meta["kind"], str(meta["run"]), path, meta, store))
+        run_name = str(meta["run"])
+        checkpoint = (meta.get("setting") or {}).get("checkpoint")
+        if run_name in col.runs and checkpoint != col.runs[run_name].digest:
+            col.problems.append(f"{path}: stale (computed from another checkpoint of {run_name})")
+            continue
+        col.results.append(Result(meta["kind"], run_name, path, meta, store))
     return col
 
 

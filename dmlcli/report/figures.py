@@ -20,7 +20,7 @@ import pandas as pd
 from dmlcli.files import atomic_write_bytes
 from dmlcli.report.collect import Collection
 from dmlcli.report.paper import split_label
-from dmlcli.report.tables import Skip, attack_cells, attack_title, certified_curve
+from dmlcli.report.tables import Skip, attack_cells, attack_title, certified_curve, worst_cells
 from dmlcli.results import REPORT_RADII
 from dmlcli.units import eps_text
 
@@ -141,6 +141,7 @@ def distortion_accuracy(col: Collection, dataset: str, out: Path) -> Figure | Sk
     ]
     if not cells:
         return Skip(key, title, "no L-inf attack results")
+    worst = [w for w in worst_cells(col, dataset) if w.decision == "vote"]
     runs = [r.name for r in col.runs_of(dataset) if any(c.result.run == r.name for c in cells)]
     plt = _plt()
     fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4), squeeze=False)
@@ -158,26 +159,34 @@ def distortion_accuracy(col: Collection, dataset: str, out: Path) -> Figure | Sk
             xs = [0.0] + [p[0] for p in pts]
             ys = [pts[0][2]] + [p[1] for p in pts]
             ax.plot(xs, ys, "-o", ms=4, color=color, label=attack_title(label, None))
+        ns = {c.n for c in mine}
+        pts = sorted((w.eps, w.robust, w.clean) for w in worst if w.result.run == run and w.n in ns)
+        if pts:
+            xs = [0.0] + [p[0] for p in pts]
+            ys = [pts[0][2]] + [p[1] for p in pts]
+            ax.plot(xs, ys, "k--s", ms=5, lw=2, label="worst case (all stored attacks)")
         ax.set(
             xlabel="eps (L-inf, pixels)",
             ylabel="robust accuracy (%)",
             title=col.label(run),
             ylim=(-2, 102),
         )
-        ax.legend()
+        ax.legend(fontsize=7)
     path = _save(fig, out / f"{dataset}-{key}.png")
     caption = (
         "Robust accuracy (crafted on the summed logits, majority vote) against the "
         "L-inf budget; eps = 0 (x) is clean accuracy on the same samples. Attacks run at a "
-        "single budget are single points."
+        "single budget are single points. The dashed black curve is the stored per-sample "
+        "worst case over every attack of the checkpoint (adaptive ones included)."
     )
     return Figure(key, title, caption, path)
 
 
 def clever_histograms(col: Collection, dataset: str, out: Path) -> Figure | Skip:
-    """Fig. 1, 7, 8: distribution of non-zero CLEVER scores, baseline vs DML."""
+    """Fig. 1, 7, 8: distribution of non-zero CLEVER scores (``score_label``: 0 where the
+    prediction is wrong), baseline vs DML."""
     key, title = "clever", "CLEVER score distribution (paper Fig. 1, 7, 8)"
-    results = [r for r in col.of("clever", dataset) if "score" in r.df.columns]
+    results = [r for r in col.of("clever", dataset) if "score_label" in r.df.columns]
     results = [r for r in results if str(r.setting.get("target", "sum")) == "sum"] or results
     if not results:
         return Skip(key, title, "no CLEVER results")
@@ -186,7 +195,7 @@ def clever_histograms(col: Collection, dataset: str, out: Path) -> Figure | Skip
     radius = float(results[0].setting.get("radius", 2.0) or 2.0)
     bins = np.linspace(0, radius, 31)
     for color, r in zip(_colors(len(results)), results, strict=True):
-        s = r.df["score"].to_numpy(dtype=float)
+        s = r.df["score_label"].to_numpy(dtype=float)
         nz = s[s > 0]
         ax.hist(
             nz,
@@ -203,7 +212,12 @@ def clever_histograms(col: Collection, dataset: str, out: Path) -> Figure | Skip
     )
     ax.legend()
     path = _save(fig, out / f"{dataset}-{key}.png")
-    return Figure(key, title, "Histogram of the non-zero CLEVER scores per model.", path)
+    caption = (
+        "Histogram of the non-zero CLEVER scores per model: score_label, the score where the "
+        "prediction is right (a wrong prediction scores 0 and is not counted); the legend's "
+        "median is over all samples."
+    )
+    return Figure(key, title, caption, path)
 
 
 def gradient_cosines(col: Collection, dataset: str, out: Path) -> Figure | Skip:
@@ -275,8 +289,22 @@ def loss_surfaces(col: Collection, dataset: str, out: Path) -> Figure | Skip:
     return Figure(key, title, caption, path)
 
 
+def _fit_caption(results: list) -> str:
+    """Which attacks the uncertainty detectors of ``results`` were fit on (one sentence)."""
+    fits = sorted(
+        {", ".join(r.setting["fit_attacks"]) for r in results if r.setting.get("fit_attacks")}
+    )
+    if not fits:
+        return ""
+    return (
+        f" The uncertainty regression is fit once on the fit half (benign + noisy vs "
+        f"{' / '.join(fits)} adversarials) and frozen; every attack, the adaptive one "
+        "included, is scored against that same detector on the eval half."
+    )
+
+
 def roc_curves(col: Collection, dataset: str, out: Path) -> Figure | Skip:
-    """Fig. 3, 4, 6: ROC curves of the detectors with their AUC."""
+    """Fig. 3, 4, 6: ROC curves of the detectors with their AUC, one curve per attack."""
     key, title = "roc", "ROC curves of adversary detection (paper Fig. 3, 4, 6)"
     results = [r for r in col.of("detect-roc", dataset) if {"fpr", "tpr"} <= set(r.df.columns)]
     if not results:
@@ -288,17 +316,19 @@ def roc_curves(col: Collection, dataset: str, out: Path) -> Figure | Skip:
     plt = _plt()
     fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.2), squeeze=False)
     for ax, ((run, method), res) in zip(axes[0], groups.items(), strict=True):
-        for color, r in zip(_colors(len(res)), res, strict=True):
+        curves = []
+        for r in res:
             df = r.df
-            attack = str(r.setting.get("attack", df["attack"].iloc[0] if "attack" in df else "?"))
             eps = float(r.setting.get("eps", df["eps"].iloc[0] if "eps" in df else math.nan))
-            auc = float(r.meta.get("auc", df["auc"].iloc[0] if "auc" in df else math.nan))
-            ax.plot(
-                df["fpr"],
-                df["tpr"],
-                color=color,
-                label=f"{attack} eps={eps_text(eps)}: AUC {auc:.3f}",
-            )
+            attacks = list(dict.fromkeys(df["attack"])) if "attack" in df else ["?"]
+            for attack in attacks:
+                part = df[df["attack"] == attack] if "attack" in df else df
+                auc = r.meta.get("aucs", {}).get(attack)
+                if auc is None:
+                    auc = float(part["auc"].iloc[0]) if "auc" in part else math.nan
+                curves.append((f"{attack} eps={eps_text(eps)}: AUC {auc:.3f}", part))
+        for color, (label, part) in zip(_colors(len(curves)), curves, strict=True):
+            ax.plot(part["fpr"], part["tpr"], color=color, label=label)
         ax.plot([0, 1], [0, 1], "k:", lw=1)
         ax.set(
             xlabel="false positive rate",
@@ -312,13 +342,13 @@ def roc_curves(col: Collection, dataset: str, out: Path) -> Figure | Skip:
     caption = (
         "Detection of adversarials among correctly classified benign (and noisy) "
         "samples: vote = number of dissenting members (unanimity framework), "
-        "uncertainty = logistic regression on the members' variance."
+        "uncertainty = logistic regression on the members' variance." + _fit_caption(results)
     )
     return Figure(key, title, caption, path)
 
 
 def uncertainty_distributions(col: Collection, dataset: str, out: Path) -> Figure | Skip:
-    """Fig. 5: uncertainty of benign, noisy and adversarial inputs."""
+    """Fig. 5: uncertainty of benign, noisy and each attack's adversarial inputs."""
     key, title = "uncertainty", "Uncertainty distribution (paper Fig. 5)"
     results = [r for r in col.of("detect", dataset) if {"uncertainty", "kind"} <= set(r.df.columns)]
     results = [r for r in results if r.df["uncertainty"].abs().sum() > 0]
@@ -332,16 +362,20 @@ def uncertainty_distributions(col: Collection, dataset: str, out: Path) -> Figur
         u = df["uncertainty"].to_numpy(dtype=float)
         lo, hi = np.nanmin(u), np.nanmax(u)
         bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 31)
-        for color, kind in zip(_colors(3), ("benign", "noisy", "adversarial"), strict=True):
-            v = df.loc[df["kind"] == kind, "uncertainty"].to_numpy(dtype=float)
+        adv = df["kind"] == "adversarial"
+        attacks = list(dict.fromkeys(df.loc[adv, "attack"])) if "attack" in df else []
+        groups = [(kind, df["kind"] == kind) for kind in ("benign", "noisy")]
+        groups += [(f"{a} adversarial", adv & (df["attack"] == a)) for a in attacks]
+        for color, (name, mask) in zip(_colors(len(groups)), groups, strict=True):
+            v = df.loc[mask, "uncertainty"].to_numpy(dtype=float)
             if len(v):
-                ax.hist(v, bins=bins, alpha=0.5, color=color, label=f"{kind} (n={len(v)})")
-        attack = str(r.setting.get("attack", "?"))
+                ax.hist(v, bins=bins, alpha=0.5, color=color, label=f"{name} (n={len(v)})")
+        method = str(r.setting.get("method", "?"))
         eps = float(r.setting.get("eps", math.nan))
         ax.set(
             xlabel="uncertainty (variance across members and draws)",
             ylabel="samples",
-            title=f"{col.label(r.run)}: {attack} eps={eps_text(eps)}",
+            title=f"{col.label(r.run)}: {method}, eps={eps_text(eps)}",
         )
         ax.legend()
     path = _save(fig, out / f"{dataset}-{key}.png")
@@ -349,7 +383,7 @@ def uncertainty_distributions(col: Collection, dataset: str, out: Path) -> Figur
         key,
         title,
         "Mean over classes of the softmax variance across members "
-        "(and head draws for R-DML), per input kind.",
+        "(and head draws for R-DML), per input kind and attack." + _fit_caption(results),
         path,
     )
 

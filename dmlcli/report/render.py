@@ -4,7 +4,8 @@
 - HTML: ``report.html``, one self-contained file (CSS inline, figures as base64 data URIs);
 - LaTeX: ``report.tex`` (booktabs tables, ``\\includegraphics`` of ``figures/*.png``);
 - JSON: ``robustbench.json``, RobustBench-style entries (clean_acc, autoattack_acc, eps,
-  architecture, number_forward_passes, dataset, threat_model) per model and eps.
+  architecture, number_forward_passes, dataset, threat_model) per model and eps, and the
+  same per model in ``robustbench/<run>.json``.
 """
 
 from __future__ import annotations
@@ -338,23 +339,46 @@ def latex(report: Report) -> str:
 
 
 # -- JSON (RobustBench-style) ---------------------------------------------------------------
-def robustbench_entries(col: Collection) -> list[dict[str, Any]]:
-    """One entry per model and AutoAttack eps (models without AutoAttack: one entry, acc null).
+#: AutoAttack results RobustBench would accept: its standard (or rand) version at its budgets.
+ROBUSTBENCH_VERSIONS = {"standard", "rand"}
+ROBUSTBENCH_BUDGETS = {"steps": 100, "square_queries": 5000, "recheck": True}
+PROTOCOL = (
+    "AutoAttack {version} (pyautoattack) on the summed member logits, scored by the majority "
+    "vote, + decision-checked APGD-CE/APGD-T on every sample whose vote it left right"
+)
 
-    Fields follow RobustBench's model-info files: ``clean_acc`` / ``autoattack_acc`` as
-    strings with two decimals over the same evaluation samples, ``eps`` as ``k/255`` where it
-    is one, ``threat_model`` Linf, ``number_forward_passes`` 1 (one ensemble forward; an
-    R-DML head draws its noise inside it).
+
+def _standard_autoattack(c: Any) -> bool:
+    p = c.params
+    return (
+        split_label(c.label)[0] == "autoattack"
+        and p.get("version") in ROBUSTBENCH_VERSIONS
+        and all(p.get(k) == v for k, v in ROBUSTBENCH_BUDGETS.items())
+        and c.decision == "vote"
+        and not c.surrogate
+    )
+
+
+def robustbench_entries(col: Collection) -> list[dict[str, Any]]:
+    """RobustBench model-info entries, one per model and eps of a standard (or rand)
+    AutoAttack result at its default budgets (models without one: one entry with
+    ``autoattack_acc`` null). The reduced AutoAttack of a quick recipe is never reported.
+
+    ``clean_acc``/``autoattack_acc`` (strings, two decimals) are over the same evaluation
+    samples; ``autoattack_acc`` is the decision-checked number and
+    ``autoattack_acc_sum_scored`` AutoAttack alone as the paper scores it. ``reported`` is the
+    paper's number only when the recipe's published numbers are for this dataset.
+    ``number_forward_passes`` counts the forward passes a decision takes (the scoring draws of
+    a randomized head); randomized heads are marked ``unreliable`` with a footnote, as
+    RobustBench does for randomized defenses.
     """
     entries = []
     for ds in col.datasets():
         recipe = col.recipe_for(ds) or {}
-        aa_paper = (recipe.get("paper") or {}).get("autoattack", {})
-        cells = [
-            c
-            for c in attack_cells(col, ds)
-            if split_label(c.label)[0] == "autoattack" and c.decision == "vote" and not c.surrogate
-        ]
+        paper = recipe.get("paper") or {}
+        same_data = str(paper.get("dataset", ds)) == ds
+        aa_paper = paper.get("autoattack", {}) if same_data else {}
+        cells = [c for c in attack_cells(col, ds) if _standard_autoattack(c)]
         for run in col.runs_of(ds):
             mine = sorted((c for c in cells if c.result.run == run.name), key=lambda c: c.eps or 0)
             head = {
@@ -363,19 +387,25 @@ def robustbench_entries(col: Collection) -> list[dict[str, Any]]:
                 "rdml": "R-DML heads",
                 "augdml": "AUG-DML heads",
             }.get(run.head, run.head)
-            base = {
+            randomized = run.head in ("rdml", "augdml")
+            base: dict[str, Any] = {
                 "name": run.name,
                 "label": run.label,
                 "dataset": ds,
                 "threat_model": "Linf",
                 "architecture": f"ensemble of {run.members} x {run.backbone} with {head}",
-                "number_forward_passes": 1,
                 "additional_data": False,
                 "members": run.members,
                 "head": run.head,
                 "decision": "vote",
                 "clean_acc_full_test": f"{run.benign['vote']:.2f}"
                 if "vote" in run.benign
+                else None,
+                "unreliable": randomized,
+                "footnote": "Randomized head: AutoAttack rand (EOT) and a decision scored by the "
+                "majority over several draws; RobustBench lists randomized defenses as "
+                "unreliable."
+                if randomized
                 else None,
             }
             if not mine:
@@ -386,16 +416,17 @@ def robustbench_entries(col: Collection) -> list[dict[str, Any]]:
                         "clean_acc": base["clean_acc_full_test"],
                         "autoattack_acc": None,
                         "n_eval": None,
-                        "note": "no AutoAttack result in the store",
+                        "number_forward_passes": 1,
+                        "note": "no standard/rand AutoAttack result at its default budgets",
                     }
                 )
                 continue
             for c in mine:
-                p = c.params
-                paper_acc = None
                 numbers = aa_paper.get(run.role, {}) if isinstance(aa_paper, dict) else {}
-                if isinstance(numbers, dict):
-                    paper_acc = paper_value(numbers, "autoattack", c.eps)
+                reported = (
+                    paper_value(numbers, "autoattack", c.eps) if isinstance(numbers, dict) else None
+                )
+                draws = int(c.result.df["score_draws"].iloc[0])
                 entries.append(
                     {
                         **base,
@@ -403,11 +434,14 @@ def robustbench_entries(col: Collection) -> list[dict[str, Any]]:
                         "eps_value": c.eps,
                         "clean_acc": f"{c.clean:.2f}",
                         "autoattack_acc": f"{c.robust:.2f}",
+                        "autoattack_acc_sum_scored": f"{c.sum_scored:.2f}",
+                        "protocol": PROTOCOL.format(version=c.params.get("version")),
                         "n_eval": c.n,
-                        "autoattack_version": p.get("version"),
-                        "eot": c.result.df["eot"].iloc[0] if "eot" in c.result.df else None,
+                        "number_forward_passes": draws,
+                        "autoattack_version": c.params.get("version"),
+                        "eot": int(c.result.df["eot"].iloc[0] or 1),
                         "seed": c.result.setting.get("seed"),
-                        "reported": None if paper_acc is None else f"{paper_acc:.2f}",
+                        "reported": None if reported is None else f"{reported:.2f}",
                     }
                 )
     for e in entries:
@@ -431,7 +465,13 @@ def write(report: Report, col: Collection, out: Path, formats: list[str]) -> lis
         elif f == "latex":
             text = latex(report)
         else:
-            text = json.dumps({"entries": robustbench_entries(col)}, indent=1)
+            entries = robustbench_entries(col)
+            text = json.dumps({"entries": entries}, indent=1)
+            for name in dict.fromkeys(e["name"] for e in entries):  # one file per model too
+                mine = [e for e in entries if e["name"] == name]
+                model_file = out / "robustbench" / f"{name}.json"
+                atomic_write_bytes(model_file, json.dumps(mine, indent=1).encode("utf-8"))
+                files.append(model_file)
         atomic_write_bytes(path, text.encode("utf-8"))
         files.append(path)
     return files
