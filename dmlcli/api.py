@@ -46,6 +46,7 @@ from dmlcli.models.aggregate import list_decisions
 from dmlcli.models.config import resolve_config
 from dmlcli.models.ensemble import Ensemble
 from dmlcli.models.io import Run, checkpoint_config, save_ensemble
+from dmlcli.models.spec import read_spec, spec_digest
 from dmlcli.runner import Outcome, Reporter, run_jobs
 from dmlcli.runner import merge as merge_parts
 from dmlcli.runs import open_run
@@ -821,14 +822,22 @@ def merge(runs: Sequence[str] | None = None, *, artifacts: PathLike | None = Non
 def ls(
     *, stale: bool = False, remove_stale: bool = False, artifacts: PathLike | None = None
 ) -> pd.DataFrame:
-    """The runs in the store: name, dataset, K, head, benign vote accuracy, date, results, and
-    how many of those results are stale (computed from another checkpoint of the run, e.g.
-    before a ``train --force``, or of another schema version; never used by the worst case
-    or the report).
+    """The runs in the store (trained ones, and users' ensembles used through a model spec):
+    name, dataset, K, head, benign vote accuracy, date, results, and how many of those
+    results are stale (computed from another checkpoint of the run, e.g. before a ``train
+    --force`` or a changed weight of a spec, or of another schema version; never used by the
+    worst case or the report).
     ``attrs['stale']`` lists the stale files; ``remove_stale`` deletes them."""
     store = Store(artifacts)
     rows: list[dict[str, Any]] = []
     old: list[Path] = []
+
+    def row(name: str, digest: str, **info: Any) -> dict[str, Any]:
+        files = store.list_results(run=name)
+        mine = [p for p in files if _checkpoint_of(store, p) != digest]
+        old.extend(mine)
+        return {"run": name, **info, "results": len(files) - len(mine), "stale": len(mine)}
+
     for name in store.list_runs():
         try:
             config, meta = checkpoint_config(store.checkpoint_path(name))
@@ -836,27 +845,26 @@ def ls(
         except DmlError as exc:
             rows.append({"run": name, "problem": str(exc)})
             continue
-        files = store.list_results(run=name)
-        mine = [p for p in files if _checkpoint_of(store, p) != digest]
-        old += mine
-        rows.append(
-            {
-                "run": name,
-                "dataset": config.dataset,
-                "members": config.members,
-                "head": config.head,
-                "vote": meta.get("benign", {}).get("vote"),
-                "saved": str(meta.get("saved", ""))[:19],
-                "results": len(files) - len(mine),
-                "stale": len(mine),
-                "problem": "",
-            }
-        )
+        benign = meta.get("benign", {}).get("vote")
+        saved = str(meta.get("saved", ""))[:19]
+        rows.append(row(name, digest, dataset=config.dataset, members=config.members,
+                        head=config.head, vote=benign, saved=saved))  # fmt: skip
+    for name in store.list_spec_runs():  # users' ensembles: identity from the files now
+        record = store.spec_record(name) or {}
+        try:
+            digest = spec_digest(read_spec(record.get("spec", store.spec_record_path(name))))
+        except DmlError as exc:
+            rows.append({"run": name, "problem": str(exc)})
+            continue
+        saved = str(record.get("recorded", ""))[:19]
+        rows.append(row(name, digest, dataset=record.get("dataset"), members=record.get("members"),
+                        head="user", vote=None, saved=saved))  # fmt: skip
     if remove_stale:
         for path in old:
             path.unlink(missing_ok=True)
     cols = ["run", "dataset", "members", "head", "vote", "saved", "results", "stale", "problem"]
     df = pd.DataFrame(rows, columns=cols)
+    df["problem"] = df["problem"].astype(object).fillna("")
     df.attrs.update(stale=[str(p) for p in old], removed=remove_stale)
     return df
 
@@ -937,3 +945,55 @@ def check(
     df = _rows(run_jobs(store, [job], force=force, progress=progress))
     df.attrs.update(eps=settings.eps, large_eps=settings.large_eps, n=n, seed=seed)
     return df
+
+
+# -- export -----------------------------------------------------------------------------------
+def export(
+    run: str,
+    *,
+    format: str = "csv",  # noqa: A002 - the CLI's --format
+    kind: str | None = None,
+    attack: str | None = None,
+    out: PathLike | None = None,
+    artifacts: PathLike | None = None,
+) -> pd.DataFrame:
+    """Write ``run``'s current results (of its checkpoint; stale ones never) in ``format``
+    (:mod:`dmlcli.report.export`: ``csv`` any result, ``autoattack-log`` AutoAttack results,
+    ``cohen-tsv`` certify results, ``adversarials`` the stored adversarial images), one file
+    per result in ``out`` (default ``ARTIFACTS/exports/<run>``), optionally only results of
+    ``kind`` or of attack label ``attack``. Returns one row per file: ``kind, label, rows,
+    path``."""
+    from dmlcli.report import export as exp
+
+    store = Store(artifacts)
+    fmt = exp.check_format(format)
+    if kind is not None and kind not in results.list_kinds():
+        raise DmlError(
+            f"unknown result kind {kind!r}; choose one of {', '.join(results.list_kinds())}"
+        )
+    r = open_run(run, store)
+    kinds = exp.KINDS[fmt] or ((kind,) if kind else tuple(results.list_kinds()))
+    chosen = []
+    for k in kinds:
+        for path in store.list_results(k, r.name):
+            setting = store.result_meta(path).get("setting") or {}
+            if setting.get("checkpoint") != r.checkpoint:
+                continue
+            if attack is not None and setting.get("attack") != attack:
+                continue
+            if fmt == "autoattack-log" and setting.get("attack_name") != "autoattack":
+                continue
+            chosen.append((k, path, setting))
+    if not chosen:
+        what = f"{fmt} ({', '.join(kinds)})" + (f", attack {attack}" if attack else "")
+        raise DmlError(f"{r.name} has no current results to export as {what} (dml ls lists them)")
+    out_dir = Path(out) if out is not None else store.export_dir(r.name)
+    rows = []
+    for k, path, setting in chosen:
+        df, meta = store.read_result(path)
+        target = exp.export_result(df, meta, fmt, out_dir / (path.stem + exp.SUFFIX[fmt]))
+        rows.append({"kind": k, "label": str(setting.get("attack") or path.stem), "rows": len(df),
+                     "path": str(target)})  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["kind", "label", "rows", "path"])
+    frame.attrs["run"] = r.name
+    return frame

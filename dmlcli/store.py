@@ -7,11 +7,13 @@ Layout::
       models/<run>/model.safetensors      all members + the run configuration (JSON metadata)
       models/<run>/history.parquet        per-epoch training history
       models/<run>/resume.safetensors     last epoch/step checkpoint for --resume
+      models/<run>/spec.json              a user's ensemble: where its model spec is, its digest
       results/<run>/<kind>-<key>.parquet  one row per (sample, setting, scored model)
       results/<run>/.parts/<kind>-<key>/  finished batches of a result in progress
       recipes/<recipe>/recipe.json        a recipe as dml run read it (roles, paper numbers)
       recipes/<recipe>/<step>.json        marker of a finished recipe step
       report/                             dml report's output
+      exports/<run>/                      dml export's files (CSV, AutoAttack log, TSV, ...)
 
 ``<key>`` is a short hash of the result's setting (its identity: checkpoint digest, attack,
 budgets, samples, seed, ...) and of its schema version. The store knows files, not models:
@@ -33,9 +35,17 @@ import pandas as pd
 
 from dmlcli import results
 from dmlcli.errors import DmlError
-from dmlcli.files import now, read_parquet, read_parquet_meta, versions, write_parquet
+from dmlcli.files import (
+    atomic_write_json,
+    now,
+    read_parquet,
+    read_parquet_meta,
+    versions,
+    write_parquet,
+)
 
 MODEL_FILE, HISTORY_FILE, RESUME_FILE = "model.safetensors", "history.parquet", "resume.safetensors"
+SPEC_RECORD = "spec.json"
 PARTS_DIR = ".parts"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -85,6 +95,34 @@ class Store:
     def has_run(self, name: str) -> bool:
         return self.checkpoint_path(name).is_file()
 
+    def spec_record_path(self, name: str) -> Path:
+        return self.run_dir(name) / SPEC_RECORD
+
+    def record_spec(self, name: str, record: dict[str, Any]) -> None:
+        """Remember a model spec's run (``spec`` path, ``dataset``, ``members``, ``checkpoint``
+        digest, ...): its name then works like a trained run's, and the report lists it."""
+        if self.has_run(name):
+            raise DmlError(
+                f"model spec name {name!r} is a run trained by dml in {self.root}; rename one"
+            )
+        atomic_write_json(self.spec_record_path(name), {**record, "recorded": now()})
+
+    def spec_record(self, name: str) -> dict[str, Any] | None:
+        """The record of spec run ``name``, or None (not a spec run, or unreadable)."""
+        path = self.spec_record_path(name)
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return body if isinstance(body, dict) and isinstance(body.get("spec"), str) else None
+
+    def list_spec_runs(self) -> list[str]:
+        """Names of the model-spec runs recorded in the store."""
+        models = self.root / "models"
+        if not models.is_dir():
+            return []
+        return sorted(p.parent.name for p in models.glob(f"*/{SPEC_RECORD}"))
+
     def list_runs(self) -> list[str]:
         models = self.root / "models"
         if not models.is_dir():
@@ -92,7 +130,8 @@ class Store:
         return sorted(p.parent.name for p in models.glob(f"*/{MODEL_FILE}"))
 
     def resolve(self, ref: str | Path) -> tuple[str, Path]:
-        """A run name, a run folder or a ``.safetensors`` file -> (run name, checkpoint file).
+        """A run name, a run folder or a ``.safetensors`` file -> (run name, checkpoint file);
+        the name of a recorded model spec -> (its name, the spec file).
 
         The run name of a checkpoint outside the store is its folder's name when the file is
         called ``model.safetensors``, else the file's stem.
@@ -108,8 +147,11 @@ class Store:
         if path.is_dir():
             raise DmlError(f"{path} holds no {MODEL_FILE}")
         name = str(ref)
+        record = self.spec_record(name) if _NAME.match(name) else None
+        if record is not None:  # a user's ensemble, by the name its spec gave it
+            return name, Path(record["spec"])
         if not self.checkpoint_path(name).is_file():
-            runs = ", ".join(self.list_runs()[:8]) or "none yet"
+            runs = ", ".join([*self.list_runs(), *self.list_spec_runs()][:8]) or "none yet"
             raise DmlError(f"no run named {ref!r} in {self.root} (runs: {runs})")
         return name, self.checkpoint_path(name)
 
@@ -198,6 +240,9 @@ class Store:
 
     def list_recipe_files(self) -> list[Path]:
         return sorted((self.root / "recipes").glob("*/recipe.json"))
+
+    def export_dir(self, run: str) -> Path:
+        return self.root / "exports" / validate_name(run)
 
     def report_dir(self) -> Path:
         return self.root / "report"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 import typer.core
@@ -10,7 +11,7 @@ import typer.core
 from dmlcli.cli import run as run_cli
 from dmlcli.cli.commands import COMMANDS
 from dmlcli.cli.common import click_exceptions, guarded
-from dmlcli.errors import DmlError
+from dmlcli.errors import DmlError, DmlWarning
 
 
 class _PlainHelp:
@@ -54,9 +55,22 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    if issubclass(category, DmlWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run ``dml``; a user's mistake prints one line and exits 2, never a traceback."""
+    """Run ``dml``; a user's mistake prints one line and exits 2, never a traceback; a
+    :class:`DmlWarning` prints one ``warning:`` line and the command goes on."""
     command = typer.main.get_command(app)
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", DmlWarning)  # each command run says it again
     try:
         rc = command.main(args=argv, prog_name="dml", standalone_mode=False)
         if rc == 130:  # typer turns a KeyboardInterrupt inside a command into 130

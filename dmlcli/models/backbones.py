@@ -79,24 +79,28 @@ class LeNet5(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block (He et al. 2016)."""
+    """ResNet basic block (He et al. 2016). ``shortcut`` names the projection: ``shortcut``
+    (ours) or ``downsample`` (torchvision's, and the CIFAR ResNets of the ensemble-defense
+    papers: DVERGE, TRS, GAL, ADP), so their checkpoints' keys match."""
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: str = "shortcut") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
+        self.shortcut_name = shortcut
+        projection = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
+            projection = nn.Sequential(
                 nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
             )
+        setattr(self, shortcut, projection)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
+        return torch.relu(out + getattr(self, self.shortcut_name)(x))
 
 
 class ResNet18(nn.Module):
@@ -119,10 +123,34 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
 
 
+class ResNet20(nn.Module):
+    """ResNet-20 for 32x32 inputs (He et al. 2016, 3 stages of 3 blocks, 16-32-64 channels):
+    the member of the CIFAR-10 ensemble defenses (DVERGE, TRS, GAL, ADP), with their parameter
+    names (``conv1``, ``bn1``, ``layer1..3``, ``fc``), so their checkpoints load."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int = 32) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        cin = 16
+        for i, (cout, stride) in enumerate([(16, 1), (32, 2), (64, 2)], start=1):
+            blocks = [BasicBlock(c, cout, s, "downsample") for c, s in [(cin, stride), (cout, 1)]]
+            blocks.append(BasicBlock(cout, cout, 1, "downsample"))
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+            cin = cout
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "small-cnn": SmallCNN,
     "lenet5": LeNet5,
     "resnet18": ResNet18,
+    "resnet20": ResNet20,
 }
 
 

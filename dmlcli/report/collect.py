@@ -22,6 +22,7 @@ from dmlcli.errors import DmlError
 from dmlcli.files import read_parquet, read_tensor_digest
 from dmlcli.models.config import EnsembleConfig
 from dmlcli.models.io import checkpoint_config
+from dmlcli.models.spec import config_of, read_spec, spec_digest
 from dmlcli.store import Store
 
 #: Display names of the model roles (a recipe's [train] keys, else inferred from the head).
@@ -179,6 +180,17 @@ def collect(store: Store) -> Collection:
             except DmlError as exc:
                 col.problems.append(str(exc))
         col.runs[name] = run
+    for name in store.list_spec_runs():  # users' ensembles (model specs) used in this store
+        record = store.spec_record(name)
+        try:
+            if record is None:
+                raise DmlError(f"{store.spec_record_path(name)}: unreadable spec record")
+            digest = spec_digest(read_spec(record["spec"]))  # the files as they are now
+            config = config_of(record)
+        except (DmlError, KeyError, ValueError) as exc:
+            col.problems.append(f"{name}: {exc}")
+            continue
+        col.runs[name] = RunInfo(name, config, {}, str(record.get("recorded", "")), digest)
     taken = {(col.runs[r].dataset, role) for r, role in roles.items() if r in col.runs}
     for name, run in col.runs.items():
         if name in roles:
