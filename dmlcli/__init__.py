@@ -3,10 +3,20 @@
 The names most scripts need; every subcommand is a function of :mod:`dmlcli.api`.
 """
 
+from dmlcli.adapters import as_art_classifier, as_classifier
 from dmlcli.data import load_dataset
 from dmlcli.errors import DmlError
 from dmlcli.runs import load_run, open_run
 from dmlcli.store import Store
 from dmlcli.version import __version__
 
-__all__ = ["DmlError", "Store", "__version__", "load_dataset", "load_run", "open_run"]
+__all__ = [
+    "DmlError",
+    "Store",
+    "__version__",
+    "as_art_classifier",
+    "as_classifier",
+    "load_dataset",
+    "load_run",
+    "open_run",
+]

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"dmlcli.models"},
     {"dmlcli.attacks"},
     {"dmlcli.eval", "dmlcli.train"},
-    {"dmlcli.store", "dmlcli.runner", "dmlcli.runs"},
+    {"dmlcli.store", "dmlcli.runner", "dmlcli.runs", "dmlcli.adapters"},
     {"dmlcli.report"},
     {"dmlcli.api"},
     {"dmlcli.cli", "dmlcli.__main__", "dmlcli"},

@@ -9,6 +9,7 @@ from dmlcli.cli import (
     check,
     clever,
     detect,
+    export,
     geometry,
     ls,
     merge,
@@ -28,6 +29,7 @@ COMMANDS = [
     ("detect", guarded(detect.command)),
     ("check", guarded(check.command)),
     ("report", guarded(report.command)),
+    ("export", guarded(export.command)),
     ("ls", ls.command),
     ("merge", merge.command),
 ]
