@@ -17,10 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dmlcli import api
-from dmlcli.results import robust_accuracy
+from dmlcli.results import robust_accuracy, sum_scored_robust
 
 
 def _frames(df: pd.DataFrame, kind: str) -> list[tuple[dict, pd.DataFrame]]:
@@ -61,7 +62,7 @@ def main() -> None:
     (both,) = [f for _, f in _frames(auto, "worst-case")]
     n = len(aa_rows)
     counts = aa_meta["meta"].get("counts", {})
-    aa_alone = robust_accuracy(aa_rows)[1] + 100.0 * counts.get("recheck_broke", 0) / n
+    aa_alone = sum_scored_robust(aa_rows, counts)
     strongest = min(attacks, key=lambda a: robust_accuracy(a[1])[1])
     print(f"{args.checkpoint}: n={n}, eps {args.eps}, clean {robust_accuracy(aa_rows)[0]:.1f}%")
     print(f"  adaptive suite ({len(attacks)} attacks), per-sample worst case: "
@@ -72,6 +73,14 @@ def main() -> None:
     print(f"  ... + decision-checked APGD: {robust_accuracy(aa_rows)[1]:.1f}%  [{t_auto:.0f} s]")
     print(f"  worst case over both: {100.0 * both['robust'].mean():.1f}%")
     print(f"  time adaptive / AutoAttack: x{t_adaptive / t_auto:.2f}")
+    # profile: where the adaptive suite spends its time, and what each attack alone adds
+    clean = aa_rows["clean_correct"].to_numpy()
+    broke = {r["label"]: clean & ~f["robust"].to_numpy() for r, f in attacks}
+    print("  profile (seconds, samples only this attack breaks within the suite):")
+    for r, f in sorted(attacks, key=lambda a: -float(a[1]["seconds"].sum())):
+        others = [b for label, b in broke.items() if label != r["label"]]
+        only = int((broke[r["label"]] & ~np.logical_or.reduce(others)).sum()) if others else 0
+        print(f"    {r['label']:40s} {float(f['seconds'].sum()):7.1f} s  only-this {only}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def test_dml_distance_matches_closed_form():
         for b in range(5):
             for c in range(4):
                 diff = z[k, b] - head.centers[k, c]
-                expected[k, b, c] = math.sqrt(float(diff @ torch.diag(m[k]) @ diff))
+                expected[k, b, c] = math.sqrt(float((diff @ torch.diag(m[k]) @ diff).detach()))
     assert torch.allclose(-head(z), expected, atol=1e-5)
 
 
