@@ -176,7 +176,14 @@ def test_attack_killed_at_five_seeded_points_resumes_to_the_same_rows(
 def test_ctrl_c_keeps_parts_exits_130_with_one_resume_line(reference, trained_store, tmp_path):
     store = _fresh(trained_store, tmp_path / "artifacts")
     proc = subprocess.Popen(
-        _cmd(ATTACK, store), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _cmd(ATTACK, store),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell without job control starts background jobs with SIGINT ignored, and the
+        # child would inherit that: give it the default, as a terminal's Ctrl-C finds it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_for_parts(proc, store, 3)
     proc.send_signal(signal.SIGINT)
