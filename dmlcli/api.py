@@ -19,6 +19,7 @@ passes a rich progress bar); the default is silent.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 
 from dmlcli import results
 from dmlcli.data import dataset_info, eval_set, load_dataset
-from dmlcli.errors import DmlError
+from dmlcli.errors import DmlError, DmlWarning
 from dmlcli.eval import certify as ce
 from dmlcli.eval import clever as cl
 from dmlcli.eval import detect as det
@@ -997,3 +998,96 @@ def export(
     frame = pd.DataFrame(rows, columns=["kind", "label", "rows", "path"])
     frame.attrs["run"] = r.name
     return frame
+
+
+# -- compare ----------------------------------------------------------------------------------
+def compare(
+    runs: Sequence[str],
+    *,
+    eps: str | float,
+    decision: str = "vote",
+    n: int | None = None,
+    seed: int = 0,
+    reps: int = 10_000,
+    artifacts: PathLike | None = None,
+) -> pd.DataFrame:
+    """Paired per-sample comparison of the first run with each other run on the same
+    evaluation samples, from stored results only (nothing is attacked): clean accuracy, the
+    paper protocol (robust under every stored attack of the paper suite) and the stored
+    worst case at ``eps``; per measure the accuracies, their difference with a paired
+    bootstrap 95% CI (``reps`` resamples, deterministic given ``seed``) and McNemar's exact
+    p-value on the discordant samples; ``attacks_a``/``attacks_b``: how many stored attacks
+    each worst case covers (a :class:`DmlWarning` when they differ: a worst case is only as
+    strong as the attacks run). One row per (run pair, measure)."""
+    store = Store(artifacts)
+    names = _list(runs)
+    if len(names) < 2:
+        raise DmlError("dml compare needs at least two runs")
+    e = parse_eps(str(eps))
+    if reps < 100:
+        raise DmlError(f"--reps must be at least 100 bootstrap resamples; got {reps}")
+    per_run = {name: _compared(store, name, e, decision, n, seed) for name in names}
+    base = names[0]
+    rows = []
+    for other in names[1:]:
+        for measure, column in (("clean", "clean_correct"), ("paper protocol", "robust"),
+                                ("worst case", "robust")):  # fmt: skip
+            a, b = per_run[base].get(measure), per_run[other].get(measure)
+            if a is None or b is None:
+                continue
+            stats = results.compare_paired(a, b, column, reps=reps, seed=seed)
+            counts = {"attacks_a": int(results.first(a, "attacks") or 0),
+                      "attacks_b": int(results.first(b, "attacks") or 0)}  # fmt: skip
+            rows.append({"run_a": base, "run_b": other, "measure": measure, "eps": e,
+                         **stats, **counts})  # fmt: skip
+            if measure == "worst case" and counts["attacks_a"] != counts["attacks_b"]:
+                warnings.warn(
+                    f"{base}'s worst case is over {counts['attacks_a']} stored attacks, "
+                    f"{other}'s over {counts['attacks_b']}: attack both with the same suites "
+                    "for a fair comparison",
+                    DmlWarning,
+                    stacklevel=2,
+                )
+    if not rows:
+        raise DmlError(f"no stored attack results at eps {eps} to compare (dml attack first)")
+    return pd.DataFrame(rows)
+
+
+def _compared(
+    store: Store, name: str, eps: float, decision: str, n: int | None, seed: int
+) -> dict[str, pd.DataFrame]:
+    """The per-sample frames ``compare`` needs of one run: ``worst case`` (the stored worst
+    case), ``clean`` (its clean outcomes) and ``paper protocol`` (per sample over the stored
+    paper-suite attacks), all at ``eps``/``decision``/``seed`` (and ``n`` when given)."""
+    r = open_run(name, store)
+    worst = []
+    for path in store.list_results("worst-case", r.name):
+        df, meta = store.read_result(path)
+        s = meta["setting"]
+        if (s.get("checkpoint") == r.checkpoint and abs(float(s["eps"]) - eps) < 1e-9
+                and s["decision"] == decision and s["seed"] == seed
+                and (n is None or s["n"] == n)):  # fmt: skip
+            worst.append(df)
+    if not worst:
+        raise DmlError(
+            f"{r.name} has no stored worst case at eps {eps:g}, decision {decision}, seed {seed}"
+            + ("" if n is None else f", n {n}")
+            + " (dml attack it first)"
+        )
+    if len(worst) > 1:
+        sizes = ", ".join(str(len(w)) for w in worst)
+        raise DmlError(
+            f"{r.name} has worst cases on several sample sets ({sizes}): pick one with --n"
+        )
+    out = {"worst case": worst[0], "clean": worst[0]}
+    paper = []
+    for path in store.list_results("attack", r.name):
+        df, meta = store.read_result(path)
+        s = meta["setting"]
+        if (s.get("checkpoint") == r.checkpoint and rob.worst_case_key(s) is not None
+                and rob.worst_case_key(s)[:4] == (eps, decision, len(worst[0]), seed)
+                and results.first(df, "suite") == "paper"):  # fmt: skip
+            paper.append(df)
+    if paper:
+        out["paper protocol"] = results.worst_case(paper)
+    return out

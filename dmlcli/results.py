@@ -376,6 +376,58 @@ def worst_case(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return frame("worst-case", out)
 
 
+# -- paired comparison -------------------------------------------------------------------------
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value of ``b`` samples robust only under model A and ``c``
+    only under model B: the binomial test of ``min(b, c)`` successes in ``b + c`` trials at
+    1/2 (McNemar 1947; scipy's ``binomtest(min(b, c), b + c).pvalue``). 1 when b + c = 0."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, reps: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(difference, lower, upper) in points of accuracy, ``mean(a) - mean(b)`` of two boolean
+    per-sample outcomes ``[n]`` on the same samples, with a percentile bootstrap interval
+    (the same resampled samples for both: paired); deterministic given ``seed``."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diff = a - b
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(reps, len(diff)))
+    means = diff[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return 100.0 * float(diff.mean()), 100.0 * float(lo), 100.0 * float(hi)
+
+
+def compare_paired(
+    a: pd.DataFrame, b: pd.DataFrame, column: str, reps: int = 10_000, seed: int = 0
+) -> dict[str, Any]:
+    """Paired comparison of boolean per-sample ``column`` of two results on the same samples
+    (rows matched by ``sample``): accuracies, difference with its bootstrap 95% CI, the
+    discordant counts and McNemar's exact p-value."""
+    if sorted(a["sample"]) != sorted(b["sample"]):
+        raise DmlError("the runs were evaluated on different samples: use the same --n and --seed")
+    x = a.set_index("sample")[column].astype(bool)
+    y = b.set_index("sample")[column].astype(bool).reindex(x.index)
+    only_a, only_b = int((x & ~y).sum()), int((~x & y).sum())
+    diff, lo, hi = paired_bootstrap(x.to_numpy(), y.to_numpy(), reps, seed)
+    return {
+        "n": len(x),
+        "acc_a": 100.0 * float(x.mean()),
+        "acc_b": 100.0 * float(y.mean()),
+        "diff": diff,
+        "ci_low": lo,
+        "ci_high": hi,
+        "only_a": only_a,
+        "only_b": only_b,
+        "p_value": mcnemar_exact(only_a, only_b),
+    }
+
+
 # -- certify ------------------------------------------------------------------------------------
 def certified_accuracy(rows: pd.DataFrame, radii: Sequence[float] = REPORT_RADII) -> pd.DataFrame:
     """Certified accuracy at each radius: the share of rows with ``correct`` and
