@@ -5,7 +5,7 @@ A recipe is data (read with :mod:`tomllib`, never executed). Its layout::
     [recipe]                  name, dataset, description, seed, n, device, data_dir, expect
     [train.<key>]             one ``dml train DATASET ...`` per key (e.g. baseline, dml, rdml);
                               ``name`` = run name, ``prior`` = another key or a run name
-    [[attack]] [[transfer]] [[clever]] [[certify]] [[geometry]] [[detect]]
+    [[attack]] [[transfer]] [[clever]] [[certify]] [[geometry]] [[detect]] [[check]]
                               one entry = ``dml <stage> RUN ...`` for each run in ``models``
                               (train keys or run names; default every trained model);
                               ``label`` names the entry; every other key is an option of
@@ -56,7 +56,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10: the tomli backpor
     import tomli as tomllib  # type: ignore[no-redef]
 
 #: Evaluation stages in execution order (after the ``train`` stage, before ``report``).
-EVAL_STAGES = ("attack", "transfer", "clever", "certify", "geometry", "detect")
+EVAL_STAGES = ("attack", "transfer", "clever", "certify", "geometry", "detect", "check")
 STAGES = ("train", *EVAL_STAGES, "report")
 REPORT_FORMATS = tuple(REPORT_FILES)
 
@@ -72,7 +72,7 @@ _RECIPE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
 }
 _STEP_META = {"models", "label"}
 _RUNTIME = {"artifacts", "force"}  # options dml run sets itself
-_RUN_REFS = ("prior", "surrogate")  # options whose value may be a [train] key
+_RUN_REFS = ("prior", "surrogate", "baseline")  # options whose value may be a [train] key
 _PLACE_FLAGS = ("--artifacts", "--data-dir", "--device")  # not part of a step's identity
 
 #: The paper's published numbers: ``[paper.<section>.<role>]``, ``<role>`` a key of
