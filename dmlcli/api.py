@@ -310,7 +310,8 @@ def attack(
     PGD-20/40, CW-L2 on the summed logits, scored by the vote), ``autoattack`` (re-checked on
     the decision) and ``adaptive`` (APGD on every surface, APGD-T and agreement attacks toward
     the ``targets`` likeliest wrong classes, EOT, transfer from ``surrogate``), and attacks
-    named in ``attack``, at every ``eps`` (default: the dataset's eps of the paper). A
+    named in ``attack``, at every ``eps`` (default: the dataset's eps of the paper), scored by
+    each ``decision`` (default the vote, or the ``decision`` a model spec names). A
     randomized decision is scored on ``score_draws`` draws. Returns one row per (sample,
     attack setting) of every run (schema ``attack``), then the stored per-sample worst case
     of each run over every stored L-inf attack result of its checkpoint (schema
@@ -363,8 +364,9 @@ def attack(
     plans = []  # every job of every run is built (and so checked) before any attack runs
     for r in opened:
         specs = rob.plan_specs(
-            suites, names, eps_values, options, budgets, _list(decision) or ["vote"],
-            r.num_members, r.randomized, sur.name if sur else None,
+            suites, names, eps_values, options, budgets,
+            _list(decision) or [r.meta.get("decision", "vote")], r.num_members,
+            r.randomized, sur.name if sur else None,
         )  # fmt: skip
         jobs = [
             rob.attack_job(
@@ -401,25 +403,36 @@ def refresh_worst_cases(
     result of the run's current checkpoint, whatever command or suite wrote it. A worst case
     whose component files are unchanged is read back; results of other checkpoints (stale)
     and unreadable ones are left out."""
-    groups: dict[tuple, list[tuple[Path, str]]] = {}
-    for path in store.list_results("attack", run.name):
-        try:
-            meta = store.result_meta(path)
-        except DmlError:
-            continue
-        setting = meta["setting"]
-        key = rob.worst_case_key(setting)
-        if key is not None and setting.get("checkpoint") == run.checkpoint:
-            groups.setdefault(key, []).append((path, f"{path.name}@{meta['created']}"))
     outcomes = []
-    for key, members in sorted(groups.items()):
-        components = sorted(c for _, c in members)
+    for key, members in sorted(_current_attacks(store, run).items()):
+        components = sorted(f"{p.name}@{meta['created']}" for p, meta in members)
         frames = [store.read_result(p)[0] for p, _ in members]
         job = rob.worst_case_job(run, key, frames, components)
         path = store.result_path(job.kind, job.run, job.setting)
         stale = not path.is_file() or store.result_meta(path).get("components") != components
         outcomes += run_jobs(store, [job], force=stale, progress=progress)
     return outcomes
+
+
+def _current_attacks(store: Store, run: Run) -> dict[tuple, list[tuple[Path, dict[str, Any]]]]:
+    """(path, metadata) of every stored L-inf attack result of ``run``'s current checkpoint,
+    grouped by :func:`~dmlcli.eval.robustness.worst_case_key`; unreadable files left out."""
+    groups: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
+    for path in store.list_results("attack", run.name):
+        try:
+            meta = store.result_meta(path)
+        except DmlError:
+            continue
+        key = rob.worst_case_key(meta["setting"])
+        if key is not None and meta["setting"].get("checkpoint") == run.checkpoint:
+            groups.setdefault(key, []).append((path, meta))
+    return groups
+
+
+def _check_decision(decision: str, members: int) -> None:
+    choices = list_decisions(members)
+    if decision not in choices:
+        raise DmlError(f"unknown decision {decision!r}; choose one of {', '.join(choices)}")
 
 
 # -- transfer ---------------------------------------------------------------------------------
@@ -465,9 +478,7 @@ def transfer(
     r = open_run(run, store)
     if dataset and dataset != r.dataset:
         raise DmlError(f"{r.name} was trained on {r.dataset}, not {dataset}")
-    choices = list_decisions(r.num_members)
-    if decision not in choices:
-        raise DmlError(f"unknown decision {decision!r}; choose one of {', '.join(choices)}")
+    _check_decision(decision, r.num_members)
     sources = tr.resolve_sources(
         _list(source) or (["ensemble", "all"] if cw_distortion else ["member:1"]), r.num_members
     )
@@ -926,9 +937,7 @@ def check(
         eps=eps_value, large_eps=large_value, decision=decision, steps=steps,
         restarts=restarts, square_queries=square_queries, eot=eot, batch_size=batch_size,
     ).validate()  # fmt: skip
-    choices = list_decisions(r.num_members)
-    if decision not in choices:
-        raise DmlError(f"unknown decision {decision!r}; choose one of {', '.join(choices)}")
+    _check_decision(decision, r.num_members)
     others = {}
     for flag, ref in (("--baseline", baseline), ("--surrogate", surrogate)):
         other = open_run(ref, store) if ref else None
@@ -1058,16 +1067,16 @@ def _compared(
 ) -> dict[str, pd.DataFrame]:
     """The per-sample frames ``compare`` needs of one run: ``worst case`` (the stored worst
     case), ``clean`` (its clean outcomes) and ``paper protocol`` (per sample over the stored
-    paper-suite attacks), all at ``eps``/``decision``/``seed`` (and ``n`` when given)."""
+    paper-suite attacks), all at ``eps``/``decision``/``seed`` (and ``n`` when given). Only
+    the matching files are read."""
     r = open_run(name, store)
     worst = []
     for path in store.list_results("worst-case", r.name):
-        df, meta = store.read_result(path)
-        s = meta["setting"]
+        s = store.result_meta(path)["setting"]
         if (s.get("checkpoint") == r.checkpoint and abs(float(s["eps"]) - eps) < 1e-9
                 and s["decision"] == decision and s["seed"] == seed
                 and (n is None or s["n"] == n)):  # fmt: skip
-            worst.append(df)
+            worst.append((path, s))
     if not worst:
         raise DmlError(
             f"{r.name} has no stored worst case at eps {eps:g}, decision {decision}, seed {seed}"
@@ -1075,19 +1084,16 @@ def _compared(
             + " (dml attack it first)"
         )
     if len(worst) > 1:
-        sizes = ", ".join(str(len(w)) for w in worst)
+        sizes = ", ".join(str(s["n"]) for _, s in worst)
         raise DmlError(
             f"{r.name} has worst cases on several sample sets ({sizes}): pick one with --n"
         )
-    out = {"worst case": worst[0], "clean": worst[0]}
-    paper = []
-    for path in store.list_results("attack", r.name):
-        df, meta = store.read_result(path)
-        s = meta["setting"]
-        if (s.get("checkpoint") == r.checkpoint and rob.worst_case_key(s) is not None
-                and rob.worst_case_key(s)[:4] == (eps, decision, len(worst[0]), seed)
-                and results.first(df, "suite") == "paper"):  # fmt: skip
-            paper.append(df)
+    ((path, s),) = worst
+    wc = store.read_result(path)[0]
+    out = {"worst case": wc, "clean": wc}
+    key = (float(s["eps"]), decision, int(s["n"]), seed, int(s["score_draws"]))
+    frames = [store.read_result(p)[0] for p, _ in _current_attacks(store, r).get(key, [])]
+    paper = [df for df in frames if results.first(df, "suite") == "paper"]
     if paper:
         out["paper protocol"] = results.worst_case(paper)
     return out

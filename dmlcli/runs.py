@@ -36,7 +36,7 @@ def _open_spec(path: Path, store: Store, device: str) -> Run:
         raise DmlError(
             f"model spec name {spec.name!r} is a run trained by dml in {store.root}; rename one"
         )
-    run = load_spec_run(spec.path, device)
+    run = load_spec_run(spec, device)
     record = {"spec": str(spec.path), "dataset": run.dataset, "members": run.num_members,
               "checkpoint": run.checkpoint, "builder": spec.builder}  # fmt: skip
     old = store.spec_record(spec.name) or {}

@@ -8,7 +8,7 @@ or ``package.module:function``) and optionally weights::
     builder = "members.py:build"  # returns K member modules, or one module -> [K, B, C]
     weights = "ensemble.pth"      # or ["m0.pth", "m1.pth", ...]; .safetensors or .pth/.pt/.tar
     members = 3                   # optional check
-    decision = "vote"             # optional: the decision the commands default to
+    decision = "vote"             # optional: the decision dml attack scores by default
     output = 0                    # optional: index or key of the logits in a tuple/dict output
     [builder_args]                # optional keyword arguments of the builder
 
@@ -49,7 +49,8 @@ from dmlcli.models.io import Run
 SPEC_SUFFIX = ".toml"
 KEYS = {"name", "dataset", "builder", "weights", "members", "decision", "output", "data_dir",
         "builder_args", "description"}  # fmt: skip
-PTH_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt")
+#: torch.save files: .pth, .pt, .pth.tar, .bin, .ckpt, and TRS's numbered .pth.tar.0, ...
+PTH_NAME = re.compile(r"\.(pth|pt|tar|bin|ckpt)(\.\d+)?$")
 #: Keys under which training scripts nest a state dict (TRS, timm, Lightning, ...).
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
 MAX_WRAPPERS = 2  # wrapper segments (``model.``, ``1.``) dropped on either side of a key
@@ -230,11 +231,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
             obj: Any = load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise DmlError(f"{path}: not a readable safetensors file ({exc})") from None
-    elif (
-        name.endswith(PTH_SUFFIXES)
-        or re.search(r"\.pth\.tar(\.\d+)?$", name)
-        or re.search(r"\.(pth|pt|tar)\.\d+$", name)
-    ):
+    elif PTH_NAME.search(name):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, zipfile errors ...
@@ -433,17 +430,13 @@ class _Member(nn.Module):
         return e._pick(e.members[self.k - 1](x), f"member {self.k}")
 
 
-def probe(model: SpecEnsemble, spec: ModelSpec) -> list[str]:
-    """Check the outputs on a small input of the dataset's shape; returns warnings (softmax
-    outputs) and raises one line for wrong types or shapes."""
+def probe(model: SpecEnsemble, spec: ModelSpec) -> tuple[int, list[str]]:
+    """Run the model on a small random input of the dataset's shape: (its number of members,
+    warnings: softmax outputs); a failure, a wrong type or shape, or inf/nan outputs is one
+    :class:`DmlError` line."""
     info = dataset_info(spec.dataset)
-    x = torch.rand(
-        2,
-        info.channels,
-        info.image_size,
-        info.image_size,
-        generator=torch.Generator().manual_seed(0),
-    )
+    shape = (2, info.channels, info.image_size, info.image_size)
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
             out = model(x)
@@ -451,8 +444,8 @@ def probe(model: SpecEnsemble, spec: ModelSpec) -> list[str]:
         raise
     except Exception as exc:
         raise DmlError(
-            f"{spec.path}: the model fails on a [2, {info.channels}, {info.image_size}, "
-            f"{info.image_size}] input in [0, 1]: {type(exc).__name__}: {exc}"
+            f"{spec.path}: the model fails on a {list(shape)} input in [0, 1]: "
+            f"{type(exc).__name__}: {exc}"
         ) from None
     k = spec.members
     if out.dim() != 3 or out.shape[1] != 2 or out.shape[2] != info.num_classes:
@@ -469,6 +462,8 @@ def probe(model: SpecEnsemble, spec: ModelSpec) -> list[str]:
         raise DmlError(
             f"{spec.path}: the spec says members = {k}; the builder gives {out.shape[0]}"
         )
+    if not math.isfinite(float(out.abs().max())):
+        raise DmlError(f"{spec.path}: the model returns inf or nan on a random input")
     found = []
     sums = out.sum(-1)
     if bool((out >= 0).all()) and torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
@@ -477,16 +472,14 @@ def probe(model: SpecEnsemble, spec: ModelSpec) -> list[str]:
             "attacks on softmax outputs can see vanishing gradients (gradient masking, as "
             "AutoAttack warns); return the logits before the softmax"
         )
-    for message in found:
-        warnings.warn(message, DmlWarning, stacklevel=2)
-    if not math.isfinite(float(out.abs().max())):
-        raise DmlError(f"{spec.path}: the model returns inf or nan on a random input")
-    return found
+        warnings.warn(found[-1], DmlWarning, stacklevel=2)
+    return int(out.shape[0]), found
 
 
-def load_spec_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
-    """The run a spec describes: built, weights loaded and checked, on ``device``."""
-    spec = read_spec(path)
+def load_spec_run(spec: ModelSpec | str | Path, device: str | torch.device = "cpu") -> Run:
+    """The run a spec (parsed, or its file) describes: built, weights loaded and checked, on
+    ``device``."""
+    spec = spec if isinstance(spec, ModelSpec) else read_spec(spec)
     built = build_members(spec)
     if spec.weights:
         if isinstance(built, nn.Module) or len(spec.weights) == 1:
@@ -509,11 +502,7 @@ def load_spec_run(path: str | Path, device: str | torch.device = "cpu") -> Run:
     model = SpecEnsemble(built, info.num_classes, spec.output).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    found = probe(model, spec)
-    if model.stacked:
-        with torch.no_grad():
-            model.num_members = int(model(torch.zeros(1, info.channels, info.image_size,
-                                                      info.image_size)).shape[0])  # fmt: skip
+    model.num_members, found = probe(model, spec)
     meta = {
         "spec": str(spec.path),
         "builder": spec.builder,

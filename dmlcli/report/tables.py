@@ -32,7 +32,6 @@ from dmlcli.results import (
     rates,
     robust_accuracy,
     sum_scored_robust,
-    worst_case_undetected_wrong,
 )
 from dmlcli.units import eps_text
 
@@ -911,7 +910,7 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
         attacks = detect_attacks(df)
         for attack in attacks:
             part = attack_rows(ev, attack)
-            b, a = part[part["kind"] == "benign"], part[part["kind"] == "adversarial"]
+            nu = rates(part, flag) if flag in part.columns else {}
             name = attack
             if attack == "adaptive" and s.get("adaptive_targets", 1) != 1:
                 name += f" ({s['adaptive_targets']} targets)"
@@ -922,12 +921,12 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
                     mlabel,
                     name,
                     eps,
-                    len(b),
+                    int((part["kind"] == "benign").sum()),
                     float(aucs.get(attack, math.nan)),
-                    100.0 * float(b[flag].mean()) if flag in b else None,
-                    100.0 * float(a[flag].mean()) if flag in a else None,
-                    worst_case_undetected_wrong([part], flag) if flag in a else None,
-                    100.0 * float((a["vote"] == a["label"]).mean()) if len(a) else None,
+                    nu.get("fpr"),
+                    nu.get("detected"),
+                    nu.get("undetected_wrong"),
+                    nu.get("adv_vote_acc"),
                     op.get("detected"),
                     op.get("undetected_wrong"),
                 ]
