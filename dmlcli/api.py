@@ -29,6 +29,7 @@ import torch
 
 from dmlcli import results
 from dmlcli.data import dataset_info, eval_set, load_dataset
+from dmlcli.defenses import get_defense, parse_defense_args, resolve_defense_args
 from dmlcli.errors import DmlError, DmlWarning
 from dmlcli.eval import certify as ce
 from dmlcli.eval import clever as cl
@@ -45,6 +46,7 @@ from dmlcli.files import (
 )
 from dmlcli.models.aggregate import list_decisions
 from dmlcli.models.config import resolve_config
+from dmlcli.models.dml import DML_HEADS
 from dmlcli.models.ensemble import Ensemble
 from dmlcli.models.io import Run, checkpoint_config, save_ensemble
 from dmlcli.models.spec import read_spec, spec_digest
@@ -53,7 +55,7 @@ from dmlcli.runner import merge as merge_parts
 from dmlcli.runs import open_run
 from dmlcli.runtime import init_distributed, parse_shard, resolve_device
 from dmlcli.store import Store, validate_name
-from dmlcli.train import Trainer, TrainSettings, default_run_name, run_training
+from dmlcli.train import Trainer, TrainSettings, default_run_name, parse_seeds, run_training
 from dmlcli.units import parse_eps
 
 __all__ = [
@@ -118,10 +120,118 @@ def train(
     dataset: str,
     *,
     members: int = 5,
+    defense: str | None = None,
+    defense_arg: Sequence[str] | None = None,
     baseline: bool = False,
     head: str = "dml",
     prior: str | None = None,
     name: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "cosine",
+    augment: str | None = None,
+    m_mode: str = "diag",
+    m_init: str = "uniform",
+    m_fixed: float = 0.1,
+    centers: str = "identity",
+    diversity: str = "split",
+    head_samples: int = 20,
+    head_sigma: float = 0.1,
+    gamma: float = 0.01,
+    beta: float = 0.01,
+    adv_train: str = "none",
+    adv_eps: str = "10/255",
+    eval_attack: str = "none",
+    eval_eps: str = "0.1",
+    image_size: int | None = None,
+    data_dir: PathLike | None = None,
+    download: bool = True,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+    mode: str = "auto",
+    seed: int = 0,
+    seeds: str | Sequence[int] | None = None,
+    device: str = "auto",
+    force: bool = False,
+    artifacts: PathLike | None = None,
+    progress: Reporter | None = None,
+) -> pd.DataFrame:
+    """Train a K-member ensemble with ``defense``'s objective (:mod:`dmlcli.defenses`: ``dml``,
+    Eq. 3, by default; ``baseline=True`` is ``defense="baseline"``) and store it as
+    ``models/<run>/model.safetensors``; returns the per-epoch history.
+
+    ``defense_arg``: ``["name=value", ...]`` overriding the defense's hyperparameters.
+    ``seeds`` (``"0,1,2"`` or a list, at least two): one run per seed, ``<run>-seed<s>``, a
+    group that ``attack``, ``compare`` and ``report`` aggregate; a ``prior`` naming a group
+    gives each seed the prior of the same seed. The history then has a ``run`` column.
+
+    ``attrs``: ``run``, ``benign`` (accuracy % per decision and member), ``files`` and
+    ``status`` (``new``, or ``exists`` when the run was already there: nothing is trained
+    unless ``force``); with ``seeds`` also ``runs``: one such dict per seed.
+    """
+    defense, head = _resolve_defense(defense, baseline, head)
+    args = resolve_defense_args(defense, parse_defense_args(_list(defense_arg)))
+    group = validate_name(
+        name or default_run_name(dataset, head, centers, diversity, adv_train, defense)
+    )
+    options = dict(locals())
+    for key in ("defense_arg", "baseline", "seeds", "name", "seed", "prior", "group", "args"):
+        options.pop(key)
+    options.update(defense=defense, defense_args=args)
+    if seeds is None:
+        return _train_one(**options, name=group, seed=seed, prior=prior)
+    seed_list = parse_seeds(seeds)
+    store = Store(artifacts)
+    frames, runs = [], []
+    for s in seed_list:
+        prior_s = prior
+        if prior and not store.has_run(prior) and s in store.group_runs(prior):
+            prior_s = store.group_runs(prior)[s]
+        df = _train_one(**options, name=store.seed_run(group, s), seed=s, prior=prior_s)
+        runs.append(dict(df.attrs))
+        frames.append(df.assign(run=df.attrs["run"], seed=s))
+    history = pd.concat(frames, ignore_index=True)
+    history.attrs.update(
+        run=group,
+        runs=runs,
+        benign=runs[-1].get("benign", {}),
+        files=[f for r in runs for f in r.get("files", [])],
+        status="exists" if all(r.get("status") == "exists" for r in runs) else "new",
+    )
+    return history
+
+
+def _resolve_defense(defense: str | None, baseline: bool, head: str) -> tuple[str, str]:
+    """(defense, head) from ``--defense``, ``--baseline`` and ``--head``."""
+    if defense is None:
+        if baseline or head == "linear":
+            return "baseline", "linear"
+        return ("mmc" if head == "mmc" else "dml"), head
+    d = get_defense(defense)
+    if baseline and defense != "baseline":
+        raise DmlError(f"--baseline is --defense baseline; it excludes --defense {defense}")
+    if d.name == "dml":
+        if head not in DML_HEADS:
+            raise DmlError(f"--defense dml trains a DML head; --head {head} is not one")
+        return "dml", head
+    if head not in ("dml", d.head):
+        raise DmlError(f"--defense {defense} trains a {d.head} head; drop --head {head}")
+    return d.name, d.head
+
+
+def _train_one(
+    dataset: str,
+    *,
+    members: int = 5,
+    defense: str = "dml",
+    defense_args: dict[str, float] | None = None,
+    head: str = "dml",
+    prior: str | None = None,
+    name: str,
     epochs: int | None = None,
     batch_size: int | None = None,
     optimizer: str | None = None,
@@ -155,17 +265,10 @@ def train(
     artifacts: PathLike | None = None,
     progress: Reporter | None = None,
 ) -> pd.DataFrame:
-    """Train a K-member DML ensemble with Eq. 3 (``baseline=True``: linear heads, CE only)
-    and store it as ``models/<run>/model.safetensors``; returns the per-epoch history.
-
-    ``attrs``: ``run``, ``benign`` (accuracy % per decision and member), ``files`` and
-    ``status`` (``new``, or ``exists`` when the run was already there: nothing is trained
-    unless ``force``).
-    """
+    """One run of :func:`train` (``defense`` and ``head`` already resolved)."""
     reporter = progress or Reporter()
     info = dataset_info(dataset)
-    head = "linear" if baseline else head
-    if baseline and prior:
+    if defense == "baseline" and prior:
         raise DmlError("--baseline and --prior exclude each other")
     config = resolve_config(
         dataset, members, head, image_size=image_size, m_mode=m_mode, m_init=m_init,
@@ -187,10 +290,12 @@ def train(
         eval_attack=eval_attack,
         eval_eps=parse_eps(eval_eps),
         checkpoint_every=checkpoint_every,
+        defense=defense,
+        defense_args=dict(defense_args or {}),
     )
     settings.validate()
     store = Store(artifacts)
-    run = validate_name(name or default_run_name(dataset, head, centers, diversity, adv_train))
+    run = validate_name(name)
     prior_run = open_run(prior, store) if prior else None
     if prior_run is not None and prior_run.dataset != dataset:
         raise DmlError(f"--prior {prior} was trained on {prior_run.dataset}, not {dataset}")

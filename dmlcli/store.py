@@ -129,6 +129,19 @@ class Store:
             return []
         return sorted(p.parent.name for p in models.glob(f"*/{MODEL_FILE}"))
 
+    @staticmethod
+    def seed_run(group: str, seed: int) -> str:
+        """The run of ``seed`` in a group from ``dml train --seeds``: ``<group>-seed<s>``."""
+        return validate_name(f"{group}-seed{seed}")
+
+    def group_runs(self, group: str) -> dict[int, str]:
+        """Seed -> run of the group ``group`` (runs named ``<group>-seed<s>``), by seed."""
+        pattern = re.compile(re.escape(group) + r"-seed(\d+)")
+        found = {
+            int(m.group(1)): name for name in self.list_runs() if (m := pattern.fullmatch(name))
+        }
+        return dict(sorted(found.items()))
+
     def resolve(self, ref: str | Path) -> tuple[str, Path]:
         """A run name, a run folder or a ``.safetensors`` file -> (run name, checkpoint file);
         the name of a recorded model spec -> (its name, the spec file).
@@ -152,6 +165,11 @@ class Store:
             return name, Path(record["spec"])
         if not self.checkpoint_path(name).is_file():
             runs = ", ".join([*self.list_runs(), *self.list_spec_runs()][:8]) or "none yet"
+            if self.group_runs(name):
+                raise DmlError(
+                    f"{ref!r} is a group of seeds ({', '.join(self.group_runs(name).values())}); "
+                    "name one run, or use a command that takes a group (attack, compare)"
+                )
             raise DmlError(f"no run named {ref!r} in {self.root} (runs: {runs})")
         return name, self.checkpoint_path(name)
 

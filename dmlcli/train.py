@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from dmlcli.data import augment_batch, to_float
+from dmlcli.defenses import DEFENSES, defense_terms
 from dmlcli.errors import DmlError
 from dmlcli.eval.benign import accuracies, member_logits
 from dmlcli.models.aggregate import sum_logits, vote
@@ -45,6 +46,8 @@ class TrainSettings:
     eval_eps: float = 0.0
     eval_n: int = 1000
     checkpoint_every: int = 0
+    defense: str = "dml"
+    defense_args: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         checks = [
@@ -75,33 +78,14 @@ class TrainSettings:
             (0 <= self.adv_eps <= 1 and 0 <= self.eval_eps <= 1, "eps must be within [0, 1]"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
             (self.eval_n >= 1, "--eval-n must be at least 1"),
+            (
+                self.defense in DEFENSES,
+                f"unknown --defense {self.defense!r}; choose one of {', '.join(DEFENSES)}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise DmlError(message)
-
-
-def loss_terms(
-    logits: torch.Tensor, y: torch.Tensor, ensemble: Ensemble
-) -> dict[str, torch.Tensor]:
-    """The terms of Eq. 3 for member logits ``[K, B, C]`` and labels ``[B]``.
-
-    ``ce = sum_k CE_k``; ``ortho = sum_{k != t} ||M_k M_t||_F``; ``l1 = sum_k ||M_{I_k}||_1``;
-    ``total = ce + gamma * ortho + beta * l1``. The baseline (linear head) has only ``ce``.
-    """
-    k, b, c = logits.shape
-    ce = F.cross_entropy(logits.reshape(k * b, c), y.repeat(k), reduction="mean") * k
-    zero = logits.new_zeros(())
-    head = ensemble.head
-    if not hasattr(head, "m_matrix"):
-        return {"total": ce, "ce": ce, "ortho": zero, "l1": zero}
-    m = head.m_matrix()  # [K, D, D]
-    prods = torch.einsum("kij,tjl->ktil", m, m).flatten(2).norm(dim=-1)  # [K, K]
-    ortho = prods.sum() - prods.diagonal().sum()
-    l1 = head.trainable_m().abs().sum()
-    cfg = ensemble.config
-    total = ce + cfg.gamma * ortho + cfg.beta * l1
-    return {"total": total, "ce": ce, "ortho": ortho, "l1": l1}
 
 
 def fgsm_step(ensemble: Ensemble, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
@@ -116,13 +100,36 @@ def _step_seed(seed: int, epoch: int, step: int) -> int:
     return mix_seed(seed, epoch * 10_007 + step) % (2**62)
 
 
-def default_run_name(dataset: str, head: str, centers: str, diversity: str, adv: str) -> str:
-    """``digits-dml``, ``digits-baseline``, ``fashion-mnist-dml-1d``, ... from the choices."""
+def default_run_name(
+    dataset: str, head: str, centers: str, diversity: str, adv: str, defense: str = "dml"
+) -> str:
+    """``digits-dml``, ``digits-baseline``, ``fashion-mnist-dml-1d``, ``digits-adp``, ... from
+    the choices."""
+    if defense not in ("dml", "baseline"):
+        return "-".join([dataset, defense] + ([adv] if adv != "none" else []))
     parts = [dataset, "baseline" if head == "linear" else head]
     parts += ["1d"] if centers == "1d" else []
     parts += ["scaling"] if diversity == "scaling" and head != "linear" else []
     parts += [adv] if adv != "none" else []
     return "-".join(parts)
+
+
+def parse_seeds(seeds: str | Sequence[int]) -> list[int]:
+    """``"0,1,2"`` or ``[0, 1, 2]`` -> ``[0, 1, 2]``: at least two distinct seeds >= 0."""
+    items = [t.strip() for t in seeds.split(",")] if isinstance(seeds, str) else list(seeds)
+    try:
+        out = [int(t) for t in items]
+    except (TypeError, ValueError):
+        raise DmlError(f"--seeds {seeds!r}: write whole numbers separated by commas") from None
+    if any(s < 0 for s in out):
+        raise DmlError(f"--seeds {seeds!r}: seeds must be >= 0")
+    if len(set(out)) != len(out):
+        raise DmlError(f"--seeds {seeds!r}: a seed is repeated")
+    if len(out) < 2:
+        raise DmlError(
+            f"--seeds {seeds!r}: a spread over seeds needs at least two; use --seed for one run"
+        )
+    return out
 
 
 class Trainer:
@@ -206,8 +213,11 @@ class Trainer:
             x = fgsm_step(self.ensemble, x, y, s.adv_eps)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(epoch, step)
-        logits = self.model(x)
-        terms = loss_terms(logits, y, self.ensemble)
+        progress = (epoch + step / self.steps_per_epoch) / s.epochs
+        terms, logits = defense_terms(
+            s.defense, s.defense_args, self.ensemble, self.model, x, y, progress, gen,
+            self.distill_layers(epoch) if s.defense == "dverge" else None,
+        )  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         self.optimizer.step()
@@ -218,6 +228,14 @@ class Trainer:
         self._epoch_sums["n"] = self._epoch_sums.get("n", 0.0) + len(y)
         self.step += 1
         return out
+
+    def distill_layers(self, epoch: int) -> list[str]:
+        """DVERGE: each member's distillation layer for ``epoch``, drawn at random from the
+        backbone's layers (a pure function of seed and epoch, as DVERGE draws per epoch)."""
+        names = self.ensemble.feature_layers()
+        gen = torch.Generator().manual_seed(_step_seed(self.seed, epoch, -3))
+        picks = torch.randint(len(names), (self.ensemble.num_members,), generator=gen)
+        return [names[i] for i in picks.tolist()]
 
     def end_epoch(self, seconds: float) -> dict[str, Any]:
         """Evaluate on the test set, append the epoch's history row and advance the epoch."""

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"dmlcli.readers", "dmlcli.data", "dmlcli.results"},
     {"dmlcli.models"},
     {"dmlcli.attacks"},
-    {"dmlcli.eval", "dmlcli.train"},
+    {"dmlcli.eval", "dmlcli.train", "dmlcli.defenses"},
     {"dmlcli.store", "dmlcli.runner", "dmlcli.runs", "dmlcli.adapters"},
     {"dmlcli.report"},
     {"dmlcli.api"},

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dmlcli.cli import recipes as rc
+from dmlcli.defenses import list_defenses
 from dmlcli.errors import DmlError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,9 +78,13 @@ def test_shipped_recipes_are_valid(path, tmp_path):
     recipe = rc.load_recipe(path)
     assert recipe.name == path.stem
     assert {"baseline", "dml"} <= set(recipe.train)
-    assert recipe.train["baseline"].get("baseline") is True
+    assert recipe.to_json()["heads"]["baseline"] == "linear"
     assert recipe.train["dml"]["prior"] == "baseline"
-    assert recipe.paper, "every recipe carries the paper's numbers"
+    if path.stem.startswith("defenses-"):  # the paper compares no other defense
+        assert set(recipe.train) == set(list_defenses())
+        assert all(opts["seeds"] == "0,1,2" for opts in recipe.train.values())
+    else:
+        assert recipe.paper, "every paper recipe carries the paper's numbers"
     steps = rc.plan(recipe, tmp_path / "art")
     ids = [s.id for s in steps]
     assert ids[:2] == ["train-baseline", "train-dml"] and ids[-1] == "report"

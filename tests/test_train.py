@@ -12,8 +12,9 @@ import time
 import pytest
 import torch
 
+from dmlcli.defenses import dml_terms
 from dmlcli.files import read_tensors
-from dmlcli.train import Trainer, TrainSettings, loss_terms, run_training
+from dmlcli.train import Trainer, TrainSettings, run_training
 from tests.helpers import tiny_ensemble
 
 
@@ -21,7 +22,7 @@ def test_eq3_terms_match_a_hand_computation():
     ens = tiny_ensemble(members=2)
     logits = torch.randn(2, 4, 10)
     y = torch.tensor([0, 1, 2, 3])
-    terms = loss_terms(logits, y, ens)
+    terms = dml_terms(logits, y, ens)
     m = ens.head.diag_m()  # [2, 10] diagonals
     ce = sum(torch.nn.functional.cross_entropy(logits[k], y) for k in range(2))
     ortho = 2 * torch.sqrt(((m[0] * m[1]) ** 2).sum())  # ||M_0 M_1|| + ||M_1 M_0||
@@ -52,7 +53,7 @@ def test_masked_entries_stay_exactly_fixed_and_trainable_ones_move():
 
 def test_baseline_has_only_cross_entropy():
     ens = tiny_ensemble(head="linear")
-    terms = loss_terms(torch.randn(3, 2, 10), torch.tensor([1, 2]), ens)
+    terms = dml_terms(torch.randn(3, 2, 10), torch.tensor([1, 2]), ens)
     assert terms["ortho"] == 0 and terms["l1"] == 0 and terms["total"] == terms["ce"]
 
 

@@ -43,11 +43,13 @@ from typing import Any
 from dmlcli.cli.commands import COMMANDS
 from dmlcli.cli.common import click_exceptions
 from dmlcli.data import DATASETS
+from dmlcli.defenses import DEFENSES
 from dmlcli.errors import DmlError
 from dmlcli.files import atomic_write_bytes, now
 from dmlcli.report import FORMATS as REPORT_FILES
 from dmlcli.report.paper import parse_column
 from dmlcli.store import Store, validate_name
+from dmlcli.train import parse_seeds
 from dmlcli.units import parse_eps
 
 try:
@@ -120,10 +122,19 @@ class Recipe:
     paper: dict[str, Any] = field(default_factory=dict)
 
     def run_name(self, key: str) -> str:
-        """The run name of train key ``key`` (its ``name``, else ``<dataset>-<key>``)."""
+        """The run name of train key ``key`` (its ``name``, else ``<dataset>-<key>``); with
+        ``seeds`` the name of its group of seed runs."""
         if key in self.train:
             return str(self.train[key].get("name") or f"{self.dataset}-{key}")
         return key
+
+    def seed_runs(self, key: str) -> list[str]:
+        """The runs an evaluation of ``key`` covers: its run, or one per seed of its group."""
+        opts = self.train.get(key, {})
+        if "seeds" not in opts:
+            return [self.run_name(key)]
+        seeds = parse_seeds(str(opts["seeds"]))
+        return [Store.seed_run(self.run_name(key), s) for s in seeds]
 
     @property
     def roles(self) -> dict[str, str]:
@@ -149,6 +160,9 @@ class Recipe:
 
 
 def _train_head(opts: dict[str, Any]) -> str:
+    defense = opts.get("defense")
+    if defense in DEFENSES and defense != "dml":
+        return DEFENSES[defense].head
     return "linear" if opts.get("baseline") else str(opts.get("head", "dml"))
 
 
@@ -239,6 +253,11 @@ def validate_recipe(raw: dict[str, Any], path: Path) -> Recipe:
                 validate_name(opts["name"])
             except DmlError as exc:
                 w.fail(f"bad value for 'train.{key}.name': {exc}")
+        if "seeds" in opts:
+            try:
+                parse_seeds(str(opts["seeds"]))
+            except DmlError as exc:
+                w.fail(f"bad value for 'train.{key}.seeds': {exc}")
     recipe.train = {k: dict(v) for k, v in train.items()}
     names = [recipe.run_name(k) for k in train]
     if len(set(names)) != len(names):
@@ -564,6 +583,7 @@ class Step:
     note: str = ""
     outputs: list[Path] = field(default_factory=list)
     status: str = ""  # done | run | changed | unavailable | blocked
+    model: str = ""  # the train key an evaluation step is about
 
     @property
     def shell(self) -> str:
@@ -657,7 +677,7 @@ def plan(
         else:
             step.argv = _argv(train_spec, [recipe.dataset], common(train_spec, opts))
             step.argv += ["--artifacts", str(artifacts)]
-            step.outputs = [store.checkpoint_path(run)]
+            step.outputs = [store.checkpoint_path(r) for r in recipe.seed_runs(key)]
         steps.append(step)
     for stage in EVAL_STAGES:
         spec = commands.get(stage)
@@ -666,9 +686,11 @@ def plan(
             for key in _RUN_REFS:  # a train key names its run
                 if isinstance(opts.get(key), str) and opts[key] in recipe.train:
                     opts[key] = recipe.run_name(opts[key])
-            for model in entry["models"]:
-                run = recipe.run_name(model)
-                step = Step(f"{stage}-{entry['label']}-{model}", stage, [])
+            for model, run in [(m, r) for m in entry["models"] for r in recipe.seed_runs(m)]:
+                tail = (
+                    model if run == recipe.run_name(model) else f"{model}-{run.rsplit('-', 1)[1]}"
+                )
+                step = Step(f"{stage}-{entry['label']}-{tail}", stage, [], model=model)
                 if spec is None:
                     step.available = False
                     step.note = f"dml {stage} is not part of this build; skipped"
@@ -729,7 +751,7 @@ def _block_dependents(steps: list[Step], recipe: Recipe) -> None:
     """Steps on a model whose training is unavailable cannot run."""
     missing = {s.id[len("train-") :] for s in steps if s.stage == "train" and not s.available}
     for s in steps:
-        if s.stage in EVAL_STAGES and s.available and s.id.rsplit("-", 1)[-1] in missing:
+        if s.stage in EVAL_STAGES and s.available and s.model in missing:
             s.status, s.note = "blocked", "its model cannot be trained in this build"
 
 

@@ -20,6 +20,7 @@ from dmlcli.cli.common import (
     summary,
 )
 from dmlcli.data import list_datasets
+from dmlcli.defenses import list_defenses
 from dmlcli.runtime import world
 
 D = defaults(api.train)
@@ -30,7 +31,15 @@ def command(
     members: Annotated[int, typer.Option("--members", "-k", help="Ensemble size K.")] = D[
         "members"
     ],
-    baseline: Annotated[bool, flag("Linear heads, CE only.", "--baseline")] = D["baseline"],
+    defense: Annotated[
+        str | None,
+        typer.Option(help=f"Training objective: {', '.join(list_defenses())} (default dml)."),
+    ] = D["defense"],
+    defense_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="Override a defense hyperparameter, e.g. alpha=2 (repeatable)."),
+    ] = D["defense_arg"],
+    baseline: Annotated[bool, flag("Same as --defense baseline.", "--baseline")] = D["baseline"],
     head: Annotated[str, typer.Option(help="dml, rdml, augdml or linear.")] = D["head"],
     prior: Annotated[str | None, typer.Option(help="Initialise backbones from this run.")] = D[
         "prior"
@@ -99,11 +108,14 @@ def command(
         "mode"
     ],
     seed: SeedOpt = D["seed"],
+    seeds: Annotated[
+        str | None, typer.Option(help="One run per seed, e.g. 0,1,2 (runs NAME-seedS).")
+    ] = D["seeds"],
     device: DeviceOpt = D["device"],
     force: ForceOpt = D["force"],
     artifacts: ArtifactsOpt = D["artifacts"],
 ) -> None:
-    """Train a K-member DML ensemble (or --baseline) and store it as safetensors."""
+    """Train a K-member DML ensemble (or another --defense) and store it as safetensors."""
     options = dict(locals())
     with reporter(enabled=world()[0] == 0) as progress:
         history = api.train(**options, progress=progress)
@@ -115,6 +127,15 @@ def command(
             f"[yellow]{run} exists[/yellow]; nothing to do (--force retrains, --name picks "
             "another name)"
         )
+    if "runs" in history.attrs:  # --seeds: one column per seed run
+        runs = history.attrs["runs"]
+        keys = list(runs[0]["benign"])
+        rows = [(k, *(f"{r['benign'].get(k, float('nan')):.2f}" for r in runs)) for k in keys]
+        title = f"{run}: benign test accuracy (%) per seed"
+        summary(
+            title, ["model / decision", *(r["run"] for r in runs)], rows, history.attrs["files"]
+        )
+        return
     rows = list(history.attrs["benign"].items())
     title = f"{run}: benign test accuracy (%)"
     summary(title, ["model / decision", "accuracy"], rows, history.attrs["files"])

@@ -17,7 +17,7 @@ from typing import Any
 from dmlcli.data import DATASETS, dataset_info
 from dmlcli.errors import DmlError
 from dmlcli.models.backbones import list_backbones
-from dmlcli.models.dml import HEADS, member_permutations, partition
+from dmlcli.models.dml import DML_HEADS, HEADS, member_permutations, partition
 
 M_MODES = ("diag", "full")
 M_INITS = ("uniform", "fixed")
@@ -34,8 +34,9 @@ def _check(ok: bool, message: str) -> None:
 class EnsembleConfig:
     """An ensemble of ``members`` backbones ``G_k`` and one K-member head (Section 3).
 
-    ``head``: ``linear`` (the cross-entropy baseline), ``dml`` (Eq. 2), ``rdml`` (Eq. 4-5) or
-    ``augdml`` (A.8). ``permutations[k]`` shuffles member k's centers; ``trainable_sets[k]``
+    ``head``: ``linear`` (the cross-entropy baseline), ``dml`` (Eq. 2), ``rdml`` (Eq. 4-5),
+    ``augdml`` (A.8) or ``mmc`` (Max-Mahalanobis centers of norm ``mmc_norm``, Pang et al.
+    2020). ``permutations[k]`` shuffles member k's centers; ``trainable_sets[k]``
     is ``I_k``, the diagonal entries of ``M_k`` it trains (Section 3.3); ``scales`` replaces
     the split by ``M_k = s_k I`` (A.9.1). ``gamma``/``beta`` weigh Eq. 3's orthogonality and
     L1 terms. ``training`` records the optimisation settings and ``prior`` the run whose
@@ -63,13 +64,14 @@ class EnsembleConfig:
     head_sigma: float = 0.1
     gamma: float = 0.01
     beta: float = 0.01
+    mmc_norm: float = 10.0
     seed: int = 0
     training: dict[str, Any] | None = None
     prior: str | None = None
 
     @property
     def is_dml(self) -> bool:
-        return self.head != "linear"
+        return self.head in DML_HEADS
 
     @property
     def randomized(self) -> bool:
@@ -88,7 +90,7 @@ class EnsembleConfig:
         )
         _check(self.head in HEADS, f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
         _check(1 <= self.members <= 64, f"implausible member count {self.members}")
-        for name in ("gamma", "beta", "m_fixed"):
+        for name in ("gamma", "beta", "m_fixed", "mmc_norm"):
             v = getattr(self, name)
             _check(math.isfinite(v) and v >= 0, f"--{name.replace('_', '-')} must be >= 0")
         _check(self.m_mode in M_MODES, f"unknown --m-mode {self.m_mode!r}; choose diag or full")
@@ -156,7 +158,7 @@ class EnsembleConfig:
 
 
 _INTS = {"in_channels", "image_size", "num_classes", "members", "head_samples", "seed"}
-_FLOATS = {"m_fixed", "head_sigma", "gamma", "beta"}
+_FLOATS = {"m_fixed", "head_sigma", "gamma", "beta", "mmc_norm"}
 _STRS = {"dataset", "backbone", "head", "m_mode", "m_init", "centers", "diversity"}
 
 
@@ -227,7 +229,7 @@ def resolve_config(
     _check(members >= 2, f"an ensemble needs at least 2 members; got --members {members}")
     _check(members <= 64, f"--members {members} is more than this tool supports (64)")
     c = info.num_classes
-    dml = head != "linear"
+    dml = head in DML_HEADS
     if dml and diversity == "split":
         sets = partition(c, members)
     else:

@@ -19,7 +19,8 @@ from torch import nn
 
 from dmlcli.errors import DmlError
 
-HEADS = ("linear", "dml", "rdml", "augdml")
+HEADS = ("linear", "dml", "rdml", "augdml", "mmc")
+DML_HEADS = ("dml", "rdml", "augdml")
 _EPS = 1e-12  # inside the square root: finite gradients at z = c (distance error <= 1e-6)
 
 
@@ -199,3 +200,39 @@ class DMLHead(nn.Module):
         diff = z[:, :, None, :] - self.centers[:, None, :, :]
         proj = torch.einsum("tkij,kbcj->tkbci", p[None] + delta, diff)
         return -safe_norm(proj.pow(2).sum(-1)).mean(0)
+
+
+def mm_centers(num_classes: int, dim: int, norm: float) -> torch.Tensor:
+    """Max-Mahalanobis centers ``[C, D]`` (Pang et al. 2018, 2020): the C vertices of a
+    regular simplex centred at the origin, every center of L2 norm ``norm`` (C_MM) and every
+    pair with inner product ``-norm^2 / (C - 1)``, the largest possible minimal distance.
+
+    Built as the rows of ``I - 11^T / C`` rescaled (they span a (C-1)-dimensional subspace of
+    R^C), padded with zeros when ``D > C``; an orthogonal rotation of the paper's iterative
+    construction, so the same geometry.
+    """
+    if dim < num_classes - 1:
+        raise DmlError(f"MMC needs features of at least {num_classes - 1} dimensions; got {dim}")
+    simplex = torch.eye(num_classes) - 1.0 / num_classes
+    simplex = norm * simplex / simplex.norm(dim=1, keepdim=True)
+    if dim < num_classes:  # D = C - 1: express the simplex in an orthonormal basis of its span
+        basis = torch.linalg.svd(simplex, full_matrices=False).Vh[:dim]  # [D, C]
+        return simplex @ basis.T
+    return torch.cat([simplex, torch.zeros(num_classes, dim - num_classes)], dim=1)
+
+
+class MMCHead(nn.Module):
+    """Max-Mahalanobis center head (Pang et al. 2020, Eq. 6): logits
+    ``-1/2 ||z - mu_c||^2`` ``[K, B, C]`` for features ``z`` ``[K, B, D]``; the centers
+    ``mu`` ``[C, D]`` are fixed (:func:`mm_centers`) and shared by the members. The MMC loss
+    ``1/2 ||z - mu_y||^2`` is minus the true class's logit."""
+
+    randomized = False
+
+    def __init__(self, num_classes: int, dim: int, norm: float = 10.0) -> None:
+        super().__init__()
+        self.register_buffer("centers", mm_centers(num_classes, dim, norm))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        diff = z[:, :, None, :] - self.centers[None, None]  # [K, B, C, D]
+        return -0.5 * diff.pow(2).sum(-1)

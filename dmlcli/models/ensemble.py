@@ -20,7 +20,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from dmlcli.errors import DmlError
 from dmlcli.models.backbones import create_backbone
 from dmlcli.models.config import EnsembleConfig
-from dmlcli.models.dml import HEADS, DMLHead, LinearHead
+from dmlcli.models.dml import DML_HEADS, HEADS, DMLHead, LinearHead, MMCHead
 
 MODES = ("auto", "batched", "loop")
 # Measured with benchmarks/train_throughput.py: on the CPU the loop is faster for every
@@ -33,12 +33,14 @@ def _key(name: str) -> str:
 
 
 def build_head(config: EnsembleConfig) -> nn.Module:
-    """The head named by ``config.head``: ``linear``, ``dml``, ``rdml`` or ``augdml``."""
+    """The head named by ``config.head``: ``linear``, ``dml``, ``rdml``, ``augdml`` or ``mmc``."""
     head = config.head
     if head not in HEADS:
         raise DmlError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
     if head == "linear":
         return LinearHead()
+    if head == "mmc":
+        return MMCHead(config.num_classes, config.num_classes, config.mmc_norm)
     return DMLHead(
         permutations=[list(p) for p in config.permutations or ()],
         trainable_sets=[list(s) for s in config.trainable_sets],
@@ -153,6 +155,41 @@ class Ensemble(nn.Module):
             outs.append(functional_call(template, (p, b), (x,)))
         return torch.stack(outs)
 
+    def feature_layers(self) -> list[str]:
+        """Names of the backbone's intermediate layers (each ReLU module or residual block),
+        in forward order: the layers :meth:`member_features_at` can read (DVERGE)."""
+        from dmlcli.models.backbones import BasicBlock
+
+        template = self.__dict__["_template"]
+        names = [
+            n for n, m in template.named_modules() if isinstance(m, nn.ReLU | BasicBlock) and n
+        ]
+        return names
+
+    def member_features_at(self, x: torch.Tensor, k: int, layer: str) -> torch.Tensor:
+        """Member k's features at backbone ``layer`` (a name from :meth:`feature_layers`) for
+        pixels ``x`` ``[B, C, H, W]``: a tensor ``[B, ...]``, taken before the ReLU (a
+        residual block: its output), as DVERGE distills; later layers are not computed."""
+        template = self.__dict__["_template"]
+        template.train(self.training)
+        params, buffers = self._stacked()
+        p = {n: t[k] for n, t in params.items()}
+        b = {n: t[k] for n, t in buffers.items()}
+        seen: list[torch.Tensor] = []
+
+        def hook(module: nn.Module, inp: Any, out: torch.Tensor) -> None:
+            seen.append(inp[0] if isinstance(module, nn.ReLU) else out)
+            raise _Reached
+
+        handle = template.get_submodule(layer).register_forward_hook(hook)
+        try:
+            functional_call(template, (p, b), (x,))
+        except _Reached:
+            pass
+        finally:
+            handle.remove()
+        return seen[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Member logits ``[K, B, classes]`` for pixels ``x`` ``[B, C, H, W]`` in [0, 1]."""
         return self.head(self.features(x))
@@ -172,10 +209,10 @@ class Ensemble(nn.Module):
         std and Monte-Carlo draws (this model's values otherwise). The global RNG is left as
         it was, and ``digest``/``meta`` are carried over (the weights are the same).
         """
-        if head not in HEADS or head == "linear":
+        if head not in DML_HEADS:
             raise DmlError(f"--head {head!r}: choose dml, rdml or augdml")
         if not self.config.is_dml:
-            raise DmlError("--head needs a DML run; this one has linear (baseline) heads")
+            raise DmlError(f"--head needs a DML run; this one has {self.config.head} heads")
         if sigma is not None and not (math.isfinite(sigma) and sigma >= 0):
             raise DmlError(f"--head-sigma must be a finite number >= 0; got {sigma}")
         if samples is not None and samples < 1:
@@ -211,6 +248,10 @@ class Ensemble(nn.Module):
             for name, tensor in self.state_dict(keep_vars=True).items():
                 if not name.startswith("head."):
                     tensor.copy_(source[name].expand_as(tensor))
+
+
+class _Reached(Exception):
+    """Stops a forward pass at the layer :meth:`Ensemble.member_features_at` reads."""
 
 
 def _member_channels_last(stacked: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,220 @@
+"""The competing ensemble defenses (dmlcli/defenses.py): each regularizer does what its paper
+says on a tiny model, the MMC centers have the Max-Mahalanobis geometry, DVERGE's distilled
+features move toward the other image's, and ``--defense`` / ``--seeds`` fail in one line."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dmlcli.data import load_dataset, to_float
+from dmlcli.defenses import (
+    adp_terms,
+    distill,
+    input_gradients,
+    list_defenses,
+    pairwise_cosines,
+    resolve_defense_args,
+)
+from dmlcli.errors import DmlError
+from dmlcli.models.dml import mm_centers
+from dmlcli.train import Trainer, TrainSettings, run_training
+from tests.helpers import tiny_ensemble
+
+TRAIN = load_dataset("digits", "train")
+TEST = load_dataset("digits", "test")
+X_EVAL, Y_EVAL = to_float(TEST[0][:200]), TEST[1][:200]
+
+
+def _trained(defense: str, n: int = 512, epochs: int = 2, lr: float = 1e-3, **over):
+    """Three small CNNs (same init for every defense) trained on ``n`` digits."""
+    head = "mmc" if defense == "mmc" else "linear"
+    ens = tiny_ensemble(head=head, members=3).train()
+    settings = TrainSettings(
+        epochs=epochs,
+        batch_size=64,
+        lr=lr,
+        defense=defense,
+        defense_args=resolve_defense_args(defense, over),
+    )
+    trainer = Trainer(ens, (TRAIN[0][:n], TRAIN[1][:n]), (TEST[0][:64], TEST[1][:64]), settings)
+    run_training(trainer)
+    return ens.eval(), trainer.history
+
+
+def _mean_cosine(ens) -> float:
+    x = X_EVAL.clone().requires_grad_(True)
+    grads = input_gradients(ens(x), Y_EVAL, x, create_graph=False)
+    return pairwise_cosines(grads).mean().item()
+
+
+def _vote_accuracy(ens) -> float:
+    with torch.no_grad():
+        return (ens(X_EVAL).sum(0).argmax(-1) == Y_EVAL).float().mean().item()
+
+
+def test_gal_lowers_the_members_gradient_cosine_against_ce_only():
+    ce, _ = _trained("baseline")
+    gal, history = _trained("gal")
+    assert _mean_cosine(ce) > 0.4  # members trained alike point their gradients alike
+    assert _mean_cosine(gal) < _mean_cosine(ce) - 0.4
+    assert _vote_accuracy(gal) > 0.5  # and it still learns the task
+    assert {"train_gal", "train_cosine", "train_ce"} <= set(history[-1])
+
+
+def test_trs_lowers_the_gradient_cosine_and_warms_up_its_eps():
+    ce, _ = _trained("baseline", n=256, epochs=2)
+    trs, history = _trained("trs", n=256, epochs=2, pgd_steps=1)
+    assert abs(_mean_cosine(trs)) < 0.1 < _mean_cosine(ce)
+    eps = [row["train_eps"] for row in history]  # the mean eps of each epoch grows
+    assert 0.01 < eps[0] < eps[1] < 0.03
+    assert {"train_sim", "train_smooth"} <= set(history[-1])
+
+
+def test_trs_pgd_points_raise_the_gradient_magnitude_within_eps():
+    from dmlcli.defenses import _smoothness, trs_pgd
+
+    ens, _ = _trained("baseline", n=256, epochs=1)
+    x, y = X_EVAL[:64], Y_EVAL[:64]
+    adv = trs_pgd(ens, x, y, 0.1, 5, torch.Generator().manual_seed(0))
+    assert (adv - x).abs().max() <= 0.1 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    before = _smoothness(ens, x.clone().requires_grad_(True), y).item()
+    after = _smoothness(ens, adv.clone().requires_grad_(True), y).item()
+    assert after > before
+
+
+def test_adp_raises_ensemble_entropy_and_diversity():
+    ce, _ = _trained("baseline", n=1000, epochs=3, lr=3e-3)
+    adp, history = _trained("adp", n=1000, epochs=3, lr=3e-3)
+    with torch.no_grad():
+        t_ce = adp_terms(ce(X_EVAL), Y_EVAL, 2.0, 0.5)
+        t_adp = adp_terms(adp(X_EVAL), Y_EVAL, 2.0, 0.5)
+    assert t_adp["entropy"] > t_ce["entropy"] + 1.0  # measured 1.97 vs 0.24
+    assert t_adp["log_det"] > t_ce["log_det"] + 3.0  # measured -0.6 vs -7.2
+    assert _vote_accuracy(adp) > 0.8  # while still accurate: entropy did not just win
+    assert {"train_entropy", "train_log_det"} <= set(history[-1])
+
+
+def test_adp_terms_match_a_hand_computation():
+    logits = torch.randn(2, 3, 4)
+    y = torch.tensor([0, 3, 1])
+    t = adp_terms(logits, y, 2.0, 0.5, det_offset=0.0)
+    p = logits.softmax(-1)
+    mean = p.mean(0)
+    entropy = -(mean * mean.log()).sum(-1).mean()
+    dets = []
+    for b in range(3):
+        keep = [c for c in range(4) if c != y[b]]
+        m = p[:, b, keep]
+        m = m / m.norm(dim=-1, keepdim=True)
+        dets.append(torch.det(m @ m.T))
+    log_det = torch.log(torch.stack(dets)).mean()
+    ce = sum(torch.nn.functional.cross_entropy(logits[k], y) for k in range(2))
+    assert torch.allclose(t["entropy"], entropy, atol=1e-5)
+    assert torch.allclose(t["log_det"], log_det, atol=1e-4)
+    assert torch.allclose(t["total"], ce - 2 * entropy - 0.5 * log_det, atol=1e-4)
+
+
+def test_dverge_distilled_features_move_toward_the_other_images():
+    ens, _ = _trained("baseline", n=256, epochs=1)
+    source, target = X_EVAL[:32], X_EVAL[32:64]
+    for layer in ens.feature_layers():
+        out = distill(ens, 1, layer, source, target, eps=0.1, step=0.01, steps=10)
+        assert (out - source).abs().max() <= 0.1 + 1e-6 and out.min() >= 0 and out.max() <= 1
+        with torch.no_grad():
+            goal = ens.member_features_at(target, 1, layer).flatten(1)
+            before = (ens.member_features_at(source, 1, layer).flatten(1) - goal).norm(dim=1)
+            after = (ens.member_features_at(out, 1, layer).flatten(1) - goal).norm(dim=1)
+        assert (after < before).float().mean() > 0.9, layer
+        assert after.mean() < 0.9 * before.mean(), layer
+
+
+def test_dverge_trains_each_member_on_the_others_distilled_images():
+    ens, history = _trained("dverge", n=256, epochs=1, steps=3)
+    assert {"train_distill_ce", "train_ce"} <= set(history[-1])
+    assert _vote_accuracy(ens) > 0.3
+    layers = Trainer(
+        tiny_ensemble(head="linear"), TRAIN, TEST, TrainSettings(defense="dverge")
+    ).distill_layers(0)
+    assert len(layers) == 3 and set(layers) <= set(ens.feature_layers())
+
+
+@pytest.mark.parametrize(("classes", "dim"), [(10, 10), (10, 9), (4, 6)])
+def test_mmc_centers_have_the_max_mahalanobis_geometry(classes, dim):
+    mu = mm_centers(classes, dim, norm=10.0)
+    assert mu.shape == (classes, dim)
+    gram = mu @ mu.T
+    assert torch.allclose(gram.diagonal(), torch.full((classes,), 100.0), atol=1e-3)
+    off = gram[~torch.eye(classes, dtype=torch.bool)]
+    assert torch.allclose(off, torch.full_like(off, -100.0 / (classes - 1)), atol=1e-3)
+
+
+def test_mmc_logits_and_training_pull_features_to_their_centers():
+    ens = tiny_ensemble(head="mmc")
+    z = ens.features(X_EVAL[:5])
+    mu = ens.head.centers
+    expected = -0.5 * ((z[:, :, None, :] - mu) ** 2).sum(-1)
+    assert torch.allclose(ens.head(z), expected, atol=1e-4)
+    before = (ens.features(X_EVAL) - mu[Y_EVAL]).norm(dim=-1).mean()
+    trained, history = _trained("mmc", n=1000, epochs=3, lr=3e-3)
+    after = (trained.features(X_EVAL) - trained.head.centers[Y_EVAL]).norm(dim=-1).mean()
+    assert after < 0.7 * before  # measured 5.9 vs 10.0 (the centers' norm)
+    assert _vote_accuracy(trained) > 0.8
+    losses = [row["train_mmc"] for row in history]
+    assert losses == sorted(losses, reverse=True)
+
+
+def test_defense_args_are_checked():
+    assert list_defenses() == ["baseline", "dml", "adp", "gal", "trs", "dverge", "mmc"]
+    assert resolve_defense_args("adp") == {"alpha": 2.0, "beta": 0.5, "det_offset": 1e-6}
+    assert resolve_defense_args("gal", {"lambda": "1.5"}) == {"lambda": 1.5}
+    with pytest.raises(DmlError, match="adp takes alpha, beta, det_offset"):
+        resolve_defense_args("adp", {"gamma": 1})
+    with pytest.raises(DmlError, match="whole number"):
+        resolve_defense_args("dverge", {"steps": 2.5})
+    with pytest.raises(DmlError, match="finite number"):
+        resolve_defense_args("gal", {"lambda": math.inf})
+    with pytest.raises(DmlError, match="choose one of baseline, dml, adp"):
+        resolve_defense_args("fancy")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--defense", "fancy"], "unknown --defense 'fancy'; choose one of baseline, dml, adp"),
+        (["--defense", "adp", "--defense-arg", "gamma=1"], "adp takes alpha, beta, det_offset"),
+        (["--defense", "gal", "--defense-arg", "lambda"], "write name=value"),
+        (["--defense", "adp", "--baseline"], "--baseline is --defense baseline"),
+        (["--defense", "gal", "--head", "rdml"], "trains a linear head"),
+        (["--seeds", "0"], "needs at least two; use --seed for one run"),
+        (["--seeds", "0,1,0"], "a seed is repeated"),
+        (["--seeds", "a,b"], "whole numbers"),
+    ],
+)
+def test_bad_defense_and_seed_options_exit_2_with_one_line(cli, tmp_path, args, message):
+    r = cli("train", "digits", "--epochs", "1", *args, "--artifacts", tmp_path)
+    assert r.code == 2
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.err
+    assert not (tmp_path / "models").exists()
+
+
+def test_seeds_train_one_run_per_seed_and_priors_follow_the_seed(cli, tmp_path):
+    from dmlcli.models.io import checkpoint_config
+
+    r = cli("train", "digits", "-k", "2", "--epochs", "1", "--defense", "baseline",
+            "--seeds", "0,1", "--artifacts", tmp_path)  # fmt: skip
+    assert r.code == 0, r.err
+    assert "digits-baseline-seed0" in r.out and "digits-baseline-seed1" in r.out
+    r = cli("train", "digits", "-k", "2", "--epochs", "1", "--prior", "digits-baseline",
+            "--seeds", "0,1", "--artifacts", tmp_path)  # fmt: skip
+    assert r.code == 0, r.err
+    for s in (0, 1):
+        path = tmp_path / "models" / f"digits-dml-seed{s}" / "model.safetensors"
+        config, _ = checkpoint_config(path)
+        assert config.seed == s and config.prior == f"digits-baseline-seed{s}"
+        assert config.training["defense"] == "dml"
+    a, _ = checkpoint_config(tmp_path / "models" / "digits-baseline-seed0" / "model.safetensors")
+    assert a.training["defense"] == "baseline" and a.head == "linear"
