@@ -445,7 +445,8 @@ def attack(
     eps_values = [parse_eps(e) for e in eps] if eps else None
     dev = resolve_device(device)
     store = Store(artifacts)
-    opened = [open_run(r, store) for r in _list(runs)]
+    names_, groups = expand_groups(store, _list(runs))
+    opened = [open_run(r, store) for r in names_]
     if not opened:
         raise DmlError("name at least one run to attack")
     wanted = dataset or opened[0].dataset
@@ -497,7 +498,56 @@ def attack(
         if shard_of is None:
             outcomes += refresh_worst_cases(store, r, progress=progress)
         r.model.cpu()
-    return _rows(outcomes)
+    df = _rows(outcomes)
+    df.attrs["groups"] = _group_summary(groups, outcomes)
+    return df
+
+
+def expand_groups(store: Store, names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Run names with every group of seeds (``dml train --seeds``) replaced by its runs, and
+    the groups named: group -> its runs (by seed)."""
+    out, groups = [], {}
+    for name in names:
+        members = store.group_runs(name) if not store.has_run(name) else {}
+        if members and store.spec_record(name) is None:
+            groups[name] = list(members.values())
+            out += groups[name]
+        else:
+            out.append(name)
+    return out, groups
+
+
+def _group_summary(groups: dict[str, list[str]], outcomes: Sequence[Outcome]) -> list[dict]:
+    """Per group and (attack, surface, decision, eps): the robust accuracy of every seed run
+    and their mean and standard deviation (``results.seed_spread``)."""
+    if not groups:
+        return []
+    acc: dict[tuple[str, tuple], float] = {}
+    for o in outcomes:
+        if not len(o.rows) or o.job.kind not in ("attack", "worst-case"):
+            continue
+        rows = o.rows
+        decision = str(results.first(rows, "decision"))
+        clean, robust = results.robust_accuracy(rows)
+        acc.setdefault((o.job.run, ("clean", "-", decision, None)), clean)
+        if o.job.kind == "worst-case":
+            key = ("worst case", "-", decision, results.first(rows, "eps"))
+        else:
+            surface = results.first(rows, "surrogate") or results.first(rows, "surface")
+            key = (str(results.first(rows, "attack")), str(surface), decision,
+                   results.first(rows, "eps"))  # fmt: skip
+        acc[(o.job.run, key)] = robust
+    out = []
+    for group, runs in groups.items():
+        keys = list(dict.fromkeys(k for (r, k) in acc if r in runs))
+        for key in keys:
+            per_run = {r: acc[(r, key)] for r in runs if (r, key) in acc}
+            mean, std = results.seed_spread(list(per_run.values()))
+            attack_, surface, decision, eps = key
+            out.append({"group": group, "attack": attack_, "surface": surface,
+                        "decision": decision, "eps": eps, "mean": mean, "std": std,
+                        "runs": per_run})  # fmt: skip
+    return out
 
 
 def refresh_worst_cases(
@@ -1132,7 +1182,14 @@ def compare(
     bootstrap 95% CI (``reps`` resamples, deterministic given ``seed``) and McNemar's exact
     p-value on the discordant samples; ``attacks_a``/``attacks_b``: how many stored attacks
     each worst case covers (a :class:`DmlWarning` when they differ: a worst case is only as
-    strong as the attacks run). One row per (run pair, measure)."""
+    strong as the attacks run). One row per (run pair, measure); ``level`` is ``run``.
+
+    Groups of seeds (``dml train --seeds``) are compared seed by seed (rows with ``level``
+    ``seed <s>``: the runs of the same seed, paired per sample as above), then over the
+    seeds (``level`` ``over <k> seeds``): the mean of the per-seed differences with a
+    Student-t 95% CI and the paired t-test's p-value, which needs at least two seeds that
+    both groups share.
+    """
     store = Store(artifacts)
     names = _list(runs)
     if len(names) < 2:
@@ -1140,31 +1197,95 @@ def compare(
     e = parse_eps(str(eps))
     if reps < 100:
         raise DmlError(f"--reps must be at least 100 bootstrap resamples; got {reps}")
-    per_run = {name: _compared(store, name, e, decision, n, seed) for name in names}
-    base = names[0]
+    _, groups = expand_groups(store, names)
+    if groups and len(groups) != len(names):
+        single = next(x for x in names if x not in groups)
+        raise DmlError(
+            f"{single} is one run and {next(iter(groups))} a group of seeds: compare groups "
+            "with groups, runs with runs"
+        )
     rows = []
+    base = names[0]
     for other in names[1:]:
-        for measure, column in (("clean", "clean_correct"), ("paper protocol", "robust"),
-                                ("worst case", "robust")):  # fmt: skip
-            a, b = per_run[base].get(measure), per_run[other].get(measure)
-            if a is None or b is None:
-                continue
-            stats = results.compare_paired(a, b, column, reps=reps, seed=seed)
-            counts = {"attacks_a": int(results.first(a, "attacks") or 0),
-                      "attacks_b": int(results.first(b, "attacks") or 0)}  # fmt: skip
-            rows.append({"run_a": base, "run_b": other, "measure": measure, "eps": e,
-                         **stats, **counts})  # fmt: skip
-            if measure == "worst case" and counts["attacks_a"] != counts["attacks_b"]:
-                warnings.warn(
-                    f"{base}'s worst case is over {counts['attacks_a']} stored attacks, "
-                    f"{other}'s over {counts['attacks_b']}: attack both with the same suites "
-                    "for a fair comparison",
-                    DmlWarning,
-                    stacklevel=2,
-                )
+        if not groups:
+            rows += _compare_pair(store, base, other, e, decision, n, seed, reps, "run")
+            continue
+        seeds_a, seeds_b = store.group_runs(base), store.group_runs(other)
+        common = [s for s in seeds_a if s in seeds_b]
+        if len(common) < 2:
+            raise DmlError(
+                f"a confidence interval over seeds needs at least two seeds that {base} and "
+                f"{other} share; they share {len(common)} (train more with --seeds)"
+            )
+        per_seed = []
+        for s in common:
+            per_seed += _compare_pair(
+                store, seeds_a[s], seeds_b[s], e, decision, n, seed, reps, f"seed {s}"
+            )
+        rows += per_seed
+        rows += _over_seeds(base, other, e, per_seed, len(common))
     if not rows:
         raise DmlError(f"no stored attack results at eps {eps} to compare (dml attack first)")
     return pd.DataFrame(rows)
+
+
+def _compare_pair(
+    store: Store, a: str, b: str, e: float, decision: str, n: int | None, seed: int, reps: int,
+    level: str,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The rows of :func:`compare` for runs ``a`` and ``b`` (one per measure)."""
+    frames_a = _compared(store, a, e, decision, n, seed)
+    frames_b = _compared(store, b, e, decision, n, seed)
+    rows = []
+    for measure, column in (("clean", "clean_correct"), ("paper protocol", "robust"),
+                            ("worst case", "robust")):  # fmt: skip
+        fa, fb = frames_a.get(measure), frames_b.get(measure)
+        if fa is None or fb is None:
+            continue
+        stats = results.compare_paired(fa, fb, column, reps=reps, seed=seed)
+        counts = {"attacks_a": int(results.first(fa, "attacks") or 0),
+                  "attacks_b": int(results.first(fb, "attacks") or 0)}  # fmt: skip
+        rows.append({"run_a": a, "run_b": b, "level": level, "measure": measure, "eps": e,
+                     **stats, **counts})  # fmt: skip
+        if measure == "worst case" and counts["attacks_a"] != counts["attacks_b"]:
+            warnings.warn(
+                f"{a}'s worst case is over {counts['attacks_a']} stored attacks, "
+                f"{b}'s over {counts['attacks_b']}: attack both with the same suites "
+                "for a fair comparison",
+                DmlWarning,
+                stacklevel=3,
+            )
+    return rows
+
+
+def _over_seeds(
+    a: str, b: str, e: float, per_seed: list[dict[str, Any]], k: int
+) -> list[dict[str, Any]]:
+    """Per measure, the per-seed rows summarised over the seeds: mean accuracies, the mean
+    difference with its Student-t 95% CI and the paired t-test's two-sided p-value."""
+    from scipy import stats
+
+    out = []
+    for measure in dict.fromkeys(r["measure"] for r in per_seed):
+        rows = [r for r in per_seed if r["measure"] == measure]
+        if len(rows) < 2:
+            continue
+        diffs = [r["diff"] for r in rows]
+        mean, lo, hi = results.t_interval(diffs)
+        spread = results.seed_spread(diffs)[1]
+        p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if spread > 0 else float("nan")
+        out.append({
+            "run_a": a, "run_b": b, "level": f"over {k} seeds", "measure": measure, "eps": e,
+            "n": sum(r["n"] for r in rows),
+            "acc_a": results.seed_spread([r["acc_a"] for r in rows])[0],
+            "acc_b": results.seed_spread([r["acc_b"] for r in rows])[0],
+            "diff": mean, "ci_low": lo, "ci_high": hi,
+            "only_a": sum(r["only_a"] for r in rows), "only_b": sum(r["only_b"] for r in rows),
+            "p_value": p,
+            "attacks_a": min(r["attacks_a"] for r in rows),
+            "attacks_b": min(r["attacks_b"] for r in rows),
+        })  # fmt: skip
+    return out
 
 
 def _compared(
@@ -1198,7 +1319,7 @@ def _compared(
     out = {"worst case": wc, "clean": wc}
     key = (float(s["eps"]), decision, int(s["n"]), seed, int(s["score_draws"]))
     frames = [store.read_result(p)[0] for p, _ in _current_attacks(store, r).get(key, [])]
-    paper = [df for df in frames if results.first(df, "suite") == "paper"]
+    paper = [df for df in frames if results.paper_protocol(df)]
     if paper:
         out["paper protocol"] = results.worst_case(paper)
     return out

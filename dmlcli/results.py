@@ -326,6 +326,17 @@ def sum_scored_robust(df: pd.DataFrame, counts: Mapping[str, int] | None) -> flo
 SUITE_ORDER = ("paper", "custom", "autoattack", "adaptive")
 
 
+def paper_protocol(df: pd.DataFrame) -> bool:
+    """Whether one attack result follows the paper's protocol: crafted on the summed logits,
+    untargeted, white-box, by the paper suite or attacks named one by one (``custom``)."""
+    return (
+        first(df, "surface") == "sum"
+        and not first(df, "targeted")
+        and not first(df, "surrogate")
+        and first(df, "suite") in ("paper", "custom")
+    )
+
+
 def attack_name(df: pd.DataFrame) -> str:
     """How the worst case names the attack of one result: ``apgd-ce (members)``,
     ``transfer-apgd-ce from digits-baseline``."""
@@ -426,6 +437,33 @@ def compare_paired(
         "only_b": only_b,
         "p_value": mcnemar_exact(only_a, only_b),
     }
+
+
+def seed_spread(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation) of one number measured on several seeds; the
+    deviation is NaN for one seed."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
+    return float(arr.mean()), std
+
+
+def format_spread(values: Sequence[float], digits: int = 2) -> str:
+    """``"84.37 ± 0.35"`` (mean ± std over seeds); one value alone as it is."""
+    mean, std = seed_spread(values)
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lower, upper): Student-t confidence interval of the mean of per-seed values
+    (at least two)."""
+    from scipy import stats
+
+    arr = np.asarray(list(values), dtype=np.float64)
+    if len(arr) < 2:
+        raise DmlError("a confidence interval over seeds needs at least two seeds")
+    mean, sem = float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(len(arr)))
+    half = float(stats.t.ppf((1 + level) / 2, len(arr) - 1)) * sem
+    return mean, mean - half, mean + half
 
 
 # -- certify ------------------------------------------------------------------------------------

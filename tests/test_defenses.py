@@ -218,3 +218,121 @@ def test_seeds_train_one_run_per_seed_and_priors_follow_the_seed(cli, tmp_path):
         assert config.training["defense"] == "dml"
     a, _ = checkpoint_config(tmp_path / "models" / "digits-baseline-seed0" / "model.safetensors")
     assert a.training["defense"] == "baseline" and a.head == "linear"
+
+
+@pytest.fixture(scope="module")
+def seeded_store(tmp_path_factory):
+    """Two defenses (baseline, GAL) x seeds 0, 1 on digits (K = 2), attacked alike."""
+    from dmlcli import api
+
+    root = tmp_path_factory.mktemp("seeded")
+    for defense in ("baseline", "gal"):
+        api.train("digits", members=2, epochs=1, defense=defense, seeds="0,1", artifacts=root)
+        api.attack(f"digits-{defense}", attack=["fgsm", "pgd"], eps=["0.1"], n=60, artifacts=root)
+        for s in (0, 1):
+            run = f"digits-{defense}-seed{s}"
+            api.geometry(run, gradients=True, surface=False, n=30, artifacts=root)
+            api.transfer(run, source=["all"], eps=["0.1"], n=60, artifacts=root)
+    return root
+
+
+def test_attack_on_a_group_reports_every_seed_and_their_mean(seeded_store):
+    from dmlcli import api
+
+    df = api.attack("digits-gal", attack=["pgd"], eps=["0.1"], n=60, artifacts=seeded_store)
+    rows = [g for g in df.attrs["groups"] if g["attack"].startswith("pgd")]
+    assert len(rows) == 1 and set(rows[0]["runs"]) == {"digits-gal-seed0", "digits-gal-seed1"}
+    per_run = {}
+    for r in df.attrs["results"]:
+        if r["kind"] == "attack":
+            start, stop = r["rows"]
+            per_run[r["run"]] = 100.0 * df.iloc[start:stop]["robust"].mean()
+    assert rows[0]["runs"] == pytest.approx(per_run)
+    values = list(per_run.values())
+    assert rows[0]["mean"] == pytest.approx(sum(values) / 2)
+    assert rows[0]["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+
+
+def test_compare_groups_per_seed_and_over_seeds(seeded_store):
+    from scipy import stats
+
+    from dmlcli import api
+
+    df = api.compare(["digits-gal", "digits-baseline"], eps="0.1", artifacts=seeded_store)
+    assert set(df["level"]) == {"seed 0", "seed 1", "over 2 seeds"}
+    for measure in ("clean", "paper protocol", "worst case"):
+        per_seed = df[(df.measure == measure) & (df.level != "over 2 seeds")]
+        over = df[(df.measure == measure) & (df.level == "over 2 seeds")].iloc[0]
+        diffs = per_seed["diff"].to_list()
+        assert over["diff"] == pytest.approx(sum(diffs) / 2)
+        if diffs[0] != diffs[1]:
+            assert over["p_value"] == pytest.approx(stats.ttest_1samp(diffs, 0.0).pvalue)
+            low, high = stats.t.interval(0.95, 1, loc=over["diff"], scale=stats.sem(diffs))
+            assert (over["ci_low"], over["ci_high"]) == pytest.approx((low, high))
+
+
+def test_compare_refuses_mixed_and_single_seed_groups(cli, seeded_store, tmp_path):
+    import shutil
+
+    r = cli("compare", "digits-gal", "digits-baseline-seed0", "--eps", "0.1",
+            "--artifacts", seeded_store)  # fmt: skip
+    assert r.code == 2 and "compare groups with groups" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+    copy = tmp_path / "store"
+    shutil.copytree(seeded_store, copy)
+    shutil.rmtree(copy / "models" / "digits-gal-seed1")
+    r = cli("compare", "digits-gal", "digits-baseline", "--eps", "0.1", "--artifacts", copy)
+    assert (
+        r.code == 2
+        and "needs at least two seeds that digits-gal and digits-baseline share" in r.err
+    )
+    assert len(r.err.strip().splitlines()) == 1
+
+
+def test_report_puts_the_defenses_side_by_side(seeded_store, tmp_path):
+    from dmlcli.report.collect import collect
+    from dmlcli.report.tables import defenses_seed_table, defenses_table
+    from dmlcli.store import Store
+
+    col = collect(Store(seeded_store))
+    table = defenses_table(col, "digits")
+    seeds = defenses_seed_table(col, "digits")
+    assert [row[:3] for row in table.rows] == [
+        ["baseline", "digits-baseline", 2],
+        ["gal", "digits-gal", 2],
+    ]
+    assert len(seeds.rows) == 4  # every seed's numbers, never only their mean
+    for column in ("clean", "paper protocol 0.1", "worst case 0.1", "member grad cosine",
+                   "member transfer %"):  # fmt: skip
+        j, k = table.columns.index(column), seeds.columns.index(column)
+        for row in table.rows:
+            values = [s[k] for s in seeds.rows if s[1].startswith(row[1] + "-seed")]
+            assert all(v is not None for v in values), column
+            mean = float(str(row[j]).split(" ± ")[0])
+            assert mean == pytest.approx(
+                sum(values) / 2, abs=10 ** -(3 if "cosine" in column else 2)
+            )
+    cosine = seeds.columns.index("member grad cosine")
+    by_defense = {s[0]: [] for s in seeds.rows}
+    for s in seeds.rows:
+        by_defense[s[0]].append(s[cosine])
+    assert max(by_defense["gal"]) < min(by_defense["baseline"])  # GAL's regularizer at work
+
+
+def test_member_transfer_rate_on_constructed_rows():
+    import pandas as pd
+
+    from dmlcli.report.tables import member_transfer_rate
+
+    rows = []
+    # sample 0: member 1's adversarial fools member 1 and member 2; member 2's fools only 2.
+    # sample 1: member 1's adversarial does not fool member 1 (left out); member 2's fools 2, 1.
+    outcome = {(0, "member:1", "member:1"): False, (0, "member:1", "member:2"): False,
+               (0, "member:2", "member:2"): False, (0, "member:2", "member:1"): True,
+               (1, "member:1", "member:1"): True, (1, "member:1", "member:2"): False,
+               (1, "member:2", "member:2"): False, (1, "member:2", "member:1"): False}  # fmt: skip
+    for (sample, source, scored), correct in outcome.items():
+        rows.append({"sample": sample, "source": source, "scored": scored,
+                     "clean_correct": True, "adv_correct": correct})  # fmt: skip
+    # counted pairs: (0, 1->2) fooled, (0, 2->1) not, (1, 2->1) fooled: 2 of 3
+    assert member_transfer_rate(pd.DataFrame(rows)) == pytest.approx(200 / 3)

@@ -26,7 +26,7 @@ from dmlcli.cli.common import (
     shard_note,
     summary,
 )
-from dmlcli.results import first, robust_accuracy
+from dmlcli.results import first, format_spread, robust_accuracy
 from dmlcli.units import format_eps
 
 D = defaults(api.attack)
@@ -34,7 +34,10 @@ D = defaults(api.attack)
 
 def command(
     runs: Annotated[
-        list[str], typer.Argument(help="Run names, run folders or .safetensors files.")
+        list[str],
+        typer.Argument(
+            help="Runs, groups of seeds (dml train --seeds), run folders or .safetensors files."
+        ),
     ],
     suite: Annotated[
         list[str] | None,
@@ -125,6 +128,25 @@ def command(
     with reporter() as progress:
         df = api.attack(**options, progress=progress)
     print_summary(df, n, seed, artifacts)
+    print_groups(df.attrs.get("groups", []))
+
+
+def print_groups(groups: list[dict[str, Any]]) -> None:
+    """One table per group of seeds: mean ± std of every row, and every seed's number."""
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for g in groups:
+        by_group.setdefault(g["group"], []).append(g)
+    for group, rows in by_group.items():
+        runs = list(dict.fromkeys(r for g in rows for r in g["runs"]))
+        table = []
+        for g in rows:
+            eps = "-" if g["eps"] is None else format_eps(float(g["eps"]))
+            cells = [f"{g['runs'][r]:.2f}" if r in g["runs"] else "-" for r in runs]
+            spread = format_spread(list(g["runs"].values()))
+            table.append([g["attack"], g["surface"], g["decision"], eps, spread, *cells])
+        seeds = [r[len(group) + 1 :] if r.startswith(group + "-") else r for r in runs]
+        columns = ["attack", "surface", "decision", "eps", "mean ± std %", *seeds]
+        summary(f"{group}: accuracy over {len(runs)} seeds", columns, table, [])
 
 
 def print_summary(df: Any, n: int, seed: int, artifacts: Path | None) -> None:

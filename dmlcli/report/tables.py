@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +30,12 @@ from dmlcli.results import (
     detect_worst_case,
     first,
     flag_at_fpr,
+    format_spread,
+    paper_protocol,
     rates,
     robust_accuracy,
     sum_scored_robust,
+    worst_case,
 )
 from dmlcli.units import eps_text
 
@@ -242,13 +246,7 @@ def worst_cells(col: Collection, dataset: str) -> list[WorstCell]:
 
 
 def _paper_protocol(c: AttackCell) -> bool:
-    return (
-        c.surface == "sum"
-        and c.decision == "vote"
-        and not c.targeted
-        and not c.surrogate
-        and c.suite in ("paper", "custom")
-    )
+    return c.decision == "vote" and paper_protocol(c.result.df)
 
 
 _ORDER = {
@@ -1011,6 +1009,142 @@ def check_table(col: Collection, dataset: str) -> Table | Skip:
     return Table("check", title, cols, rows, notes)
 
 
+# -- defenses side by side --------------------------------------------------------------------
+_SEED_SUFFIX = re.compile(r"-seed(\d+)$")
+
+
+def _group_of(run: str) -> str:
+    """The group a run belongs to: its name without ``-seed<s>`` (``dml train --seeds``)."""
+    return _SEED_SUFFIX.sub("", run)
+
+
+def _defense_of(info: Any) -> str:
+    training = info.config.training or {}
+    if training.get("defense"):
+        return str(training["defense"])
+    return {"linear": "baseline", "mmc": "mmc"}.get(info.head, "dml")
+
+
+def member_transfer_rate(df: pd.DataFrame) -> float:
+    """Transfer rate between members (%) of one ``transfer`` result (one eps, untargeted)
+    crafted on single members: over
+    every ordered pair (source member i, scored member j != i) and every sample whose
+    adversarial fooled i while j classified it correctly when clean, how often it fools j."""
+    members = df[df["source"].str.startswith("member:") & df["scored"].str.startswith("member:")]
+    own = members[members["source"] == members["scored"]].drop_duplicates(["source", "sample"])
+    own = own.set_index(["source", "sample"])
+    others = members[members["source"] != members["scored"]]
+    if not len(others) or not len(own):
+        return float("nan")
+    index = pd.MultiIndex.from_arrays([others["source"], others["sample"]])
+    source_fooled = ~own["adv_correct"].reindex(index).to_numpy(dtype=bool)
+    keep = source_fooled & others["clean_correct"].to_numpy(dtype=bool)
+    picked = others[keep]
+    if not len(picked):
+        return float("nan")
+    return 100.0 * float((~picked["adv_correct"].astype(bool)).mean())
+
+
+def _defense_metrics(col: Collection, dataset: str) -> tuple[list[float], dict[str, dict]]:
+    """The eps values with a stored worst case, and per run the numbers of the side-by-side
+    table: clean, per eps paper protocol / AutoAttack / worst case, gradient cosine, member
+    transfer rate, seconds per training epoch."""
+    cells = [c for c in attack_cells(col, dataset) if c.decision == "vote" and c.eps is not None]
+    worst = [w for w in worst_cells(col, dataset) if w.decision == "vote"]
+    eps_all = sorted({round(w.eps, 9) for w in worst})
+    out: dict[str, dict] = {}
+    for info in col.runs_of(dataset):
+        run = info.name
+        m: dict[str, Any] = {"defense": _defense_of(info), "group": _group_of(run)}
+        mine = [w for w in worst if w.result.run == run]
+        if mine:
+            m["clean"] = mine[0].clean
+        for eps in eps_all:
+            at = [c for c in cells if c.result.run == run and round(c.eps, 9) == eps]
+            paper = [c.result.df for c in at if _paper_protocol(c)]
+            if paper:
+                m[f"paper@{eps}"] = 100.0 * float(worst_case(paper)["robust"].mean())
+            aa = [c.robust for c in at if split_label(c.label)[0] == "autoattack"]
+            if aa:
+                m[f"aa@{eps}"] = min(aa)
+            w = [x.robust for x in mine if round(x.eps, 9) == eps]
+            if w:
+                m[f"worst@{eps}"] = min(w)
+        grads = [r.df for r in col.of("gradients", dataset) if r.run == run]
+        if grads:
+            m["cosine"] = float(pd.concat(grads)["cosine"].mean())
+        rates_ = [member_transfer_rate(r.df) for r in col.of("transfer", dataset)
+                  if r.run == run and len(r.df) and not first(r.df, "targeted")]  # fmt: skip
+        rates_ = [x for x in rates_ if not math.isnan(x)]
+        if rates_:
+            m["transfer"] = float(np.mean(rates_))
+        h = info.history
+        if h is not None and "seconds" in h.columns and len(h):
+            m["epoch_s"] = float(h["seconds"].mean())
+        out[run] = m
+    return eps_all, out
+
+
+def _defense_columns(eps_all: list[float]) -> list[tuple[str, str]]:
+    cols = [("clean", "clean")]
+    for e in eps_all:
+        cols += [(f"paper@{e}", f"paper protocol {eps_text(e)}"),
+                 (f"aa@{e}", f"AutoAttack {eps_text(e)}"),
+                 (f"worst@{e}", f"worst case {eps_text(e)}")]  # fmt: skip
+    return cols + [("cosine", "member grad cosine"), ("transfer", "member transfer %"),
+                   ("epoch_s", "s / epoch")]  # fmt: skip
+
+
+_DEFENSE_NOTES = [
+    "Every number is over the same stored evaluation samples; paper protocol = a sample is "
+    "robust if it survived every stored paper-protocol attack (crafted on the summed logits, "
+    "scored by the vote); AutoAttack = re-checked on the decision; worst case = survived every "
+    "stored L-inf attack of the checkpoint (all suites).",
+    "member grad cosine = mean cosine of the members' input gradients (dml geometry "
+    "--gradients); member transfer % = how often an adversarial crafted on one member fools "
+    "another (among samples it fooled its source on and the other got right clean; dml "
+    "transfer --source all); s / epoch = training time per epoch on the machine that trained "
+    "it. dml compare GROUP_A GROUP_B tests the differences (per seed and over seeds).",
+]
+
+
+def defenses_table(col: Collection, dataset: str) -> Table | Skip:
+    """One row per defense (a group of seed runs, or a single run): every measure as mean ±
+    std over its seeds (the per-seed numbers are the next table)."""
+    title = "Defenses side by side (mean ± std over seeds)"
+    eps_all, metrics = _defense_metrics(col, dataset)
+    defenses = {m["defense"] for m in metrics.values()}
+    seeded = any(_SEED_SUFFIX.search(r) for r in metrics)
+    if len(defenses) < 2 or not (seeded or defenses - {"dml", "baseline"}):
+        return Skip("defenses", title, "no competing defenses (dml train --defense, --seeds)")
+    groups: dict[str, list[str]] = {}
+    for run, m in metrics.items():
+        groups.setdefault(m["group"], []).append(run)
+    cols = _defense_columns(eps_all)
+    rows = []
+    for group, runs in groups.items():
+        row: list[Any] = [metrics[runs[0]]["defense"], group, len(runs)]
+        for key, _ in cols:
+            values = [metrics[r][key] for r in runs if key in metrics[r]]
+            digits = 3 if key == "cosine" else 1 if key == "epoch_s" else 2
+            row.append(format_spread(values, digits) if values else None)
+        rows.append(row)
+    header = ["Defense", "runs", "seeds", *[name for _, name in cols]]
+    return Table("defenses", title, header, rows, list(_DEFENSE_NOTES))
+
+
+def defenses_seed_table(col: Collection, dataset: str) -> Table | Skip:
+    """The numbers behind :func:`defenses_table`, one row per run (seed)."""
+    title = "Defenses side by side, every seed"
+    if isinstance(defenses_table(col, dataset), Skip):
+        return Skip("defenses_seeds", title, "no competing defenses (dml train --defense)")
+    eps_all, metrics = _defense_metrics(col, dataset)
+    cols = _defense_columns(eps_all)
+    rows = [[m["defense"], run, *[m.get(key) for key, _ in cols]] for run, m in metrics.items()]
+    header = ["Defense", "run", *[name for _, name in cols]]
+    return Table("defenses_seeds", title, header, rows, [])
+
+
 #: Builders in report order (key, function).
 TABLES: list[tuple[str, Callable[[Collection, str], Table | Skip]]] = [
     ("benign", benign_table),
@@ -1024,4 +1158,6 @@ TABLES: list[tuple[str, Callable[[Collection, str], Table | Skip]]] = [
     ("certify", certify_table),
     ("detect", detect_table),
     ("check", check_table),
+    ("defenses", defenses_table),
+    ("defenses_seeds", defenses_seed_table),
 ]
