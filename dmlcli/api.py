@@ -124,6 +124,7 @@ def train(
     defense_arg: Sequence[str] | None = None,
     baseline: bool = False,
     head: str = "dml",
+    backbone: str | None = None,
     prior: str | None = None,
     name: str | None = None,
     epochs: int | None = None,
@@ -230,6 +231,7 @@ def _train_one(
     defense: str = "dml",
     defense_args: dict[str, float] | None = None,
     head: str = "dml",
+    backbone: str | None = None,
     prior: str | None = None,
     name: str,
     epochs: int | None = None,
@@ -271,9 +273,9 @@ def _train_one(
     if defense == "baseline" and prior:
         raise DmlError("--baseline and --prior exclude each other")
     config = resolve_config(
-        dataset, members, head, image_size=image_size, m_mode=m_mode, m_init=m_init,
-        m_fixed=m_fixed, centers=centers, diversity=diversity, head_samples=head_samples,
-        head_sigma=head_sigma, gamma=gamma, beta=beta, seed=seed,
+        dataset, members, head, backbone=backbone, image_size=image_size, m_mode=m_mode,
+        m_init=m_init, m_fixed=m_fixed, centers=centers, diversity=diversity,
+        head_samples=head_samples, head_sigma=head_sigma, gamma=gamma, beta=beta, seed=seed,
     )  # fmt: skip
     d = info.train
     settings = TrainSettings(
@@ -990,7 +992,7 @@ def ls(
     *, stale: bool = False, remove_stale: bool = False, artifacts: PathLike | None = None
 ) -> pd.DataFrame:
     """The runs in the store (trained ones, and users' ensembles used through a model spec):
-    name, dataset, K, head, benign vote accuracy, date, results, and how many of those
+    name, dataset, K, head, defense, benign vote accuracy, date, results, and how many of those
     results are stale (computed from another checkpoint of the run, e.g. before a ``train
     --force`` or a changed weight of a spec, or of another schema version; never used by the
     worst case or the report).
@@ -1014,8 +1016,11 @@ def ls(
             continue
         benign = meta.get("benign", {}).get("vote")
         saved = str(meta.get("saved", ""))[:19]
+        defense = (config.training or {}).get("defense") or (
+            "baseline" if config.head == "linear" else config.head
+        )
         rows.append(row(name, digest, dataset=config.dataset, members=config.members,
-                        head=config.head, vote=benign, saved=saved))  # fmt: skip
+                        head=config.head, defense=defense, vote=benign, saved=saved))  # fmt: skip
     for name in store.list_spec_runs():  # users' ensembles: identity from the files now
         record = store.spec_record(name) or {}
         try:
@@ -1025,11 +1030,12 @@ def ls(
             continue
         saved = str(record.get("recorded", ""))[:19]
         rows.append(row(name, digest, dataset=record.get("dataset"), members=record.get("members"),
-                        head="user", vote=None, saved=saved))  # fmt: skip
+                        head="user", defense="", vote=None, saved=saved))  # fmt: skip
     if remove_stale:
         for path in old:
             path.unlink(missing_ok=True)
-    cols = ["run", "dataset", "members", "head", "vote", "saved", "results", "stale", "problem"]
+    cols = ["run", "dataset", "members", "head", "defense", "vote", "saved", "results", "stale",
+            "problem"]  # fmt: skip
     df = pd.DataFrame(rows, columns=cols)
     df["problem"] = df["problem"].astype(object).fillna("")
     df.attrs.update(stale=[str(p) for p in old], removed=remove_stale)

@@ -21,6 +21,7 @@ from dmlcli.cli.common import (
 )
 from dmlcli.data import list_datasets
 from dmlcli.defenses import list_defenses
+from dmlcli.models.backbones import list_backbones
 from dmlcli.runtime import world
 
 D = defaults(api.train)
@@ -40,7 +41,11 @@ def command(
         typer.Option(help="Override a defense hyperparameter, e.g. alpha=2 (repeatable)."),
     ] = D["defense_arg"],
     baseline: Annotated[bool, flag("Same as --defense baseline.", "--baseline")] = D["baseline"],
-    head: Annotated[str, typer.Option(help="dml, rdml, augdml or linear.")] = D["head"],
+    head: Annotated[str, typer.Option(help="dml, rdml, augdml, linear or mmc.")] = D["head"],
+    backbone: Annotated[
+        str | None,
+        typer.Option(help=f"Member backbone: {', '.join(list_backbones())} (dataset default)."),
+    ] = D["backbone"],
     prior: Annotated[str | None, typer.Option(help="Initialise backbones from this run.")] = D[
         "prior"
     ],
