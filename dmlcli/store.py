@@ -48,6 +48,7 @@ MODEL_FILE, HISTORY_FILE, RESUME_FILE = "model.safetensors", "history.parquet", 
 SPEC_RECORD = "spec.json"
 PARTS_DIR = ".parts"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_SEED_RUN = re.compile(r"-seed(\d+)$")
 
 
 def default_root() -> Path:
@@ -134,11 +135,18 @@ class Store:
         """The run of ``seed`` in a group from ``dml train --seeds``: ``<group>-seed<s>``."""
         return validate_name(f"{group}-seed{seed}")
 
+    @staticmethod
+    def group_of(run: str) -> str:
+        """The group of a seed run (``<group>-seed<s>`` -> ``<group>``); other runs are their
+        own group."""
+        return _SEED_RUN.sub("", run)
+
     def group_runs(self, group: str) -> dict[int, str]:
         """Seed -> run of the group ``group`` (runs named ``<group>-seed<s>``), by seed."""
-        pattern = re.compile(re.escape(group) + r"-seed(\d+)")
         found = {
-            int(m.group(1)): name for name in self.list_runs() if (m := pattern.fullmatch(name))
+            int(m.group(1)): name
+            for name in self.list_runs()
+            if (m := _SEED_RUN.search(name)) and name[: m.start()] == group
         }
         return dict(sorted(found.items()))
 

@@ -67,6 +67,19 @@ class RunInfo:
     def is_baseline(self) -> bool:
         return self.head == "linear"
 
+    @property
+    def defense(self) -> str:
+        """How it was trained: ``dml train --defense`` (runs from before it: by their head)."""
+        training = self.config.training or {}
+        if training.get("defense"):
+            return str(training["defense"])
+        return {"linear": "baseline", "mmc": "mmc"}.get(self.head, "dml")
+
+    @property
+    def group(self) -> str:
+        """Its group of seeds (``dml train --seeds``), or its own name."""
+        return Store.group_of(self.name)
+
 
 @dataclass
 class Result:
@@ -142,8 +155,10 @@ class Collection:
         return None
 
 
-def _infer_role(head: str) -> str:
-    return {"linear": "baseline", "dml": "dml", "rdml": "rdml", "augdml": "augdml"}.get(head, "")
+def _infer_role(run: RunInfo) -> str:
+    """A run's role from how it was trained: ``baseline``, ``dml``/``rdml``/``augdml`` (its
+    head), or the competing defense (``adp``, ``gal``, ``trs``, ``dverge``, ``mmc``)."""
+    return run.head if run.defense == "dml" else run.defense
 
 
 def collect(store: Store) -> Collection:
@@ -193,10 +208,10 @@ def collect(store: Store) -> Collection:
         col.runs[name] = RunInfo(name, config, {}, str(record.get("recorded", "")), digest)
     taken = {(col.runs[r].dataset, role) for r, role in roles.items() if r in col.runs}
     for name, run in col.runs.items():
-        if name in roles:
-            run.role = roles[name]
-        else:  # not in a recipe: the head says what it is, unless a recipe run has that role
-            role = _infer_role(run.head)
+        if name in roles or run.group in roles:  # a recipe's run, or one of its seeds
+            run.role = roles.get(name) or roles[run.group]
+        else:  # not in a recipe: its training says what it is, unless a recipe run has that role
+            role = _infer_role(run)
             run.role = "" if (run.dataset, role) in taken else role
     _label_runs(col)
     for path in store.list_results():

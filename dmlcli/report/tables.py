@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -1010,21 +1009,6 @@ def check_table(col: Collection, dataset: str) -> Table | Skip:
 
 
 # -- defenses side by side --------------------------------------------------------------------
-_SEED_SUFFIX = re.compile(r"-seed(\d+)$")
-
-
-def _group_of(run: str) -> str:
-    """The group a run belongs to: its name without ``-seed<s>`` (``dml train --seeds``)."""
-    return _SEED_SUFFIX.sub("", run)
-
-
-def _defense_of(info: Any) -> str:
-    training = info.config.training or {}
-    if training.get("defense"):
-        return str(training["defense"])
-    return {"linear": "baseline", "mmc": "mmc"}.get(info.head, "dml")
-
-
 def member_transfer_rate(df: pd.DataFrame) -> float:
     """Transfer rate between members (%) of one ``transfer`` result (one eps, untargeted)
     crafted on single members: over
@@ -1055,7 +1039,7 @@ def _defense_metrics(col: Collection, dataset: str) -> tuple[list[float], dict[s
     out: dict[str, dict] = {}
     for info in col.runs_of(dataset):
         run = info.name
-        m: dict[str, Any] = {"defense": _defense_of(info), "group": _group_of(run)}
+        m: dict[str, Any] = {"defense": info.defense, "group": info.group}
         mine = [w for w in worst if w.result.run == run]
         if mine:
             m["clean"] = mine[0].clean
@@ -1114,7 +1098,7 @@ def defenses_table(col: Collection, dataset: str) -> Table | Skip:
     title = "Defenses side by side (mean ± std over seeds)"
     eps_all, metrics = _defense_metrics(col, dataset)
     defenses = {m["defense"] for m in metrics.values()}
-    seeded = any(_SEED_SUFFIX.search(r) for r in metrics)
+    seeded = any(m["group"] != run for run, m in metrics.items())
     if len(defenses) < 2 or not (seeded or defenses - {"dml", "baseline"}):
         return Skip("defenses", title, "no competing defenses (dml train --defense, --seeds)")
     groups: dict[str, list[str]] = {}
