@@ -6,22 +6,22 @@ logits are ``[K, B, C]`` (:class:`~dmlcli.models.ensemble.Ensemble`), pixels ``[
 in [0, 1], every eps in pixel units.
 
 =========  ======  ==========================================================================
-defense    head    objective
+defense    head    objective (paper)
 =========  ======  ==========================================================================
 baseline   linear  ``sum_k CE_k``
-dml        dml     Eq. 3 of the paper: ``sum_k CE_k + gamma * ortho + beta * l1``
-adp        linear  Pang et al. 2019 (ICML), Eq. 9: ``sum_k CE_k - alpha H(mean_k p_k)
-                   - beta log(ED)``, ED the determinant of the normalised non-maximal
-                   predictions' Gram matrix
-gal        linear  Kariyappa & Qureshi 2019, Eq. 5: ``sum_k CE_k + lambda log sum_{a<b}
-                   exp(cos(grad_x CE_a, grad_x CE_b))`` (double backprop)
-trs        linear  Yang et al. 2021 (NeurIPS), Eq. 9: ``sum_k CE_k + scale * (coeff * L_sim
-                   + lamda * L_smooth)`` on clean and PGD points, PGD eps warmed up
-dverge     linear  Yang et al. 2020 (NeurIPS), Eq. 4: member j learns, with the source
-                   label, the images whose features at a random layer of member i
-                   (i != j) were distilled toward another image's
-mmc        mmc     Pang et al. 2020 (ICLR), Eq. 7: ``1/2 ||z - mu_y||^2``, fixed
-                   Max-Mahalanobis centers ``mu``
+dml        dml     this paper's Eq. 3: ``sum_k CE_k + gamma * ortho + beta * l1``
+adp        linear  ``sum_k CE_k - alpha H(mean_k p_k) - beta log(ED)``, ED the determinant of
+                   the normalised non-maximal predictions' Gram matrix (Pang et al. 2019,
+                   ICML, arXiv:1901.08846)
+gal        linear  ``sum_k CE_k + lambda log sum_{a<b} exp(cos(grad_x CE_a, grad_x CE_b))``,
+                   double backprop (Kariyappa & Qureshi 2019, arXiv:1901.09981)
+trs        linear  ``sum_k CE_k + scale * (coeff * L_sim + lamda * L_smooth)`` on clean and
+                   PGD points, PGD eps warmed up (Yang et al. 2021, NeurIPS, arXiv:2104.00671)
+dverge     linear  member j learns, with the source label, the images whose features at a
+                   random layer of member i (i != j) were distilled toward another image's
+                   (Yang et al. 2020, NeurIPS, arXiv:2009.14720)
+mmc        mmc     ``1/2 ||z - mu_y||^2``, fixed Max-Mahalanobis centers ``mu`` (Pang et al.
+                   2020, ICLR); one model (K = 1) or an ensemble
 =========  ======  ==========================================================================
 
 Defaults are those of each paper's public code for CIFAR-10 (stated per defense in
@@ -176,7 +176,7 @@ def pairwise_cosines(grads: torch.Tensor) -> torch.Tensor:
 
 # -- the objectives -----------------------------------------------------------------------
 def dml_terms(logits: torch.Tensor, y: torch.Tensor, ensemble: Ensemble) -> dict[str, torch.Tensor]:
-    """The terms of Eq. 3 for member logits ``[K, B, C]`` and labels ``[B]``.
+    """The terms of this paper's Eq. 3 for member logits ``[K, B, C]`` and labels ``[B]``.
 
     ``ce = sum_k CE_k``; ``ortho = sum_{k != t} ||M_k M_t||_F``; ``l1 = sum_k ||M_{I_k}||_1``;
     ``total = ce + gamma * ortho + beta * l1``. A head without M (linear, MMC) has only ``ce``.
@@ -198,7 +198,8 @@ def dml_terms(logits: torch.Tensor, y: torch.Tensor, ensemble: Ensemble) -> dict
 def adp_terms(
     logits: torch.Tensor, y: torch.Tensor, alpha: float, beta: float, det_offset: float = 1e-6
 ) -> dict[str, torch.Tensor]:
-    """ADP (Pang et al. 2019, Eq. 9) for member logits ``[K, B, C]``, labels ``[B]``.
+    """The ADP loss (Pang et al. 2019, "Improving adversarial robustness via promoting ensemble
+    diversity") for member logits ``[K, B, C]``, labels ``[B]``.
 
     ``entropy = H(mean_k softmax(F_k))``; the non-maximal predictions (each member's softmax
     without the true class, ``[K, B, C-1]``) are L2-normalised, and ``log_det = log det(M^T M
@@ -223,7 +224,8 @@ def adp_terms(
 def gal_terms(
     model: Any, x: torch.Tensor, y: torch.Tensor, lam: float
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """GAL (Kariyappa & Qureshi 2019, Eq. 5): ``sum_k CE_k + lambda * mean_b log sum_{a<b}
+    """The GAL loss (Kariyappa & Qureshi 2019, "Improving adversarial robustness of ensembles
+    with diversity training"): ``sum_k CE_k + lambda * mean_b log sum_{a<b}
     exp(cos(g_a, g_b))`` with ``g_k = grad_x CE_k`` taken with ``create_graph`` (double
     backprop). Returns the terms and the member logits ``[K, B, C]``."""
     x = x.detach().requires_grad_(True)
@@ -263,7 +265,8 @@ def trs_terms(
     progress: float,
     gen: torch.Generator,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """TRS (Yang et al. 2021, Eq. 9): ``sum_k CE_k + scale * (coeff * L_sim + lamda *
+    """The TRS loss (Yang et al. 2021, "TRS: transferability reduced ensemble via promoting
+    gradient diversity and model smoothness"): ``sum_k CE_k + scale * (coeff * L_sim + lamda *
     L_smooth)``. ``L_sim`` is the mean over member pairs of ``|cos(g_a, g_b)|`` (batch mean)
     on clean points; ``L_smooth`` the members' gradient norm on a batch whose first half is
     clean and second half TRS's PGD points at ``eps_t``, warmed up linearly from ``init_eps``
@@ -292,7 +295,8 @@ def distill(
     step: float,
     steps: int,
 ) -> torch.Tensor:
-    """DVERGE's feature distillation (Yang et al. 2020, Eq. 2): ``x'`` within ``eps`` (L-inf)
+    """DVERGE's feature distillation (Yang et al. 2020, "DVERGE: diversifying vulnerabilities
+    for enhanced robust generation of ensembles"): ``x'`` within ``eps`` (L-inf)
     of ``source`` minimising ``||f_k^l(x') - f_k^l(target)||^2`` (member k's features at
     ``layer``), by signed steps of momentum-accumulated, L1-normalised gradients from
     ``source`` (no random start), as in DVERGE's code. ``source``, ``target``: ``[B, C, H,
@@ -319,7 +323,7 @@ def dverge_terms(
     layers: list[str],
     gen: torch.Generator,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """DVERGE's round-robin step (Yang et al. 2020, Eq. 4, the "vanilla" objective): for every
+    """DVERGE's round-robin step (Yang et al. 2020, its "vanilla" objective): for every
     member i an image ``x'_i`` distilled from source ``x`` toward target ``x_t`` (the batch
     in a random order) at ``layers[i]``; member j minimises ``sum_{i != j} CE(F_j(x'_i),
     y)`` (plus ``clean * CE(F_j(x), y)``). One summed loss: each member's loss reaches only
@@ -352,7 +356,8 @@ def dverge_terms(
 
 
 def mmc_terms(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """MMC loss (Pang et al. 2020, Eq. 7): ``sum_k mean_b 1/2 ||z_k - mu_y||^2``, i.e. minus
+    """The MMC loss (Pang et al. 2020, "Rethinking softmax cross-entropy loss for adversarial
+    robustness"): ``sum_k mean_b 1/2 ||z_k - mu_y||^2``, i.e. minus
     the true class's logit of the MMC head; ``ce`` (logged) is the CE of those logits."""
     k = logits.shape[0]
     true = logits.gather(-1, y.view(1, -1, 1).expand(k, -1, 1)).squeeze(-1)  # [K, B]

@@ -191,6 +191,7 @@ def test_defense_args_are_checked():
         (["--seeds", "0"], "needs at least two; use --seed for one run"),
         (["--seeds", "0,1,0"], "a seed is repeated"),
         (["--seeds", "a,b"], "whole numbers"),
+        (["-k", "1", "--defense", "gal"], "at least 2 members"),
     ],
 )
 def test_bad_defense_and_seed_options_exit_2_with_one_line(cli, tmp_path, args, message):
@@ -336,3 +337,14 @@ def test_member_transfer_rate_on_constructed_rows():
                      "clean_correct": True, "adv_correct": correct})  # fmt: skip
     # counted pairs: (0, 1->2) fooled, (0, 2->1) not, (1, 2->1) fooled: 2 of 3
     assert member_transfer_rate(pd.DataFrame(rows)) == pytest.approx(200 / 3)
+
+
+def test_mmc_trains_a_single_model_too(cli, tmp_path):
+    from dmlcli.models.io import checkpoint_config
+
+    r = cli("train", "digits", "-k", "1", "--defense", "mmc", "--epochs", "1",
+            "--artifacts", tmp_path)  # fmt: skip
+    assert r.code == 0, r.err
+    config, meta = checkpoint_config(tmp_path / "models" / "digits-mmc" / "model.safetensors")
+    assert config.members == 1 and config.head == "mmc"
+    assert meta["benign"]["vote"] == meta["benign"]["member:1"] > 50

@@ -226,7 +226,10 @@ def resolve_config(
     info = dataset_info(dataset)
     backbone = backbone or info.backbone
     _check(head in HEADS, f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-    _check(members >= 2, f"an ensemble needs at least 2 members; got --members {members}")
+    _check(
+        members >= 2 or head == "mmc",
+        f"an ensemble needs at least 2 members; got --members {members} (MMC alone trains one)",
+    )
     _check(members <= 64, f"--members {members} is more than this tool supports (64)")
     c = info.num_classes
     dml = head in DML_HEADS

@@ -222,7 +222,8 @@ def mm_centers(num_classes: int, dim: int, norm: float) -> torch.Tensor:
 
 
 class MMCHead(nn.Module):
-    """Max-Mahalanobis center head (Pang et al. 2020, Eq. 6): logits
+    """Max-Mahalanobis center head (Pang et al. 2020, "Rethinking softmax cross-entropy loss
+    for adversarial robustness"): logits
     ``-1/2 ||z - mu_c||^2`` ``[K, B, C]`` for features ``z`` ``[K, B, D]``; the centers
     ``mu`` ``[C, D]`` are fixed (:func:`mm_centers`) and shared by the members. The MMC loss
     ``1/2 ||z - mu_y||^2`` is minus the true class's logit."""
