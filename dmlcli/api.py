@@ -174,100 +174,13 @@ def train(
     ``status`` (``new``, or ``exists`` when the run was already there: nothing is trained
     unless ``force``); with ``seeds`` also ``runs``: one such dict per seed.
     """
+    if seeds is not None:
+        return _train_seeds(dict(locals()))
     defense, head = _resolve_defense(defense, baseline, head)
-    args = resolve_defense_args(defense, parse_defense_args(_list(defense_arg)))
-    group = validate_name(
+    defense_args = resolve_defense_args(defense, parse_defense_args(_list(defense_arg)))
+    run = validate_name(
         name or default_run_name(dataset, head, centers, diversity, adv_train, defense)
     )
-    options = dict(locals())
-    for key in ("defense_arg", "baseline", "seeds", "name", "seed", "prior", "group", "args"):
-        options.pop(key)
-    options.update(defense=defense, defense_args=args)
-    if seeds is None:
-        return _train_one(**options, name=group, seed=seed, prior=prior)
-    seed_list = parse_seeds(seeds)
-    store = Store(artifacts)
-    frames, runs = [], []
-    for s in seed_list:
-        prior_s = prior
-        if prior and not store.has_run(prior) and s in store.group_runs(prior):
-            prior_s = store.group_runs(prior)[s]
-        df = _train_one(**options, name=store.seed_run(group, s), seed=s, prior=prior_s)
-        runs.append(dict(df.attrs))
-        frames.append(df.assign(run=df.attrs["run"], seed=s))
-    history = pd.concat(frames, ignore_index=True)
-    history.attrs.update(
-        run=group,
-        runs=runs,
-        benign=runs[-1].get("benign", {}),
-        files=[f for r in runs for f in r.get("files", [])],
-        status="exists" if all(r.get("status") == "exists" for r in runs) else "new",
-    )
-    return history
-
-
-def _resolve_defense(defense: str | None, baseline: bool, head: str) -> tuple[str, str]:
-    """(defense, head) from ``--defense``, ``--baseline`` and ``--head``."""
-    if defense is None:
-        if baseline or head == "linear":
-            return "baseline", "linear"
-        return ("mmc" if head == "mmc" else "dml"), head
-    d = get_defense(defense)
-    if baseline and defense != "baseline":
-        raise DmlError(f"--baseline is --defense baseline; it excludes --defense {defense}")
-    if d.name == "dml":
-        if head not in DML_HEADS:
-            raise DmlError(f"--defense dml trains a DML head; --head {head} is not one")
-        return "dml", head
-    if head not in ("dml", d.head):
-        raise DmlError(f"--defense {defense} trains a {d.head} head; drop --head {head}")
-    return d.name, d.head
-
-
-def _train_one(
-    dataset: str,
-    *,
-    members: int = 5,
-    defense: str = "dml",
-    defense_args: dict[str, float] | None = None,
-    head: str = "dml",
-    backbone: str | None = None,
-    prior: str | None = None,
-    name: str,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    optimizer: str | None = None,
-    lr: float | None = None,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    schedule: str = "cosine",
-    augment: str | None = None,
-    m_mode: str = "diag",
-    m_init: str = "uniform",
-    m_fixed: float = 0.1,
-    centers: str = "identity",
-    diversity: str = "split",
-    head_samples: int = 20,
-    head_sigma: float = 0.1,
-    gamma: float = 0.01,
-    beta: float = 0.01,
-    adv_train: str = "none",
-    adv_eps: str = "10/255",
-    eval_attack: str = "none",
-    eval_eps: str = "0.1",
-    image_size: int | None = None,
-    data_dir: PathLike | None = None,
-    download: bool = True,
-    resume: bool = False,
-    checkpoint_every: int = 0,
-    mode: str = "auto",
-    seed: int = 0,
-    device: str = "auto",
-    force: bool = False,
-    artifacts: PathLike | None = None,
-    progress: Reporter | None = None,
-) -> pd.DataFrame:
-    """One run of :func:`train` (``defense`` and ``head`` already resolved)."""
     reporter = progress or Reporter()
     info = dataset_info(dataset)
     if defense == "baseline" and prior:
@@ -297,7 +210,6 @@ def _train_one(
     )
     settings.validate()
     store = Store(artifacts)
-    run = validate_name(name)
     prior_run = open_run(prior, store) if prior else None
     if prior_run is not None and prior_run.dataset != dataset:
         raise DmlError(f"--prior {prior} was trained on {prior_run.dataset}, not {dataset}")
@@ -368,6 +280,54 @@ def _train_one(
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return history
+
+
+def _train_seeds(options: dict[str, Any]) -> pd.DataFrame:
+    """:func:`train` once per seed of ``options["seeds"]``: runs ``<run>-seed<s>``, each with
+    the same seed's run of a ``prior`` group; the histories with ``run`` and ``seed``."""
+    store = Store(options["artifacts"])
+    seeds, prior = parse_seeds(options.pop("seeds")), options.pop("prior")
+    defense, head = _resolve_defense(options["defense"], options["baseline"], options["head"])
+    dataset, name = options.pop("dataset"), options.pop("name")
+    group = validate_name(name or default_run_name(
+        dataset, head, options["centers"], options["diversity"], options["adv_train"], defense
+    ))  # fmt: skip
+    options.pop("seed")
+    frames, runs = [], []
+    for s in seeds:
+        prior_s = prior
+        if prior and not store.has_run(prior) and s in store.group_runs(prior):
+            prior_s = store.group_runs(prior)[s]
+        df = train(dataset, **options, name=store.seed_run(group, s), seed=s, prior=prior_s)
+        runs.append(dict(df.attrs))
+        frames.append(df.assign(run=df.attrs["run"], seed=s))
+    history = pd.concat(frames, ignore_index=True)
+    history.attrs.update(
+        run=group,
+        runs=runs,
+        benign=runs[-1].get("benign", {}),
+        files=[f for r in runs for f in r.get("files", [])],
+        status="exists" if all(r.get("status") == "exists" for r in runs) else "new",
+    )
+    return history
+
+
+def _resolve_defense(defense: str | None, baseline: bool, head: str) -> tuple[str, str]:
+    """(defense, head) from ``--defense``, ``--baseline`` and ``--head``."""
+    if defense is None:
+        if baseline or head == "linear":
+            return "baseline", "linear"
+        return ("mmc" if head == "mmc" else "dml"), head
+    d = get_defense(defense)
+    if baseline and defense != "baseline":
+        raise DmlError(f"--baseline is --defense baseline; it excludes --defense {defense}")
+    if d.name == "dml":
+        if head not in DML_HEADS:
+            raise DmlError(f"--defense dml trains a DML head; --head {head} is not one")
+        return "dml", head
+    if head not in ("dml", d.head):
+        raise DmlError(f"--defense {defense} trains a {d.head} head; drop --head {head}")
+    return d.name, d.head
 
 
 # -- attack -----------------------------------------------------------------------------------
