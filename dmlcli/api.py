@@ -296,7 +296,7 @@ def _train_seeds(options: dict[str, Any]) -> pd.DataFrame:
     frames, runs = [], []
     for s in seeds:
         prior_s = prior
-        if prior and not store.has_run(prior) and s in store.group_runs(prior):
+        if prior and s in store.group_runs(prior):
             prior_s = store.group_runs(prior)[s]
         df = train(dataset, **options, name=store.seed_run(group, s), seed=s, prior=prior_s)
         runs.append(dict(df.attrs))
@@ -470,8 +470,8 @@ def expand_groups(store: Store, names: Sequence[str]) -> tuple[list[str], dict[s
     the groups named: group -> its runs (by seed)."""
     out, groups = [], {}
     for name in names:
-        members = store.group_runs(name) if not store.has_run(name) else {}
-        if members and store.spec_record(name) is None:
+        members = store.group_runs(str(name))
+        if members:
             groups[name] = list(members.values())
             out += groups[name]
         else:

@@ -142,7 +142,10 @@ class Store:
         return _SEED_RUN.sub("", run)
 
     def group_runs(self, group: str) -> dict[int, str]:
-        """Seed -> run of the group ``group`` (runs named ``<group>-seed<s>``), by seed."""
+        """Seed -> run of the group ``group`` (runs named ``<group>-seed<s>``), by seed; empty
+        when ``group`` is a run, a model spec's name or a path."""
+        if not _NAME.match(group) or self.has_run(group) or self.spec_record(group) is not None:
+            return {}
         found = {
             int(m.group(1)): name
             for name in self.list_runs()
