@@ -153,3 +153,19 @@ def test_cli_end_to_end(cli, store_copy) -> None:
         ["--r-max", "-0.1"],
     ):
         _bad(cli, store_copy, *bad)
+
+
+def test_cosines_of_vanishing_gradients_are_still_cosines():
+    """A saturated softmax (e.g. MMC's large logits) gives gradients near 1e-40: their
+    squared norms underflow in float32, which once gave cosines of 1e11."""
+    import torch
+
+    from dmlcli.eval.geometry import pair_cosines
+
+    g = torch.randn(3, 8, 64, generator=torch.Generator().manual_seed(0))
+    for (a, b), (cos, _) in pair_cosines(g).items():
+        tiny, _ = pair_cosines(g * 1e-38)[(a, b)]
+        assert torch.allclose(cos, tiny, atol=1e-4)
+        assert tiny.abs().max() <= 1 + 1e-6
+    zero, _ = pair_cosines(torch.zeros(2, 4, 16))[(0, 1)]
+    assert torch.equal(zero, torch.zeros(4))

@@ -65,14 +65,18 @@ def member_input_gradients(ensemble: nn.Module, x: torch.Tensor, y: torch.Tensor
 def pair_cosines(grads: torch.Tensor) -> dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]:
     """For gradients ``[K, B, D]``: ``{(a, b): (cosine [B], sign cosine [B])}`` for ``a < b``.
 
-    A zero gradient has cosine 0 with everything (``eps`` in the norm).
+    A zero gradient has cosine 0 with everything (``eps`` in the norm). Each gradient is first
+    divided by its largest entry (the cosine is scale-free): a saturated softmax gives
+    gradients near 1e-40, whose squared norms underflow in float32 and made cosines garbage.
     """
     k = grads.shape[0]
     signs = grads.sign()
+    peak = grads.abs().amax(dim=-1, keepdim=True)
+    grads = torch.where(peak > 0, grads / peak.clamp_min(torch.finfo(grads.dtype).tiny), grads)
     out = {}
     for a in range(k):
         for b in range(a + 1, k):
-            cos = F.cosine_similarity(grads[a], grads[b], dim=1, eps=1e-30)
+            cos = F.cosine_similarity(grads[a], grads[b], dim=1, eps=1e-12)
             sign_cos = F.cosine_similarity(signs[a], signs[b], dim=1, eps=1e-30)
             out[(a, b)] = (cos, sign_cos)
     return out

@@ -1113,7 +1113,7 @@ def defenses_table(col: Collection, dataset: str) -> Table | Skip:
             digits = 3 if key == "cosine" else 1 if key == "epoch_s" else 2
             row.append(format_spread(values, digits) if values else None)
         rows.append(row)
-    header = ["Defense", "runs", "seeds", *[name for _, name in cols]]
+    header = ["Defense", "group", "seeds", *[name for _, name in cols]]
     return Table("defenses", title, header, rows, list(_DEFENSE_NOTES))
 
 
