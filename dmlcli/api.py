@@ -29,7 +29,7 @@ import torch
 
 from dmlcli import results
 from dmlcli.data import dataset_info, eval_set, load_dataset
-from dmlcli.defenses import get_defense, parse_defense_args, resolve_defense_args
+from dmlcli.defenses import parse_defense_args, resolve_defense, resolve_defense_args
 from dmlcli.errors import DmlError, DmlWarning
 from dmlcli.eval import certify as ce
 from dmlcli.eval import clever as cl
@@ -46,7 +46,6 @@ from dmlcli.files import (
 )
 from dmlcli.models.aggregate import list_decisions
 from dmlcli.models.config import resolve_config
-from dmlcli.models.dml import DML_HEADS
 from dmlcli.models.ensemble import Ensemble
 from dmlcli.models.io import Run, checkpoint_config, save_ensemble
 from dmlcli.models.spec import read_spec, spec_digest
@@ -174,13 +173,13 @@ def train(
     ``status`` (``new``, or ``exists`` when the run was already there: nothing is trained
     unless ``force``); with ``seeds`` also ``runs``: one such dict per seed.
     """
-    if seeds is not None:
-        return _train_seeds(dict(locals()))
-    defense, head = _resolve_defense(defense, baseline, head)
-    defense_args = resolve_defense_args(defense, parse_defense_args(_list(defense_arg)))
+    defense, head = resolve_defense(defense, baseline, head)
     run = validate_name(
         name or default_run_name(dataset, head, centers, diversity, adv_train, defense)
     )
+    if seeds is not None:
+        return _train_seeds(dict(locals()))
+    defense_args = resolve_defense_args(defense, parse_defense_args(_list(defense_arg)))
     reporter = progress or Reporter()
     info = dataset_info(dataset)
     if defense == "baseline" and prior:
@@ -283,22 +282,18 @@ def train(
 
 
 def _train_seeds(options: dict[str, Any]) -> pd.DataFrame:
-    """:func:`train` once per seed of ``options["seeds"]``: runs ``<run>-seed<s>``, each with
-    the same seed's run of a ``prior`` group; the histories with ``run`` and ``seed``."""
+    """:func:`train` once per seed of ``options["seeds"]``: runs ``<run>-seed<s>`` of the
+    group ``options["run"]``, each with the same seed's run of a ``prior`` group; the
+    histories with ``run`` and ``seed``."""
     store = Store(options["artifacts"])
-    seeds, prior = parse_seeds(options.pop("seeds")), options.pop("prior")
-    defense, head = _resolve_defense(options["defense"], options["baseline"], options["head"])
-    dataset, name = options.pop("dataset"), options.pop("name")
-    group = validate_name(name or default_run_name(
-        dataset, head, options["centers"], options["diversity"], options["adv_train"], defense
-    ))  # fmt: skip
-    options.pop("seed")
+    seeds, prior, group = parse_seeds(options.pop("seeds")), options.pop("prior"), options["run"]
+    for key in ("name", "seed", "run"):
+        options.pop(key)
+    prior_group = store.group_runs(prior) if prior else {}
     frames, runs = [], []
     for s in seeds:
-        prior_s = prior
-        if prior and s in store.group_runs(prior):
-            prior_s = store.group_runs(prior)[s]
-        df = train(dataset, **options, name=store.seed_run(group, s), seed=s, prior=prior_s)
+        prior_s = prior_group.get(s, prior)
+        df = train(**options, name=store.seed_run(group, s), seed=s, prior=prior_s)
         runs.append(dict(df.attrs))
         frames.append(df.assign(run=df.attrs["run"], seed=s))
     history = pd.concat(frames, ignore_index=True)
@@ -310,24 +305,6 @@ def _train_seeds(options: dict[str, Any]) -> pd.DataFrame:
         status="exists" if all(r.get("status") == "exists" for r in runs) else "new",
     )
     return history
-
-
-def _resolve_defense(defense: str | None, baseline: bool, head: str) -> tuple[str, str]:
-    """(defense, head) from ``--defense``, ``--baseline`` and ``--head``."""
-    if defense is None:
-        if baseline or head == "linear":
-            return "baseline", "linear"
-        return ("mmc" if head == "mmc" else "dml"), head
-    d = get_defense(defense)
-    if baseline and defense != "baseline":
-        raise DmlError(f"--baseline is --defense baseline; it excludes --defense {defense}")
-    if d.name == "dml":
-        if head not in DML_HEADS:
-            raise DmlError(f"--defense dml trains a DML head; --head {head} is not one")
-        return "dml", head
-    if head not in ("dml", d.head):
-        raise DmlError(f"--defense {defense} trains a {d.head} head; drop --head {head}")
-    return d.name, d.head
 
 
 # -- attack -----------------------------------------------------------------------------------
@@ -976,11 +953,9 @@ def ls(
             continue
         benign = meta.get("benign", {}).get("vote")
         saved = str(meta.get("saved", ""))[:19]
-        defense = (config.training or {}).get("defense") or (
-            "baseline" if config.head == "linear" else config.head
-        )
         rows.append(row(name, digest, dataset=config.dataset, members=config.members,
-                        head=config.head, defense=defense, vote=benign, saved=saved))  # fmt: skip
+                        head=config.head, defense=config.defense, vote=benign,
+                        saved=saved))  # fmt: skip
     for name in store.list_spec_runs():  # users' ensembles: identity from the files now
         record = store.spec_record(name) or {}
         try:
@@ -1170,11 +1145,19 @@ def compare(
             f"{single} is one run and {next(iter(groups))} a group of seeds: compare groups "
             "with groups, runs with runs"
         )
+    frames: dict[str, dict[str, pd.DataFrame]] = {}
+
+    def pair(a: str, b: str, level: str) -> list[dict[str, Any]]:
+        for name in (a, b):
+            if name not in frames:
+                frames[name] = _compared(store, name, e, decision, n, seed)
+        return _compare_pair(a, b, frames[a], frames[b], e, seed, reps, level)
+
     rows = []
     base = names[0]
     for other in names[1:]:
         if not groups:
-            rows += _compare_pair(store, base, other, e, decision, n, seed, reps, "run")
+            rows += pair(base, other, "run")
             continue
         seeds_a, seeds_b = store.group_runs(base), store.group_runs(other)
         common = [s for s in seeds_a if s in seeds_b]
@@ -1185,9 +1168,7 @@ def compare(
             )
         per_seed = []
         for s in common:
-            per_seed += _compare_pair(
-                store, seeds_a[s], seeds_b[s], e, decision, n, seed, reps, f"seed {s}"
-            )
+            per_seed += pair(seeds_a[s], seeds_b[s], f"seed {s}")
         rows += per_seed
         rows += _over_seeds(base, other, e, per_seed, len(common))
     if not rows:
@@ -1196,12 +1177,11 @@ def compare(
 
 
 def _compare_pair(
-    store: Store, a: str, b: str, e: float, decision: str, n: int | None, seed: int, reps: int,
-    level: str,
+    a: str, b: str, frames_a: dict[str, pd.DataFrame], frames_b: dict[str, pd.DataFrame],
+    e: float, seed: int, reps: int, level: str,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """The rows of :func:`compare` for runs ``a`` and ``b`` (one per measure)."""
-    frames_a = _compared(store, a, e, decision, n, seed)
-    frames_b = _compared(store, b, e, decision, n, seed)
+    """The rows of :func:`compare` for runs ``a`` and ``b`` from their :func:`_compared`
+    frames (one row per measure)."""
     rows = []
     for measure, column in (("clean", "clean_correct"), ("paper protocol", "robust"),
                             ("worst case", "robust")):  # fmt: skip

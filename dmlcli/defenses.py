@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from dmlcli.errors import DmlError
+from dmlcli.models.dml import DML_HEADS
 from dmlcli.models.ensemble import Ensemble
 
 
@@ -133,6 +134,25 @@ def resolve_defense_args(name: str, given: Mapping[str, Any] | None = None) -> d
             raise DmlError(f"--defense-arg {key}={value}: must be a whole number >= 1")
         out[key] = number
     return out
+
+
+def resolve_defense(defense: str | None, baseline: bool, head: str) -> tuple[str, str]:
+    """(defense, head) from ``--defense``, ``--baseline`` and ``--head``: a defense's own head,
+    ``dml`` with any DML head; a conflict is one :class:`DmlError`."""
+    if defense is None:
+        if baseline or head == "linear":
+            return "baseline", "linear"
+        return ("mmc" if head == "mmc" else "dml"), head
+    d = get_defense(defense)
+    if baseline and defense != "baseline":
+        raise DmlError(f"--baseline is --defense baseline; it excludes --defense {defense}")
+    if d.name == "dml":
+        if head not in DML_HEADS:
+            raise DmlError(f"--defense dml trains a DML head; --head {head} is not one")
+        return "dml", head
+    if head not in ("dml", d.head):
+        raise DmlError(f"--defense {defense} trains a {d.head} head; drop --head {head}")
+    return d.name, d.head
 
 
 def parse_defense_args(items: list[str] | None) -> dict[str, str]:

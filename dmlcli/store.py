@@ -176,9 +176,10 @@ class Store:
             return name, Path(record["spec"])
         if not self.checkpoint_path(name).is_file():
             runs = ", ".join([*self.list_runs(), *self.list_spec_runs()][:8]) or "none yet"
-            if self.group_runs(name):
+            group = self.group_runs(name)
+            if group:
                 raise DmlError(
-                    f"{ref!r} is a group of seeds ({', '.join(self.group_runs(name).values())}); "
+                    f"{ref!r} is a group of seeds ({', '.join(group.values())}); "
                     "name one run, or use a command that takes a group (attack, compare)"
                 )
             raise DmlError(f"no run named {ref!r} in {self.root} (runs: {runs})")

@@ -133,7 +133,8 @@ def parse_seeds(seeds: str | Sequence[int]) -> list[int]:
 
 
 class Trainer:
-    """Trains an :class:`Ensemble` on in-memory uint8 data with the Eq. 3 loss."""
+    """Trains an :class:`Ensemble` on in-memory uint8 data with its defense's objective
+    (:func:`dmlcli.defenses.defense_terms`; Eq. 3 by default)."""
 
     def __init__(
         self,

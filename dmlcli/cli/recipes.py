@@ -43,7 +43,7 @@ from typing import Any
 from dmlcli.cli.commands import COMMANDS
 from dmlcli.cli.common import click_exceptions
 from dmlcli.data import DATASETS
-from dmlcli.defenses import DEFENSES
+from dmlcli.defenses import resolve_defense
 from dmlcli.errors import DmlError
 from dmlcli.files import atomic_write_bytes, now
 from dmlcli.report import FORMATS as REPORT_FILES
@@ -160,10 +160,9 @@ class Recipe:
 
 
 def _train_head(opts: dict[str, Any]) -> str:
-    defense = opts.get("defense")
-    if defense in DEFENSES and defense != "dml":
-        return DEFENSES[defense].head
-    return "linear" if opts.get("baseline") else str(opts.get("head", "dml"))
+    """The head a ``[train.<key>]`` entry trains (its defense's, or its ``head``)."""
+    defense, baseline = opts.get("defense"), bool(opts.get("baseline", False))
+    return resolve_defense(defense, baseline, str(opts.get("head", "dml")))[1]
 
 
 class _Where:
@@ -258,6 +257,10 @@ def validate_recipe(raw: dict[str, Any], path: Path) -> Recipe:
                 parse_seeds(str(opts["seeds"]))
             except DmlError as exc:
                 w.fail(f"bad value for 'train.{key}.seeds': {exc}")
+        try:
+            _train_head(opts)
+        except DmlError as exc:
+            w.fail(f"bad [train.{key}]: {exc}")
     recipe.train = {k: dict(v) for k, v in train.items()}
     names = [recipe.run_name(k) for k in train]
     if len(set(names)) != len(names):

@@ -74,6 +74,13 @@ class EnsembleConfig:
         return self.head in DML_HEADS
 
     @property
+    def defense(self) -> str:
+        """How it was trained (``dml train --defense``); runs from before that option are
+        named by their head: ``linear`` the baseline, ``mmc``, else ``dml``."""
+        stored = (self.training or {}).get("defense")
+        return str(stored) if stored else {"linear": "baseline", "mmc": "mmc"}.get(self.head, "dml")
+
+    @property
     def randomized(self) -> bool:
         return self.head in ("rdml", "augdml")
 

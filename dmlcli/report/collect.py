@@ -69,11 +69,8 @@ class RunInfo:
 
     @property
     def defense(self) -> str:
-        """How it was trained: ``dml train --defense`` (runs from before it: by their head)."""
-        training = self.config.training or {}
-        if training.get("defense"):
-            return str(training["defense"])
-        return {"linear": "baseline", "mmc": "mmc"}.get(self.head, "dml")
+        """How it was trained (:attr:`EnsembleConfig.defense`)."""
+        return self.config.defense
 
     @property
     def group(self) -> str:

@@ -1092,14 +1092,19 @@ _DEFENSE_NOTES = [
 ]
 
 
+def _compares_defenses(metrics: dict[str, dict]) -> bool:
+    """Whether the runs hold two defenses, one of them competing or trained on seeds."""
+    defenses = {m["defense"] for m in metrics.values()}
+    seeded = any(m["group"] != run for run, m in metrics.items())
+    return len(defenses) >= 2 and bool(seeded or defenses - {"dml", "baseline"})
+
+
 def defenses_table(col: Collection, dataset: str) -> Table | Skip:
     """One row per defense (a group of seed runs, or a single run): every measure as mean ±
     std over its seeds (the per-seed numbers are the next table)."""
     title = "Defenses side by side (mean ± std over seeds)"
     eps_all, metrics = _defense_metrics(col, dataset)
-    defenses = {m["defense"] for m in metrics.values()}
-    seeded = any(m["group"] != run for run, m in metrics.items())
-    if len(defenses) < 2 or not (seeded or defenses - {"dml", "baseline"}):
+    if not _compares_defenses(metrics):
         return Skip("defenses", title, "no competing defenses (dml train --defense, --seeds)")
     groups: dict[str, list[str]] = {}
     for run, m in metrics.items():
@@ -1120,9 +1125,9 @@ def defenses_table(col: Collection, dataset: str) -> Table | Skip:
 def defenses_seed_table(col: Collection, dataset: str) -> Table | Skip:
     """The numbers behind :func:`defenses_table`, one row per run (seed)."""
     title = "Defenses side by side, every seed"
-    if isinstance(defenses_table(col, dataset), Skip):
-        return Skip("defenses_seeds", title, "no competing defenses (dml train --defense)")
     eps_all, metrics = _defense_metrics(col, dataset)
+    if not _compares_defenses(metrics):
+        return Skip("defenses_seeds", title, "no competing defenses (dml train --defense)")
     cols = _defense_columns(eps_all)
     rows = [[m["defense"], run, *[m.get(key) for key, _ in cols]] for run, m in metrics.items()]
     header = ["Defense", "run", *[name for _, name in cols]]
