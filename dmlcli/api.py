@@ -434,8 +434,12 @@ def attack(
         if sur is not None:
             sur.model.to(dev)
         outcomes += run_jobs(store, jobs, force=force, shard=shard_of, progress=progress)
-        if shard_of is None:
-            outcomes += refresh_worst_cases(store, r, progress=progress)
+        if shard_of is None:  # the worst cases of this call's samples (others are refreshed too)
+            outcomes += [
+                o
+                for o in refresh_worst_cases(store, r, progress=progress)
+                if (o.job.setting["n"], o.job.setting["seed"]) == (len(indices), seed)
+            ]
         r.model.cpu()
     df = _rows(outcomes)
     df.attrs["groups"] = _group_summary(groups, outcomes)
@@ -467,14 +471,15 @@ def _group_summary(groups: dict[str, list[str]], outcomes: Sequence[Outcome]) ->
             continue
         rows = o.rows
         decision = str(results.first(rows, "decision"))
+        samples = (o.job.setting["n"], o.job.setting["seed"])  # never mix sample sets
         clean, robust = results.robust_accuracy(rows)
-        acc.setdefault((o.job.run, ("clean", "-", decision, None)), clean)
+        acc.setdefault((o.job.run, ("clean", "-", decision, None, *samples)), clean)
         if o.job.kind == "worst-case":
-            key = ("worst case", "-", decision, results.first(rows, "eps"))
+            key = ("worst case", "-", decision, results.first(rows, "eps"), *samples)
         else:
             surface = results.first(rows, "surrogate") or results.first(rows, "surface")
             key = (str(results.first(rows, "attack")), str(surface), decision,
-                   results.first(rows, "eps"))  # fmt: skip
+                   results.first(rows, "eps"), *samples)  # fmt: skip
         acc[(o.job.run, key)] = robust
     out = []
     for group, runs in groups.items():
@@ -482,10 +487,10 @@ def _group_summary(groups: dict[str, list[str]], outcomes: Sequence[Outcome]) ->
         for key in keys:
             per_run = {r: acc[(r, key)] for r in runs if (r, key) in acc}
             mean, std = results.seed_spread(list(per_run.values()))
-            attack_, surface, decision, eps = key
+            attack_, surface, decision, eps, n, seed = key
             out.append({"group": group, "attack": attack_, "surface": surface,
-                        "decision": decision, "eps": eps, "mean": mean, "std": std,
-                        "runs": per_run})  # fmt: skip
+                        "decision": decision, "eps": eps, "n": n, "seed": seed, "mean": mean,
+                        "std": std, "runs": per_run})  # fmt: skip
     return out
 
 
@@ -494,33 +499,41 @@ def refresh_worst_cases(
 ) -> list[Outcome]:
     """Recompute ``run``'s stored worst cases (schema ``worst-case``): per (eps, decision,
     samples, seed, scoring draws), the per-sample minimum over every stored L-inf attack
-    result of the run's current checkpoint, whatever command or suite wrote it. A worst case
-    whose component files are unchanged is read back; results of other checkpoints (stale)
-    and unreadable ones are left out."""
+    result of the run's current checkpoint at that eps or a smaller one
+    (:func:`~dmlcli.eval.robustness.worst_case_plan`), whatever command, suite or merge wrote
+    it. Runs under the run's lock and reads the store inside it, so two processes that finish
+    together leave the worst case of every result both wrote. A worst case whose component
+    files are unchanged is read back; results of other checkpoints (stale) and unreadable
+    ones are left out."""
     outcomes = []
-    for key, members in sorted(_current_attacks(store, run).items()):
-        components = sorted(f"{p.name}@{meta['created']}" for p, meta in members)
-        frames = [store.read_result(p)[0] for p, _ in members]
-        job = rob.worst_case_job(run, key, frames, components)
-        path = store.result_path(job.kind, job.run, job.setting)
-        stale = not path.is_file() or store.result_meta(path).get("components") != components
-        outcomes += run_jobs(store, [job], force=stale, progress=progress)
+    with store.lock(run.name):
+        current = _current_attacks(store, run)
+        plan = rob.worst_case_plan([(c, meta["setting"]) for c, (_, meta) in current.items()])
+        frames: dict[str, pd.DataFrame] = {}
+        for key, components in plan.items():
+            for c in components:
+                if c not in frames:
+                    frames[c] = store.read_result(current[c][0])[0]
+            job = rob.worst_case_job(run, key, [frames[c] for c in components], components)
+            path = store.result_path(job.kind, job.run, job.setting)
+            stale = not path.is_file() or store.result_meta(path).get("components") != components
+            outcomes += run_jobs(store, [job], force=stale, progress=progress)
     return outcomes
 
 
-def _current_attacks(store: Store, run: Run) -> dict[tuple, list[tuple[Path, dict[str, Any]]]]:
-    """(path, metadata) of every stored L-inf attack result of ``run``'s current checkpoint,
-    grouped by :func:`~dmlcli.eval.robustness.worst_case_key`; unreadable files left out."""
-    groups: dict[tuple, list[tuple[Path, dict[str, Any]]]] = {}
+def _current_attacks(store: Store, run: Run) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Every stored attack result of ``run``'s current checkpoint by its component id
+    (``file@created``, what a worst case records it was built from): (path, metadata);
+    unreadable files left out."""
+    out = {}
     for path in store.list_results("attack", run.name):
         try:
             meta = store.result_meta(path)
         except DmlError:
             continue
-        key = rob.worst_case_key(meta["setting"])
-        if key is not None and meta["setting"].get("checkpoint") == run.checkpoint:
-            groups.setdefault(key, []).append((path, meta))
-    return groups
+        if meta["setting"].get("checkpoint") == run.checkpoint:
+            out[f"{path.name}@{meta['created']}"] = (path, meta)
+    return out
 
 
 def _check_decision(decision: str, members: int) -> None:
@@ -905,10 +918,14 @@ def report(
 
 def merge(runs: Sequence[str] | None = None, *, artifacts: PathLike | None = None) -> pd.DataFrame:
     """Write the final results of sharded evaluations from their part files (every sample
-    exactly once, checked before anything is written); one row per part folder."""
+    exactly once, checked before anything is written), then refresh the worst cases of every
+    run that got attack results, exactly as an unsharded ``dml attack`` does; one row per
+    part folder."""
     store = Store(artifacts)
     names = [validate_name(r) for r in _list(runs)]
     merged = merge_parts(store, names)
+    for name in dict.fromkeys(m.run for m in merged if m.path and m.kind == "attack"):
+        refresh_worst_cases(store, open_run(name, store))  # as an unsharded run would
     return pd.DataFrame(
         [
             {
@@ -1243,12 +1260,11 @@ def _compared(
     the matching files are read."""
     r = open_run(name, store)
     worst = []
-    for path in store.list_results("worst-case", r.name):
-        s = store.result_meta(path)["setting"]
-        if (s.get("checkpoint") == r.checkpoint and abs(float(s["eps"]) - eps) < 1e-9
-                and s["decision"] == decision and s["seed"] == seed
-                and (n is None or s["n"] == n)):  # fmt: skip
-            worst.append((path, s))
+    for o in refresh_worst_cases(store, r):  # current: recomputed if its components changed
+        s = o.job.setting
+        if (abs(float(s["eps"]) - eps) < 1e-9 and s["decision"] == decision
+                and s["seed"] == seed and (n is None or s["n"] == n)):  # fmt: skip
+            worst.append((o, s))
     if not worst:
         raise DmlError(
             f"{r.name} has no stored worst case at eps {eps:g}, decision {decision}, seed {seed}"
@@ -1260,11 +1276,15 @@ def _compared(
         raise DmlError(
             f"{r.name} has worst cases on several sample sets ({sizes}): pick one with --n"
         )
-    ((path, s),) = worst
-    wc = store.read_result(path)[0]
+    ((o, s),) = worst
+    wc = o.rows
     out = {"worst case": wc, "clean": wc}
     key = (float(s["eps"]), decision, int(s["n"]), seed, int(s["score_draws"]))
-    frames = [store.read_result(p)[0] for p, _ in _current_attacks(store, r).get(key, [])]
+    frames = [
+        store.read_result(path)[0]
+        for path, meta in _current_attacks(store, r).values()
+        if rob.worst_case_key(meta["setting"]) == key
+    ]
     paper = [df for df in frames if results.paper_protocol(df)]
     if paper:
         out["paper protocol"] = results.worst_case(paper)

@@ -8,7 +8,9 @@ validated and a bad file is one :class:`~dmlcli.errors.DmlError` line.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
@@ -65,6 +67,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive lock on ``path`` (created if missing) while the block runs; other
+    processes that ask for it wait. A POSIX record lock (``fcntl.lockf``): released by the
+    kernel if the holder dies, and honoured across machines on NFS (lockd) and most shared
+    filesystems."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_json(path: Path, body: Any) -> None:

@@ -95,24 +95,32 @@ SCHEMAS: dict[str, Schema] = {
     for s in [
         Schema(
             "attack",
-            3,
+            4,
             _c(_ATTACK_SETTING + " " + _ATTACK_OUTCOME),
             "White-box robustness: one row per evaluation sample and attack setting. A sample "
             "the decision gets wrong is not attacked and never robust (robust = clean_correct "
-            "& adv_correct). A randomized decision is the majority over score_draws draws; "
-            "*_correct_rate is the share of draws that are right.",
+            "& adv_correct). Success of an attack, targeted or not, is decision != label. "
+            "Ties: vote gives a tie between the most voted classes to the larger summed logit; "
+            "vote-strict counts such a tie as no answer (-1, never correct). A randomized "
+            "decision is correct only if the label strictly wins the majority over score_draws "
+            "draws (a tie is wrong); *_correct_rate is the share of draws that are right.",
         ),
         Schema(
             "worst-case",
-            3,
+            4,
             _c(
                 "run:str checkpoint:str dataset:str sample:int label:int eps:float norm:str "
                 "decision:str seed:int score_draws:int clean_correct:bool robust:bool "
-                "broken_by:str attacks:int adv_pred:int member_{k}:int linf:float l2:float"
+                "broken_by:str broken_eps:float? attacks:int adv_pred:int member_{k}:int "
+                "linf:float l2:float"
             ),
             "Per-sample worst case over every stored L-inf attack result of one checkpoint at "
-            "one eps, decision, sample set and seed: robust only if every attack left the "
-            "sample robust; broken_by names the first attack (in suite order) that did not.",
+            "any eps' <= eps (monotone in eps), one decision, sample set, seed and scoring "
+            "draws: robust only if every attack left the sample robust; broken_by names the "
+            "first attack (smallest eps, then suite order) that did not and broken_eps its eps. "
+            "Ties: the vote gives a tie between the most voted classes to the larger summed "
+            "logit, vote-strict counts it as no answer, and over draws the label must strictly "
+            "win the majority.",
         ),
         Schema(
             "adv-examples",
@@ -345,21 +353,29 @@ def attack_name(df: pd.DataFrame) -> str:
     return f"{label} from {surrogate}" if surrogate else f"{label} ({first(df, 'surface')})"
 
 
-def worst_case(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Per-sample worst case of attack results (schema ``worst-case``): a sample is robust only
-    where every frame's row is robust, and counts as clean-correct only where every frame
-    says so (a randomized decision's clean draws may differ between results).
+def worst_case(frames: Sequence[pd.DataFrame], eps: float | None = None) -> pd.DataFrame:
+    """Per-sample worst case of attack results (schema ``worst-case``) at ``eps`` (default:
+    the largest eps of ``frames``): a sample is robust only where every frame's row is
+    robust, and counts as clean-correct only where every frame says so (a randomized
+    decision's clean draws may differ between results).
 
     The frames must hold the same samples in the same order (the same seeded evaluation
-    subset) at one eps and decision. ``broken_by`` (:func:`attack_name`), the adversarial
-    prediction, member predictions and distortion come from the first frame, in
-    :data:`SUITE_ORDER` then label order, that broke the sample.
+    subset) at one decision, each at an eps no larger than ``eps``: an adversarial within a
+    smaller ball is within the larger one, so the worst case is monotone in eps.
+    ``broken_by`` (:func:`attack_name`, with ``at eps e`` when a smaller ball broke it),
+    ``broken_eps``, the adversarial prediction, member predictions and distortion come from
+    the first frame that broke the sample, in eps, then :data:`SUITE_ORDER`, then label order.
     """
     if not frames:
         raise DmlError("the worst case needs at least one attack result")
+    eps_of = [float(first(f, "eps")) for f in frames]
+    eps = max(eps_of) if eps is None else float(eps)
+    if max(eps_of) > eps + 1e-12:
+        raise DmlError(f"worst case at eps {eps:g}: an attack result at eps {max(eps_of):g}")
     order = sorted(
         frames,
         key=lambda f: (
+            float(first(f, "eps")),
             SUITE_ORDER.index(first(f, "suite")) if first(f, "suite") in SUITE_ORDER else 9,
             attack_name(f),
         ),
@@ -371,19 +387,24 @@ def worst_case(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     stack = [f.reset_index(drop=True) for f in order]
     clean = pd.concat([f["clean_correct"] for f in stack], axis=1).all(axis=1)
     robust = pd.concat([f["robust"] for f in stack], axis=1).all(axis=1) & clean
-    out = base[["run", "checkpoint", "dataset", "sample", "label", "eps", "norm", "decision",
+    out = base[["run", "checkpoint", "dataset", "sample", "label", "norm", "decision",
                 "seed", "score_draws"]].copy()  # fmt: skip
+    out["eps"] = eps
     out["clean_correct"] = clean
     out["robust"] = robust
     out["broken_by"] = ""
+    out["broken_eps"] = float("nan")
     out["attacks"] = len(stack)
     pick = [*member_columns(base), "adv_pred", "linf", "l2"]
     for c in pick:
         out[c] = base[c]
     for f in reversed(stack):  # the first breaker in order wins: it is written last
         broken = ~f["robust"].astype(bool) & clean
+        at = float(first(f, "eps"))
+        name = attack_name(f) + ("" if at >= eps - 1e-12 else f" at eps {at:g}")
         out.loc[broken, pick] = f.loc[broken, pick].to_numpy()
-        out.loc[broken, "broken_by"] = attack_name(f)
+        out.loc[broken, "broken_by"] = name
+        out.loc[broken, "broken_eps"] = at
     return frame("worst-case", out)
 
 

@@ -325,6 +325,7 @@ class Merged:
     """A result :func:`merge` wrote (or, ``path`` None, a folder it cannot finish)."""
 
     run: str
+    kind: str
     label: str
     rows: int
     blocks: int
@@ -352,8 +353,10 @@ def merge(store: Store, runs: Sequence[str] = ()) -> list[Merged]:
     out = []
     for p in all_parts:
         if p not in todo:
-            out.append(Merged(p.run, p.label, len(p.ids), len(p.ranges), None, "rerun to finish"))
+            out.append(
+                Merged(p.run, p.kind, p.label, len(p.ids), len(p.ranges), None, "rerun to finish")
+            )
             continue
         path = finalize(store, p)
-        out.append(Merged(p.run, p.label, len(p.ids), len(p.ranges), path))
+        out.append(Merged(p.run, p.kind, p.label, len(p.ids), len(p.ranges), path))
     return out

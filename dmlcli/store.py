@@ -10,6 +10,7 @@ Layout::
       models/<run>/spec.json              a user's ensemble: where its model spec is, its digest
       results/<run>/<kind>-<key>.parquet  one row per (sample, setting, scored model)
       results/<run>/.parts/<kind>-<key>/  finished batches of a result in progress
+      results/<run>/.lock                 held while the run's worst cases are rebuilt
       recipes/<recipe>/recipe.json        a recipe as dml run read it (roles, paper numbers)
       recipes/<recipe>/<step>.json        marker of a finished recipe step
       report/                             dml report's output
@@ -37,6 +38,7 @@ from dmlcli import results
 from dmlcli.errors import DmlError
 from dmlcli.files import (
     atomic_write_json,
+    file_lock,
     now,
     read_parquet,
     read_parquet_meta,
@@ -47,6 +49,7 @@ from dmlcli.files import (
 MODEL_FILE, HISTORY_FILE, RESUME_FILE = "model.safetensors", "history.parquet", "resume.safetensors"
 SPEC_RECORD = "spec.json"
 PARTS_DIR = ".parts"
+LOCK_FILE = ".lock"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SEED_RUN = re.compile(r"-seed(\d+)$")
 
@@ -203,6 +206,11 @@ class Store:
         if runs:
             folders = [f for f in folders if f.parent.parent.name in runs]
         return folders
+
+    def lock(self, run: str):
+        """A context holding ``run``'s results lock (``results/<run>/.lock``): rebuilds of
+        derived results (the worst case) run under it, so two processes never interleave."""
+        return file_lock(self.results_dir(run) / LOCK_FILE)
 
     def write_result(
         self,

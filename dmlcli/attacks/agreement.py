@@ -35,7 +35,6 @@ from torch import nn
 
 from dmlcli.attacks.base import AttackBase, CallProgress, Objective, ranked_wrong
 from dmlcli.errors import DmlError
-from dmlcli.models.aggregate import vote
 
 LOSSES = ("ce", "margin")
 _VAR_FLOOR = 1e-10  # inside log(var): finite for deterministic, unanimous outputs
@@ -148,9 +147,10 @@ class AgreementPGD(AttackBase):
     It follows the protocol of :mod:`dmlcli.attacks`: ``attack(model, x [B,C,H,W], y [B],
     target=None) -> x_adv``; ``target`` overrides the runner-up; ``model`` may be an
     :class:`~dmlcli.attacks.base.Objective` (its model is used; the surface here is every
-    member). The iterate kept per sample is, with ``var_weight = 0``, the one where most
+    member; its decision is what counts as fooled). The iterate kept per sample is one whose
+    decision is wrong if any is, first; then, with ``var_weight = 0``, the one where most
     members vote the target (ties: lower loss); with ``var_weight > 0``, among those where
-    the vote is wrong, the one whose uncertainty is closest to the clean input's.
+    the decision is wrong, the one whose uncertainty is closest to the clean input's.
 
     Shape:
         - x: ``[B, C, H, W]``, pixels in [0, 1].
@@ -234,7 +234,9 @@ class AgreementPGD(AttackBase):
                 info = f"{self.name}: target {i + 1}/{len(order)}, step {step}/{self.steps}"
                 progress.steps(i * self.steps + step, len(order) * self.steps, info)
 
-            adv, key, value = self._run(model, x0, y, t, log_u0, self.seed + i, step_done)
+            adv, key, value = self._run(
+                model, objective.decide, x0, y, t, log_u0, self.seed + i, step_done
+            )
             better = (key > best_key) | ((key == best_key) & (value < best_value))
             best[better] = adv[better]
             best_key = torch.where(better, key, best_key)
@@ -245,6 +247,7 @@ class AgreementPGD(AttackBase):
     def _run(
         self,
         model: nn.Module,
+        decide: Callable[[torch.Tensor], torch.Tensor],
         x0: torch.Tensor,
         y: torch.Tensor,
         target: torch.Tensor,
@@ -253,7 +256,8 @@ class AgreementPGD(AttackBase):
         step_done: Callable[[int], None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One run toward ``target`` ``[B]``: the kept iterate and its (key, value) per sample
-        (higher key wins, then lower value; see the class docstring). ``step_done(i)`` after
+        (higher key wins, then lower value; see the class docstring); ``decide`` maps member
+        logits ``[K, B, C]`` to the decision ``[B]`` (the objective's). ``step_done(i)`` after
         step ``i`` (1-based) of ``steps``."""
         alpha = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
         match = self.var_weight > 0
@@ -268,11 +272,12 @@ class AgreementPGD(AttackBase):
             gap = (torch.log(softmax_variance(draws) + _VAR_FLOOR) - log_u0).pow(2)
             with torch.no_grad():
                 mean = draws.mean(0)
-                if match:  # vote fooled first, then the closest variance to the clean input's
-                    key = (vote(mean) != y).long()
+                wrong = (decide(mean) != y).long()
+                if match:  # decision fooled first, then the closest variance to the clean's
+                    key = wrong
                     value = torch.where(key.bool(), gap, loss)
-                else:  # most members on the target first, then the lowest loss
-                    key = (mean.argmax(-1) == target).sum(0)
+                else:  # decision fooled first, then most members on the target, lowest loss
+                    key = wrong * (len(mean) + 1) + (mean.argmax(-1) == target).sum(0)
                     value = loss
                 better = (key > best_key) | ((key == best_key) & (value < best_value))
                 best[better] = adv.detach()[better]

@@ -152,7 +152,7 @@ class APGD(AttackBase):
         }
         if t is not None:
             s["t"] = t
-        hit = objective.success(x_adv, logits, y, t)
+        hit = objective.success(x_adv, logits, y)
 
         def leave(mask: torch.Tensor) -> None:
             """Store the samples in ``mask`` as fooled by ``s['x_adv']`` and drop them."""
@@ -190,7 +190,7 @@ class APGD(AttackBase):
             s["x_best"][improved] = x_adv[improved]
             s["grad_best"][improved] = grad[improved]
             s["loss_best"][improved] = loss[improved]
-            fooled = objective.success(x_adv, logits, s["y"], s.get("t"))
+            fooled = objective.success(x_adv, logits, s["y"])
             if early and fooled.any():
                 leave(fooled)  # the fooling point is the iterate just evaluated
             elif fooled.any():

@@ -35,7 +35,7 @@ from torch import nn
 from dmlcli.attacks.losses import Loss
 from dmlcli.attacks.surfaces import create_surface, list_surfaces
 from dmlcli.errors import DmlError
-from dmlcli.models.aggregate import create_decision, list_decisions
+from dmlcli.models.aggregate import create_decision, list_decisions, majority_over_draws
 from dmlcli.runtime import seeded
 
 NORMS = ("linf", "l2")
@@ -78,9 +78,16 @@ class Objective:
         eot: gradient draws averaged per step (expectation over transformation, Athalye et
             al. 2018) when the model is randomized (R-DML/AUG-DML heads); forced to 1 for a
             deterministic model, where extra draws would only repeat the same gradient.
-        confirm: fresh draws that must agree (by majority) before an attack on a randomized
-            model counts an iterate as a success (:meth:`success`): one lucky draw of the
-            noise is not a broken sample. Ignored for deterministic models.
+        confirm: fresh draws an attack on a randomized model scores an iterate on before it
+            counts as a success (:meth:`success`), by the rule results are scored by
+            (:func:`~dmlcli.models.aggregate.majority_over_draws`: fooled unless ``y``
+            strictly wins the majority): one lucky draw of the noise is not a broken sample.
+            The default is the scoring draws' default (20). Ignored for deterministic models.
+
+    One rule decides success everywhere: the decision is not ``y``. A targeted attack aims
+    its loss at its target but stops on, and keeps, any iterate that fools the decision (as
+    AutoAttack's APGD-T does); only minimum-distortion attacks (CW) ask for the target itself
+    (``fooled(..., target)``).
     """
 
     def __init__(
@@ -89,7 +96,7 @@ class Objective:
         surface: str = "sum",
         decision: str = "vote",
         eot: int = 1,
-        confirm: int = 10,
+        confirm: int = 20,
     ) -> None:
         if eot < 1:
             raise DmlError(f"EOT draws must be at least 1; got {eot}")
@@ -142,27 +149,32 @@ class Objective:
         return self._decide(self.logits(x))
 
     def fooled(
-        self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+        self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Success flags ``[B]``: decision != y (untargeted) or == target (targeted)."""
+        """Success flags ``[B]``: decision != y, or == ``target`` where one is given (only
+        minimum-distortion attacks ask for the target; see the class docstring)."""
         pred = self._decide(logits)
         return pred != y if target is None else pred == target
 
     @torch.no_grad()
     def success(
-        self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        logits: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Success flags ``[B]`` an attack may stop on: :meth:`fooled` on ``logits`` (of ``x``)
-        and, for a randomized model, also on the majority of ``confirm`` fresh draws."""
+        and, for a randomized model, also on ``confirm`` fresh draws scored as results are
+        (:func:`~dmlcli.models.aggregate.majority_over_draws`: ``y`` must not strictly win
+        the majority; with a ``target``, the majority answer must be it)."""
         hit = self.fooled(logits, y, target)
         if self.confirm <= 1 or not hit.any():
             return hit
         idx = hit.nonzero().squeeze(1)
-        t = None if target is None else target[idx]
-        votes = torch.stack(
-            [self.fooled(self.logits(x[idx]), y[idx], t) for _ in range(self.confirm)]
-        )
-        hit[idx] = votes.float().mean(0) > 0.5
+        labels = torch.stack([self._decide(self.logits(x[idx])) for _ in range(self.confirm)])
+        label, correct = majority_over_draws(labels, y[idx], logits.shape[-1])
+        hit[idx] = ~correct if target is None else label == target[idx]
         return hit
 
     def loss(
@@ -361,7 +373,9 @@ class AttackBase:
     classes: it runs :meth:`forward` toward each of the ``k`` wrong classes with the largest
     summed logits of the clean input (runner-up first, seed ``seed + i`` for the i-th), and
     keeps per sample the first result whose decision is wrong (the first target's result
-    where none is): AutoAttack's APGD-T, and what the ``agree`` surfaces need.
+    where none is): AutoAttack's APGD-T, and what the ``agree`` surfaces need. Inside each
+    run an iterate whose decision is any wrong class is a success (the step rules check
+    ``success(..., y)`` without the target), not only one that reaches the target.
     """
 
     name: str

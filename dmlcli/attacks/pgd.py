@@ -120,7 +120,7 @@ class PGD(AttackBase):
             xa = random_start(xs, self.eps, self.norm) if self.random_start else xs.clone()
             for step in range(self.steps):
                 value, grad, logits = objective.loss_grad(xa, ys, loss_fn, ts)
-                hit = objective.success(xa, logits, ys, ts)
+                hit = objective.success(xa, logits, ys)
                 record(idx, xa, value, hit)
                 if early and hit.any():
                     keep = ~hit
@@ -139,7 +139,7 @@ class PGD(AttackBase):
             if len(idx):
                 with torch.no_grad():
                     value, logits = objective.loss(xa, ys, loss_fn, ts)
-                record(idx, xa, value, objective.success(xa, logits, ys, ts))
+                record(idx, xa, value, objective.success(xa, logits, ys))
             progress((r + 1) / self.restarts, f"{self.name}: restart {r + 1}/{self.restarts} done")
         return best
 

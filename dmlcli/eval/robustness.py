@@ -36,6 +36,7 @@ from dmlcli.attacks.surfaces import needs_target
 from dmlcli.data import to_float
 from dmlcli.errors import DmlError
 from dmlcli.eval.jobs import Job, Side, Tick, identity
+from dmlcli.models.aggregate import majority_over_draws
 from dmlcli.models.io import Run
 from dmlcli.runtime import scoring_seed, seeded
 from dmlcli.units import format_eps
@@ -251,9 +252,11 @@ def decide_over_draws(
     objective: Objective, x: torch.Tensor, y: torch.Tensor, draws: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The decision on ``x`` ``[B, C, H, W]`` scored over ``draws`` forward passes (a
-    randomized head draws fresh noise on each): the majority label ``[B]`` (ties: the
-    smallest label), each member's majority top-1 ``[K, B]``, and the share of draws whose
-    decision is ``y`` ``[B]``. One draw for a deterministic model."""
+    randomized head draws fresh noise on each): the majority label ``[B]``, which is ``y``
+    only where ``y`` strictly wins the majority of the draws
+    (:func:`~dmlcli.models.aggregate.majority_over_draws`: a tie is wrong), each member's
+    majority top-1 ``[K, B]``, and the share of draws whose decision is ``y`` ``[B]``. One
+    draw for a deterministic model."""
     decisions, tops = [], []
     for _ in range(draws):
         logits = objective.logits(x)
@@ -262,7 +265,8 @@ def decide_over_draws(
     if draws == 1:
         return decisions[0], tops[0], (decisions[0] == y).float()
     stacked = torch.stack(decisions)  # [R, B]
-    return stacked.mode(0).values, torch.stack(tops).mode(0).values, (stacked == y).float().mean(0)
+    label, _ = majority_over_draws(stacked, y, logits.shape[-1])
+    return label, torch.stack(tops).mode(0).values, (stacked == y).float().mean(0)
 
 
 def attack_batch(
@@ -295,7 +299,7 @@ def attack_batch(
     """
     s = batch_seed(seed, start, batch_size)
     objective = Objective(
-        model, spec.surface if surrogate is None else "sum", spec.decision, spec.eot
+        model, spec.surface if surrogate is None else "sum", spec.decision, spec.eot, score_draws
     )
     crafter = objective if surrogate is None else Objective(surrogate, spec.surface, "vote", 1)
     draws = score_draws if objective.randomized else 1
@@ -458,8 +462,9 @@ def attack_job(
 
 
 def worst_case_key(setting: dict[str, Any]) -> tuple | None:
-    """What a stored worst case groups attack results by: (eps, decision, n, seed, scoring
-    draws) of an L-inf attack's setting; None for unbounded or L2 attacks."""
+    """The worst case an L-inf attack result enters first: (eps, decision, n, seed, scoring
+    draws) of its setting; None for unbounded or L2 attacks. It also enters every worst case
+    of the same (decision, n, seed, draws) at a larger eps (:func:`worst_case_plan`)."""
     params = setting.get("params") or {}
     if params.get("eps") is None or params.get("norm", "linf") != "linf":
         return None
@@ -472,12 +477,26 @@ def worst_case_key(setting: dict[str, Any]) -> tuple | None:
     )
 
 
+def worst_case_plan(entries: Sequence[tuple[str, dict[str, Any]]]) -> dict[tuple, list[str]]:
+    """Which stored attack results each worst case is built from: ``entries`` are (id,
+    setting) of one checkpoint's attack results; returns, per :func:`worst_case_key` among
+    them, the sorted ids of every L-inf result with the same decision, n, seed and scoring
+    draws at an eps no larger than the key's (an adversarial within a smaller ball is within
+    the larger one: the worst case is monotone in eps). The one rule for the stored worst
+    case, its refresh and every reader that checks it is current."""
+    keyed = [(k, i) for i, s in entries if (k := worst_case_key(s)) is not None]
+    plan: dict[tuple, list[str]] = {}
+    for key in sorted({k for k, _ in keyed}):
+        plan[key] = sorted(i for k, i in keyed if k[1:] == key[1:] and k[0] <= key[0] + 1e-12)
+    return plan
+
+
 def worst_case_job(
     run: Run, key: tuple, frames: Sequence[pd.DataFrame], components: Sequence[str]
 ) -> Job:
-    """The per-sample worst case (:func:`dmlcli.results.worst_case`) of the attack results
-    ``frames`` of ``run`` that share :func:`worst_case_key` ``key``; ``components`` name the
-    result files it was computed from (stored with it, to know when to recompute)."""
+    """The per-sample worst case (:func:`dmlcli.results.worst_case`) at :func:`worst_case_key`
+    ``key`` of the attack results ``frames`` of ``run`` that :func:`worst_case_plan` puts in
+    it; ``components`` name those result files (stored with it, to know when to recompute)."""
     eps, decision, n, seed, draws = key
     setting = {
         **identity(run, n, seed),
@@ -489,7 +508,7 @@ def worst_case_job(
     ids = [int(v) for v in frames[0]["sample"]]
 
     def compute(start: int, stop: int, tick: Tick) -> tuple[dict, dict]:
-        rows = results.worst_case(frames).iloc[start:stop].reset_index(drop=True)
+        rows = results.worst_case(frames, eps).iloc[start:stop].reset_index(drop=True)
         return {"rows": rows}, {}
 
     return Job(

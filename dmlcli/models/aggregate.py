@@ -3,7 +3,16 @@
 The paper scores every attack on the majority vote of the members' top-1 labels (Section 3.3)
 and crafts it on the sum of member logits; these are kept apart so that the attack surface
 and the decision rule can be chosen independently. ``REJECT`` (-1) marks an input the
-threshold-nu rule (A.4, Eq. 8) refuses to classify.
+threshold-nu rule (A.4, Eq. 8) refuses to classify, and a tie under ``vote-strict``.
+
+Tie rules (stated in the README and the results schema):
+
+- ``vote`` / ``meta-vote``: a tie between the most voted classes goes to the tied class with
+  the largest summed logit (part of the classifier, as the paper's code does it);
+- ``vote-strict``: a tie between the most voted classes is no answer (``REJECT``), so a tie
+  involving the label never counts as correct (the conservative number);
+- over several draws of a randomized head (:func:`majority_over_draws`): a sample is correct
+  only if its label strictly wins the majority of the draws' decisions; a tie is wrong.
 """
 
 from __future__ import annotations
@@ -58,6 +67,36 @@ def vote(logits: torch.Tensor) -> torch.Tensor:
     return _argmax_ties_by_sum(vote_counts(logits), logits)
 
 
+def vote_strict(logits: torch.Tensor) -> torch.Tensor:
+    """Majority vote ``[K, B, C]`` -> ``[B]`` where a tie for the most votes is ``REJECT``:
+    a sample is correct only if its label has strictly more votes than any other class."""
+    counts = vote_counts(logits)
+    top2 = counts.topk(min(2, counts.shape[-1]), dim=-1).values
+    label = counts.argmax(-1)
+    if top2.shape[-1] < 2:
+        return label
+    return torch.where(top2[:, 0] > top2[:, 1], label, torch.full_like(label, REJECT))
+
+
+def majority_over_draws(
+    labels: torch.Tensor, y: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decision over ``R`` draws of a randomized model: ``labels`` ``[R, B]`` (``REJECT``
+    allowed), ``y`` ``[B]`` -> (majority label ``[B]``, correct ``[B]``).
+
+    ``correct`` is true only where ``y`` has strictly more draws than any other answer (a tie
+    is wrong, whatever the labels' indices). The majority label is ``y`` exactly where
+    ``correct``; elsewhere the most frequent other answer (ties: the smaller label). Both the
+    stop rule of an attack and the scoring of a result use this rule.
+    """
+    counts = torch.nn.functional.one_hot(labels + 1, num_classes + 1).sum(0)  # [B, C + 1]
+    own = counts.gather(1, (y + 1)[:, None]).squeeze(1)
+    others = counts.scatter(1, (y + 1)[:, None], -1)
+    correct = own > others.max(1).values
+    label = torch.where(correct, y, others.argmax(1) - 1)
+    return label, correct
+
+
 def meta_vote(logits: torch.Tensor, trainable_sets: Sequence[Sequence[int]]) -> torch.Tensor:
     """Vote where member k's votes for labels in ``I_k`` are ignored (Section 3.3) -> ``[B]``."""
     return _argmax_ties_by_sum(vote_counts(logits, trainable_sets), logits)
@@ -76,7 +115,7 @@ def threshold_vote(logits: torch.Tensor, nu: int) -> torch.Tensor:
 
 def list_decisions(members: int | None = None) -> list[str]:
     """Names accepted by :func:`create_decision`."""
-    names = ["vote", "meta-vote", "sum", "mean-softmax"]
+    names = ["vote", "vote-strict", "meta-vote", "sum", "mean-softmax"]
     if members is not None:
         names += [f"member:{k}" for k in range(1, members + 1)]
     else:
@@ -103,6 +142,8 @@ def create_decision(name: str, trainable_sets: Sequence[Sequence[int]]) -> Decis
     members = len(trainable_sets)
     if name == "vote":
         return vote
+    if name == "vote-strict":
+        return vote_strict
     if name == "meta-vote":
         return lambda logits: meta_vote(logits, trainable_sets)
     if name == "sum":

@@ -10,6 +10,7 @@ another schema version, are listed in :attr:`Collection.problems` and otherwise 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,10 +20,12 @@ import pandas as pd
 
 from dmlcli.data import DATASETS
 from dmlcli.errors import DmlError
+from dmlcli.eval.robustness import worst_case_plan
 from dmlcli.files import read_parquet, read_tensor_digest
 from dmlcli.models.config import EnsembleConfig
 from dmlcli.models.io import checkpoint_config
 from dmlcli.models.spec import config_of, read_spec, spec_digest
+from dmlcli.results import worst_case
 from dmlcli.store import Store
 
 #: Display names of the model roles (a recipe's [train] keys, else inferred from the head).
@@ -87,6 +90,9 @@ class Result:
     path: Path
     meta: dict[str, Any]
     store: Store
+    #: Rows computed from other results instead of read (a worst case whose stored file
+    #: is not built from the current attack results: see :func:`_current_worst_cases`).
+    derive: Callable[[], pd.DataFrame] | None = None
 
     @property
     def setting(self) -> dict[str, Any]:
@@ -94,6 +100,8 @@ class Result:
 
     @cached_property
     def df(self) -> pd.DataFrame:
+        if self.derive is not None:
+            return self.derive()
         return self.store.read_result(self.path)[0]
 
 
@@ -223,7 +231,36 @@ def collect(store: Store) -> Collection:
             col.problems.append(f"{path}: stale (computed from another checkpoint of {run_name})")
             continue
         col.results.append(Result(meta["kind"], run_name, path, meta, store))
+    _current_worst_cases(col)
     return col
+
+
+def _current_worst_cases(col: Collection) -> None:
+    """Stored worst cases not built from exactly the current attack results of their run
+    (an attack or a merge since, by an older dml) are recomputed in memory, by the rule the
+    store uses (:func:`~dmlcli.eval.robustness.worst_case_plan`), and noted in
+    :attr:`Collection.problems`; the store is not written."""
+    by_run: dict[str, dict[str, Result]] = {}
+    for r in col.of("attack"):
+        by_run.setdefault(r.run, {})[f"{r.path.name}@{r.meta.get('created')}"] = r
+    plans = {
+        run: worst_case_plan([(c, r.setting) for c, r in attacks.items()])
+        for run, attacks in by_run.items()
+    }
+    for res in col.of("worst-case"):
+        s = res.setting
+        key = (float(s["eps"]), str(s["decision"]), int(s["n"]), int(s["seed"]),
+               int(s.get("score_draws", 1)))  # fmt: skip
+        components = plans.get(res.run, {}).get(key)
+        if components is None or components == res.meta.get("components"):
+            continue
+        attacks = by_run[res.run]
+        res.derive = lambda c=components, a=attacks, e=key[0]: worst_case([a[x].df for x in c], e)
+        res.meta = {**res.meta, "components": components, "attacks": len(components)}
+        col.problems.append(
+            f"{res.path}: worst case older than the attack results of {res.run}; recomputed "
+            "for this report (dml attack or dml merge refreshes the stored one)"
+        )
 
 
 def _label_runs(col: Collection) -> None:
