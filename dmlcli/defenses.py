@@ -364,8 +364,13 @@ def dverge_terms(
     """DVERGE's round-robin step (Yang et al. 2020, its "vanilla" objective): for every
     member i an image ``x'_i`` distilled from source ``x`` toward target ``x_t`` (the batch
     in a random order) at ``layers[i]``; member j minimises ``sum_{i != j} CE(F_j(x'_i),
-    y)`` (plus ``clean * CE(F_j(x), y)``). One summed loss: each member's loss reaches only
-    its own parameters, and the optimiser is elementwise, so this is one optimiser per member.
+    y)`` (plus ``clean * CE(F_j(x), y)``), each CE a batch mean. The sum over the K - 1
+    other members, not their mean, as in DVERGE's code (zjysteven/DVERGE,
+    ``train/train_dverge.py``, ``DVERGE_Trainer.train``: ``for j, distilled_data in
+    enumerate(distilled_data_list): if i == j: continue; loss += self.criterion(outputs,
+    sl)``): a member's gradient is the sum of its K - 1 pairs'. ``distill_ce`` is the sum of
+    the members' losses. One summed loss: each member's loss reaches only its own
+    parameters, and the optimiser is elementwise, so this is one optimiser per member.
     """
     k = ensemble.num_members
     target = x[torch.randperm(x.shape[0], generator=gen).to(x.device)]
@@ -381,7 +386,8 @@ def dverge_terms(
     logits = logits.view(k, k, b, -1)
     off = ~torch.eye(k, dtype=torch.bool, device=x.device)
     scored = logits[off]  # [K * (K-1), B, C]
-    distill_ce = F.cross_entropy(scored.flatten(0, 1), y.repeat(k * (k - 1))) * k
+    # every (scored j, source i != j) pair's batch-mean CE, summed: k * (k - 1) of them
+    distill_ce = F.cross_entropy(scored.flatten(0, 1), y.repeat(k * (k - 1))) * (k * (k - 1))
     if args["clean"] > 0:
         clean_logits = model(x)
         ce = member_ce(clean_logits, y)

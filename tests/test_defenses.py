@@ -410,3 +410,38 @@ def test_trs_pgd_climbs_the_published_smoothness():
     (g,) = torch.autograd.grad(_hand_smoothness(w, start, y), start)
     expected = torch.min(torch.max(start + eps / 3 * g.sign(), x - eps), x + eps).clamp(0, 1)
     assert torch.equal(adv, expected.detach()), int((adv != expected).sum())
+
+
+def test_dverge_member_loss_sums_the_other_members_distilled_ce(monkeypatch):
+    import dmlcli.defenses as defenses
+
+    gen = torch.Generator().manual_seed(4)
+    k, b, c = 3, 5, 4
+    w = torch.randn(k, c, 6, generator=gen)
+    x = torch.rand(b, 1, 2, 3, generator=gen)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    shifted = [(x + 0.1 * (i + 1) * torch.randn(x.shape, generator=gen)) for i in range(k)]
+
+    def fake_distill(ensemble, i, layer, source, target, eps, step, steps):
+        return shifted[i]  # member i's distilled images, fixed for the hand computation
+
+    monkeypatch.setattr(defenses, "distill", fake_distill)
+    model = _LinearMembers(w)
+    args = {"eps": 0.07, "step": 0.007, "steps": 1, "clean": 0.0}
+    terms, _ = defenses.dverge_terms(model, model, x, y, args, ["l"] * k, gen)
+    expected = torch.zeros(())
+    per_member = []
+    for j in range(k):  # DVERGE's train_dverge.py: loss_j = sum_{i != j} CE(F_j(x'_i), y)
+        loss_j = torch.zeros(())
+        for i in range(k):
+            if i == j:
+                continue
+            logits = shifted[i].flatten(1) @ w[j].T
+            loss_j = loss_j - logits.log_softmax(-1)[torch.arange(b), y].mean()
+        per_member.append(loss_j)
+        expected = expected + loss_j
+    assert torch.allclose(terms["distill_ce"], expected, rtol=1e-5), (
+        terms["distill_ce"].item(),
+        expected.item(),
+    )
+    assert torch.allclose(terms["total"], expected, rtol=1e-5)
