@@ -258,16 +258,33 @@ def gal_terms(
 
 
 def _smoothness(model: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """TRS's ``L_smooth``: the members' mean L2 norm of ``grad_x CE_k`` (batch-mean CE), with
-    the graph kept; ``x`` must require grad."""
-    return input_gradients(model(x), y, x).norm(dim=-1).mean()
+    """TRS's ``L_smooth`` exactly as its public code computes it, with the graph kept; ``x``
+    must require grad.
+
+    ``g_k = grad_x CE(F_k(x), y)`` of the *batch-mean* CE (``nn.CrossEntropyLoss()``), so
+    sample b's row is its own CE gradient divided by B; then ``(1/K) sum_k 2 * mean_b
+    ||g_{k,b}||_2^2``. This mirrors AI-secure/Transferability-Reduced-Smooth-Ensemble,
+    ``train/Empirical/trainer.py`` (``TRS_Trainer``: ``loss = criterion(outputs, targets);
+    grad = autograd.grad(loss, adv_x, create_graph=True)[0].flatten(start_dim=1);
+    smooth_loss += Magnitude(grad)`` per member, then ``smooth_loss /= 3``, the member
+    count of that code) and ``utils/Empirical/utils_ensemble.py`` (``Magnitude(g1) =
+    (torch.sum(g1**2, 1)).mean() * 2``): the squared L2 norm, not the norm.
+    """
+    g = input_gradients(model(x), y, x)  # [K, B, D]
+    return 2.0 * g.pow(2).sum(-1).mean(-1).mean(0)
 
 
 def trs_pgd(
     model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, gen: torch.Generator
 ) -> torch.Tensor:
     """TRS's PGD points: from a uniform random start in the eps-ball, ``steps`` signed steps
-    of size eps/3 that *increase* the members' gradient magnitude (``L_smooth``)."""
+    of size eps/3 that *increase* :func:`_smoothness` (the same quantity as the loss: in
+    TRS's ``trainer.py``, ``PGD`` sums ``Magnitude(grad)`` over the members and divides by 3,
+    each ``grad`` that of the batch-mean CE on the PGD half-batch).
+
+    One difference, kept on purpose: that ``PGD`` never clears ``adv.grad`` inside its loop,
+    so its step t moves along the sign of the gradients of steps 1..t *summed*; here each step
+    uses its own gradient (ordinary PGD). With TRS's 6 steps the two can differ."""
     noise = torch.rand(x.shape, generator=gen).to(x.device) * 2 - 1
     adv = (x + eps * noise).clamp(0, 1)
     for _ in range(steps):
@@ -288,7 +305,8 @@ def trs_terms(
     """The TRS loss (Yang et al. 2021, "TRS: transferability reduced ensemble via promoting
     gradient diversity and model smoothness"): ``sum_k CE_k + scale * (coeff * L_sim + lamda *
     L_smooth)``. ``L_sim`` is the mean over member pairs of ``|cos(g_a, g_b)|`` (batch mean)
-    on clean points; ``L_smooth`` the members' gradient norm on a batch whose first half is
+    on clean points; ``L_smooth`` (:func:`_smoothness`) the members' mean of twice the batch
+    mean of the squared gradient norm, on a batch whose first half is
     clean and second half TRS's PGD points at ``eps_t``, warmed up linearly from ``init_eps``
     to ``eps`` over training (``progress`` in [0, 1], the fraction of epochs done)."""
     x = x.detach().requires_grad_(True)
@@ -346,8 +364,13 @@ def dverge_terms(
     """DVERGE's round-robin step (Yang et al. 2020, its "vanilla" objective): for every
     member i an image ``x'_i`` distilled from source ``x`` toward target ``x_t`` (the batch
     in a random order) at ``layers[i]``; member j minimises ``sum_{i != j} CE(F_j(x'_i),
-    y)`` (plus ``clean * CE(F_j(x), y)``). One summed loss: each member's loss reaches only
-    its own parameters, and the optimiser is elementwise, so this is one optimiser per member.
+    y)`` (plus ``clean * CE(F_j(x), y)``), each CE a batch mean. The sum over the K - 1
+    other members, not their mean, as in DVERGE's code (zjysteven/DVERGE,
+    ``train/train_dverge.py``, ``DVERGE_Trainer.train``: ``for j, distilled_data in
+    enumerate(distilled_data_list): if i == j: continue; loss += self.criterion(outputs,
+    sl)``): a member's gradient is the sum of its K - 1 pairs'. ``distill_ce`` is the sum of
+    the members' losses. One summed loss: each member's loss reaches only its own
+    parameters, and the optimiser is elementwise, so this is one optimiser per member.
     """
     k = ensemble.num_members
     target = x[torch.randperm(x.shape[0], generator=gen).to(x.device)]
@@ -363,7 +386,8 @@ def dverge_terms(
     logits = logits.view(k, k, b, -1)
     off = ~torch.eye(k, dtype=torch.bool, device=x.device)
     scored = logits[off]  # [K * (K-1), B, C]
-    distill_ce = F.cross_entropy(scored.flatten(0, 1), y.repeat(k * (k - 1))) * k
+    # every (scored j, source i != j) pair's batch-mean CE, summed: k * (k - 1) of them
+    distill_ce = F.cross_entropy(scored.flatten(0, 1), y.repeat(k * (k - 1))) * (k * (k - 1))
     if args["clean"] > 0:
         clean_logits = model(x)
         ce = member_ce(clean_logits, y)

@@ -67,7 +67,12 @@ SMALL = {
     "cw": {"steps": 5, "lr": 0.1},
     "cw-l2": {"steps": 5, "lr": 0.1},
     "autoattack": {"eps": EPS, "version": "custom", "attacks": ("apgd-ce",), "steps": 3},
+    "mora": {"eps": EPS, "steps": 3, "targets": 1, "blends": (0.5, 1.0)},
+    "arc": {"eps": EPS, "steps": 2},
+    "rays": {"eps": EPS, "queries": 30},
 }
+#: Untargeted only (no ``targeted`` parameter): tests/test_ensemble_attacks.py.
+UNTARGETED = {"mora", "arc", "rays"}
 
 
 def test_registry_names_every_attack_and_rejects_bad_input():
@@ -145,7 +150,7 @@ def test_every_attack_keeps_the_shared_contract(name, digits):
         attack(Objective(model), x, y, (y + 1) % 10)
 
 
-@pytest.mark.parametrize("name", sorted(set(SMALL) - {"autoattack"}))
+@pytest.mark.parametrize("name", sorted(set(SMALL) - {"autoattack", *UNTARGETED}))
 def test_targeted_attacks_draw_their_targets_with_their_seed(name, digits):
     x, y = digits[0][:8], digits[1][:8]
     objective = Objective(tiny_ensemble("dml", 3))

@@ -348,3 +348,100 @@ def test_mmc_trains_a_single_model_too(cli, tmp_path):
     config, meta = checkpoint_config(tmp_path / "models" / "digits-mmc" / "model.safetensors")
     assert config.members == 1 and config.head == "mmc"
     assert meta["benign"]["vote"] == meta["benign"]["member:1"] > 50
+
+
+# -- the loss scales of the published code, on constructed cases -------------------------------
+class _LinearMembers(torch.nn.Module):
+    """K linear members ``F_k(x) = W_k x`` (pixels flattened): logits ``[K, B, C]``, and each
+    sample's input gradient of its CE is ``W_k^T (softmax(W_k x) - onehot(y))`` by hand."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(weights)  # [K, C, D]
+        self.num_members = weights.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("kcd,bd->kbc", self.w, x.flatten(1))
+
+
+def _hand_smoothness(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """TRS's code (trainer.py TRS_Trainer + utils_ensemble.Magnitude), written out: for each
+    member the gradient of the batch-MEAN CE (row b = sample b's CE gradient / B), then
+    ``2 * mean_b sum_d g^2``, summed over members and divided by the member count."""
+    k, c, _ = w.shape
+    b = x.shape[0]
+    flat = x.flatten(1)
+    total = torch.zeros(())
+    for m in range(k):
+        p = torch.softmax(flat @ w[m].T, dim=-1)  # [B, C]
+        g = (p - torch.nn.functional.one_hot(y, c).float()) @ w[m] / b  # [B, D]
+        total = total + 2.0 * (g**2).sum(1).mean()
+    return total / k
+
+
+def test_trs_smoothness_is_the_published_squared_gradient_magnitude():
+    from dmlcli.defenses import trs_terms
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 4, 6, generator=gen) * torch.tensor([0.2, 1.0, 3.0]).view(3, 1, 1)
+    x = torch.rand(8, 1, 2, 3, generator=gen)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    model = _LinearMembers(w)
+    args = {"coeff": 2.0, "lamda": 2.0, "scale": 5.0, "eps": 0.0, "init_eps": 0.0, "pgd_steps": 1}
+    terms, _ = trs_terms(model, x, y, args, 0.0, torch.Generator().manual_seed(1))
+    expected = _hand_smoothness(w, x, y)  # eps 0: the PGD half is the clean half
+    assert torch.allclose(terms["smooth"], expected, rtol=1e-5, atol=0), (
+        terms["smooth"].item(),
+        expected.item(),
+    )
+
+
+def test_trs_pgd_climbs_the_published_smoothness():
+    from dmlcli.defenses import trs_pgd
+
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(3, 4, 6, generator=gen) * torch.tensor([0.2, 1.0, 3.0]).view(3, 1, 1)
+    x = torch.rand(16, 1, 2, 3, generator=gen) * 0.5 + 0.25  # no clamping at eps 0.1
+    y = torch.arange(16) % 4
+    eps = 0.1
+    adv = trs_pgd(_LinearMembers(w), x, y, eps, 1, torch.Generator().manual_seed(3))
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    start = (x + eps * noise).clamp(0, 1).requires_grad_(True)
+    (g,) = torch.autograd.grad(_hand_smoothness(w, start, y), start)
+    expected = torch.min(torch.max(start + eps / 3 * g.sign(), x - eps), x + eps).clamp(0, 1)
+    assert torch.equal(adv, expected.detach()), int((adv != expected).sum())
+
+
+def test_dverge_member_loss_sums_the_other_members_distilled_ce(monkeypatch):
+    import dmlcli.defenses as defenses
+
+    gen = torch.Generator().manual_seed(4)
+    k, b, c = 3, 5, 4
+    w = torch.randn(k, c, 6, generator=gen)
+    x = torch.rand(b, 1, 2, 3, generator=gen)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    shifted = [(x + 0.1 * (i + 1) * torch.randn(x.shape, generator=gen)) for i in range(k)]
+
+    def fake_distill(ensemble, i, layer, source, target, eps, step, steps):
+        return shifted[i]  # member i's distilled images, fixed for the hand computation
+
+    monkeypatch.setattr(defenses, "distill", fake_distill)
+    model = _LinearMembers(w)
+    args = {"eps": 0.07, "step": 0.007, "steps": 1, "clean": 0.0}
+    terms, _ = defenses.dverge_terms(model, model, x, y, args, ["l"] * k, gen)
+    expected = torch.zeros(())
+    per_member = []
+    for j in range(k):  # DVERGE's train_dverge.py: loss_j = sum_{i != j} CE(F_j(x'_i), y)
+        loss_j = torch.zeros(())
+        for i in range(k):
+            if i == j:
+                continue
+            logits = shifted[i].flatten(1) @ w[j].T
+            loss_j = loss_j - logits.log_softmax(-1)[torch.arange(b), y].mean()
+        per_member.append(loss_j)
+        expected = expected + loss_j
+    assert torch.allclose(terms["distill_ce"], expected, rtol=1e-5), (
+        terms["distill_ce"].item(),
+        expected.item(),
+    )
+    assert torch.allclose(terms["total"], expected, rtol=1e-5)

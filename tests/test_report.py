@@ -65,7 +65,7 @@ def _attack(
     eps: float | None,
     robust: int,
     *,
-    clean: int = N,
+    clean: int | None = None,
     suite: str = "paper",
     surface: str = "sum",
     steps: int | None = None,
@@ -73,12 +73,14 @@ def _attack(
     params: dict | None = None,
     broken: list[int] | None = None,
     meta: dict | None = None,
+    n: int = N,
 ) -> None:
-    """One ``dml attack`` result: ``clean`` of N samples right, the first ``robust`` robust
-    (or every sample but those in ``broken``)."""
-    samples = np.arange(100, 100 + N)
-    clean_ok = np.arange(N) < clean
-    rob = np.arange(N) < robust if broken is None else ~np.isin(np.arange(N), broken)
+    """One ``dml attack`` result on ``n`` samples (N unless given): ``clean`` of them right
+    (all unless given), the first ``robust`` robust (or every sample but those in
+    ``broken``)."""
+    samples = np.arange(100, 100 + n)
+    clean_ok = np.arange(n) < (n if clean is None else clean)
+    rob = np.arange(n) < robust if broken is None else ~np.isin(np.arange(n), broken)
     rob &= clean_ok
     norm = "l2" if eps is None else "linf"
     df = pd.DataFrame(
@@ -122,7 +124,7 @@ def _attack(
         "run": run,
         "checkpoint": _ckpt(store, run),
         "dataset": "digits",
-        "n": N,
+        "n": n,
         "seed": 0,
         "attack": label,
         "attack_name": label.split("-")[0],
@@ -921,3 +923,75 @@ def test_latex_report_compiles(fixture_report, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (out / "report.pdf").read_bytes()[:4] == b"%PDF"
+
+
+# -- one run attacked on two sample sets ------------------------------------------------------
+def _two_sample_set_store(root: Path, recipe_n: int | None) -> Path:
+    """A baseline and a GAL run attacked (FGSM, PGD at eps 0.1) on n = 20; the GAL run also
+    on n = 30 (as ``dml attack --n 20`` then ``--n 30`` leave it), with stored worst cases;
+    with ``recipe_n`` a stored recipe whose evaluations use that n."""
+    store = Store(root)
+    benign = {"vote": 90.0, "meta-vote": 90.0, "sum": 90.0, "mean-softmax": 90.0}
+    for name, defense in (("ss-base", "baseline"), ("ss-gal", "gal")):
+        ens = tiny_ensemble(head="linear", members=K)
+        ens.config = ens.config.replace(training={"epochs": 1, "defense": defense})
+        save_ensemble(store.checkpoint_path(name), ens, {"benign": benign, "run": name})
+    pgd = {"steps": 10, "restarts": 1}
+    # n = 20: base FGSM 6, PGD 4 robust; GAL FGSM 10, PGD 8 robust
+    for run, fgsm, pgd_robust in (("ss-base", 6, 4), ("ss-gal", 10, 8)):
+        _attack(store, run, "fgsm", 0.1, fgsm, params={"eps": 0.1, "loss": "ce"})
+        _attack(store, run, "pgd-10", 0.1, pgd_robust, **pgd)
+    # n = 30 on GAL only: FGSM 27, PGD 24 robust (80%)
+    _attack(store, "ss-gal", "fgsm", 0.1, 27, params={"eps": 0.1, "loss": "ce"}, n=30)
+    _attack(store, "ss-gal", "pgd-10", 0.1, 24, n=30, **pgd)
+    for run in ("ss-base", "ss-gal"):
+        refresh_worst_cases(store, open_run(run, store))
+    if recipe_n is not None:
+        recipe = {
+            "recipe": {"name": "two-sets", "dataset": "digits", "seed": 0, "n": recipe_n},
+            "train": {
+                "baseline": {"baseline": True, "name": "ss-base", "members": K},
+                "gal": {"defense": "gal", "name": "ss-gal", "members": K},
+            },
+        }
+        save_recipe_json(root, validate_recipe(recipe, Path("recipes/two-sets.toml")))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("recipe_n", "n", "gal_paper", "base_paper", "why"),
+    [
+        (None, 20, "40.00", "20.00", "the set most runs were evaluated on"),
+        (30, 30, "80.00", None, "the recipe two-sets's"),
+    ],
+)
+def test_report_of_a_run_attacked_on_two_sample_sets_uses_one(
+    tmp_path, recipe_n, n, gal_paper, base_paper, why
+):
+    from dmlcli import api
+
+    root = _two_sample_set_store(tmp_path / "art", recipe_n)
+    df = api.report(artifacts=root, format=["markdown", "json"], out=tmp_path / "out")
+    rendered = dict(zip(df["item"], df["rendered"], strict=False))
+    assert rendered["defenses"] == "table" and rendered["defenses_seeds"] == "table"
+    report, _ = render_report(root, tmp_path / "out2", ["markdown"])
+    tables = {t.key: t for s in report.sections for t in s.tables}
+    table = tables["defenses"]
+    col = table.columns.index("paper protocol 0.1")
+    cells = {row[0]: row[col] for row in table.rows}
+    assert str(cells["gal"]).split(" ± ")[0] == gal_paper  # one set, never a mix of both
+    assert cells["baseline"] == base_paper or str(cells["baseline"]).startswith(base_paper)
+    (note,) = [x for x in table.notes if x.startswith("Samples")]
+    assert f"n = {n}, seed 0 ({why}" in note
+    other = 30 if n == 20 else 20
+    assert f"left out: n = {other}, seed 0" in note
+    seeds = tables["defenses_seeds"]
+    assert any(f"n = {n}, seed 0" in x for x in seeds.notes)
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert f"n = {n}, seed 0 ({why}" in markdown
+    # the white-box table keeps the other set's attacks as rows of their own, but the GAL
+    # run's worst-case row is on the same one set
+    white = tables["whitebox"]
+    worst = _row(white, "ss-gal", "worst case (every stored attack, per sample)")
+    assert worst["eps=0.1"] == gal_paper
+    assert any(f"ss-gal's clean and worst-case rows: n = {n}, seed 0" in x for x in white.notes)

@@ -14,12 +14,15 @@ import dataclasses
 from typing import Any
 
 from dmlcli.attacks.apgd import APGD
+from dmlcli.attacks.arc import ARC
 from dmlcli.attacks.autoattack import AutoAttack
 from dmlcli.attacks.base import Attack, AttackBase, Objective, as_objective, random_targets
 from dmlcli.attacks.cw import CW
 from dmlcli.attacks.fgsm import FGSM
 from dmlcli.attacks.losses import create_loss, list_losses
+from dmlcli.attacks.mora import MORA
 from dmlcli.attacks.pgd import BIM, PGD
+from dmlcli.attacks.rays import RayS
 from dmlcli.attacks.surfaces import create_surface, list_surfaces
 from dmlcli.errors import DmlError
 from dmlcli.runtime import seeded
@@ -31,6 +34,9 @@ _CLASSES: dict[str, type] = {
     "apgd": APGD,
     "cw": CW,
     "autoattack": AutoAttack,
+    "mora": MORA,
+    "arc": ARC,
+    "rays": RayS,
 }
 # Names that fix some parameters of a class: name -> (class name, fixed parameters).
 _ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -74,10 +80,13 @@ def create_attack(name: str, **params: Any) -> Attack:
 
 __all__ = [
     "APGD",
+    "ARC",
     "BIM",
     "CW",
     "FGSM",
+    "MORA",
     "PGD",
+    "RayS",
     "Attack",
     "AttackBase",
     "AutoAttack",

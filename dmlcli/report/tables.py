@@ -244,6 +244,81 @@ def worst_cells(col: Collection, dataset: str) -> list[WorstCell]:
     return out
 
 
+SampleSet = tuple[int, int]  # (n, seed): the seeded evaluation subset a result was run on
+
+
+def sample_set(result: Result) -> SampleSet | None:
+    """The evaluation samples of ``result`` as (n, seed); None if its setting lacks n."""
+    s = result.setting
+    if s.get("n") is None:
+        return None
+    return int(s["n"]), int(s.get("seed") or 0)
+
+
+@dataclass
+class SamplePick:
+    """The one sample set a table (or a row of it) reads, why, and the sets left out."""
+
+    chosen: SampleSet | None
+    why: str = ""
+    left_out: dict[SampleSet, int] = field(default_factory=dict)  # set -> results left out
+
+    def keeps(self, result: Result) -> bool:
+        return self.chosen is None or sample_set(result) == self.chosen
+
+    def note(self, scope: str = "this table") -> str | None:
+        """One sentence naming the set and the sets left out (None with a single set)."""
+        if self.chosen is None or not self.left_out:
+            return None
+        n, seed = self.chosen
+        other = "; ".join(
+            f"n = {k[0]}, seed {k[1]} ({v} result{'s' if v != 1 else ''})"
+            for k, v in sorted(self.left_out.items())
+        )
+        return (
+            f"Samples of {scope}: n = {n}, seed {seed} ({self.why}); results on other sample "
+            f"sets are left out: {other}."
+        )
+
+
+def pick_sample_set(
+    col: Collection, dataset: str, results: Iterable[Result], run: str | None = None
+) -> SamplePick:
+    """The one place for the rule: which stored sample set a table compares numbers on, so
+    results of different samples are never mixed in one number (a worst case over attacks
+    needs the same samples). The recipe's (``n`` and ``seed`` of the dataset's stored recipe)
+    when results on it exist; else the set the most runs of ``results`` were evaluated on,
+    then the one with the most results, then the largest n, then the smallest seed
+    (deterministic). With ``run``, the pick for that run's rows: the same ranking over all of
+    ``results``, among the sets ``run`` has results on."""
+    runs: dict[SampleSet, set[str]] = {}
+    count: dict[SampleSet, int] = {}
+    mine: dict[SampleSet, int] = {}
+    for r in results:
+        key = sample_set(r)
+        if key is None:
+            continue
+        runs.setdefault(key, set()).add(r.run)
+        count[key] = count.get(key, 0) + 1
+        if run is None or r.run == run:
+            mine[key] = mine.get(key, 0) + 1
+    if not mine:
+        return SamplePick(None)
+    chosen, why = None, ""
+    recipe = col.recipe_for(dataset) or {}
+    if recipe.get("n") is not None:
+        theirs = [k for k in mine if k[0] == int(recipe["n"])]
+        if recipe.get("seed") is not None:
+            theirs = [k for k in theirs if k[1] == int(recipe["seed"])]
+        if len(theirs) == 1:
+            chosen, why = theirs[0], f"the recipe {recipe.get('name', '?')}'s"
+    if chosen is None:
+        chosen = max(mine, key=lambda k: (len(runs[k]), count[k], k[0], -k[1]))
+        why = "the set most runs were evaluated on, then most results, then largest n"
+    left = {k: v for k, v in mine.items() if k != chosen}
+    return SamplePick(chosen, why, left)
+
+
 def _paper_protocol(c: AttackCell) -> bool:
     return c.decision == "vote" and paper_protocol(c.result.df)
 
@@ -378,12 +453,19 @@ def _eps_grid(
     suffix = _variants(cells)
     worst = [w for w in worst_cells(col, dataset) if w.decision == "vote"]
     rows: list[list[Any]] = []
+    set_notes: list[str] = []
     for run in runs:
         mine = [c for c in cells if c.result.run == run]
         numbers = paper_roles.get(roles.get(run, ""), {})
         model = col.label(run)
-        clean = {round(c.eps, 9): c.clean for c in mine if c.eps is not None}
-        any_clean = mine[0].clean if mine else None
+        # the clean and worst-case rows are on one sample set; other sets' attacks keep rows
+        # of their own ([n=..., seed ...])
+        pick = pick_sample_set(col, dataset, [c.result for c in cells], run)
+        picked = [c for c in mine if pick.keeps(c.result)]
+        if pick.note():
+            set_notes.append(pick.note(f"{model}'s clean and worst-case rows") or "")
+        clean = {round(c.eps, 9): c.clean for c in picked if c.eps is not None}
+        any_clean = picked[0].clean if picked else None
         row: list[Any] = [model, "clean (the same samples)"]
         row += [
             _cell(clean.get(e, any_clean), numbers.get("benign") if i == 0 else None)
@@ -429,8 +511,9 @@ def _eps_grid(
             row += [_cell(None, paper_value(numbers, label, e)) for e in eps_values]
             row += [_cell(None, paper_value(numbers, label, None))] if unbounded else []
             rows.append(row)
-        ns = {c.n for c in mine}
-        mine_worst = {round(w.eps, 9): w for w in worst if w.result.run == run and w.n in ns}
+        mine_worst = {
+            round(w.eps, 9): w for w in worst if w.result.run == run and pick.keeps(w.result)
+        }
         if mine_worst:
             row = [model, "worst case (every stored attack, per sample)"]
             row += [_cell(mine_worst[e].robust if e in mine_worst else None, None)
@@ -448,6 +531,7 @@ def _eps_grid(
             "Results of the same attack with another setting (samples, seed, budgets) are "
             "kept apart as their own rows ([n=..., seed ..., setting k])."
         )
+    notes += set_notes
     if paper_roles:
         src = paper.get("table", "")
         notes.append(f"(paper X) = the published number{(' (' + src + ')') if src else ''}.")
@@ -609,14 +693,24 @@ def adaptive_table(col: Collection, dataset: str) -> Table | Skip:
             "adaptive", title, "no adaptive or AutoAttack results (dml attack --suite adaptive)"
         )
     rows = []
+    set_notes: list[str] = []
     for run in [r.name for r in col.runs_of(dataset)]:
         mine = [c for c in cells if c.result.run == run]
+        mine_worst = [x for x in worst if x.result.run == run]
+        # every number of a run's rows on one sample set, so "change vs paper" compares alike
+        pick = pick_sample_set(
+            col, dataset, [c.result for c in cells] + [w.result for w in worst], run
+        )
+        if pick.note():
+            set_notes.append(pick.note(f"{col.label(run)}'s rows") or "")
+        mine = [c for c in mine if pick.keeps(c.result)]
+        mine_worst = [x for x in mine_worst if pick.keeps(x.result)]
         for eps in sorted({round(c.eps, 9) for c in mine}):
             at = [c for c in mine if round(c.eps, 9) == eps]
             paper = [c for c in at if _paper_protocol(c)]
             aa = [c for c in at if split_label(c.label)[0] == "autoattack"]
             adaptive = [c for c in at if c.suite == "adaptive"]
-            w = [x for x in worst if x.result.run == run and round(x.eps, 9) == eps]
+            w = [x for x in mine_worst if round(x.eps, 9) == eps]
             best_paper = min(paper, key=lambda c: (c.robust, c.label)) if paper else None
             best_adaptive = min(adaptive, key=lambda c: (c.robust, c.label)) if adaptive else None
             ref = best_paper.robust if best_paper else None
@@ -654,6 +748,7 @@ def adaptive_table(col: Collection, dataset: str) -> Table | Skip:
         "worst case = a sample counts as robust only if it survived every stored L-inf attack "
         "of the checkpoint at this eps (all suites and invocations, every surface and loss, "
         "EOT, transfer from a surrogate, AutoAttack): the stored worst-case result.",
+        *set_notes,
     ]
     return Table("adaptive", title, cols, rows, notes)
 
@@ -1029,12 +1124,18 @@ def member_transfer_rate(df: pd.DataFrame) -> float:
     return 100.0 * float((~picked["adv_correct"].astype(bool)).mean())
 
 
-def _defense_metrics(col: Collection, dataset: str) -> tuple[list[float], dict[str, dict]]:
-    """The eps values with a stored worst case, and per run the numbers of the side-by-side
-    table: clean, per eps paper protocol / AutoAttack / worst case, gradient cosine, member
-    transfer rate, seconds per training epoch."""
+def _defense_metrics(
+    col: Collection, dataset: str
+) -> tuple[list[float], dict[str, dict], SamplePick]:
+    """The eps values with a stored worst case, per run the numbers of the side-by-side
+    table (clean, per eps paper protocol / AutoAttack / worst case, gradient cosine, member
+    transfer rate, seconds per training epoch), and the one sample set (n, seed) every
+    attack number is on (:func:`pick_sample_set`)."""
     cells = [c for c in attack_cells(col, dataset) if c.decision == "vote" and c.eps is not None]
     worst = [w for w in worst_cells(col, dataset) if w.decision == "vote"]
+    pick = pick_sample_set(col, dataset, [c.result for c in cells] + [w.result for w in worst])
+    cells = [c for c in cells if pick.keeps(c.result)]
+    worst = [w for w in worst if pick.keeps(w.result)]
     eps_all = sorted({round(w.eps, 9) for w in worst})
     out: dict[str, dict] = {}
     for info in col.runs_of(dataset):
@@ -1066,7 +1167,15 @@ def _defense_metrics(col: Collection, dataset: str) -> tuple[list[float], dict[s
         if h is not None and "seconds" in h.columns and len(h):
             m["epoch_s"] = float(h["seconds"].mean())
         out[run] = m
-    return eps_all, out
+    return eps_all, out, pick
+
+
+def _defense_notes(pick: SamplePick) -> list[str]:
+    if pick.chosen is None:
+        return []
+    n, seed = pick.chosen
+    note = pick.note() or f"Samples: n = {n}, seed {seed} (every attack number of this table)."
+    return [note]
 
 
 def _defense_columns(eps_all: list[float]) -> list[tuple[str, str]]:
@@ -1103,7 +1212,7 @@ def defenses_table(col: Collection, dataset: str) -> Table | Skip:
     """One row per defense (a group of seed runs, or a single run): every measure as mean ±
     std over its seeds (the per-seed numbers are the next table)."""
     title = "Defenses side by side (mean ± std over seeds)"
-    eps_all, metrics = _defense_metrics(col, dataset)
+    eps_all, metrics, pick = _defense_metrics(col, dataset)
     if not _compares_defenses(metrics):
         return Skip("defenses", title, "no competing defenses (dml train --defense, --seeds)")
     groups: dict[str, list[str]] = {}
@@ -1119,19 +1228,19 @@ def defenses_table(col: Collection, dataset: str) -> Table | Skip:
             row.append(format_spread(values, digits) if values else None)
         rows.append(row)
     header = ["Defense", "group", "seeds", *[name for _, name in cols]]
-    return Table("defenses", title, header, rows, list(_DEFENSE_NOTES))
+    return Table("defenses", title, header, rows, [*_DEFENSE_NOTES, *_defense_notes(pick)])
 
 
 def defenses_seed_table(col: Collection, dataset: str) -> Table | Skip:
     """The numbers behind :func:`defenses_table`, one row per run (seed)."""
     title = "Defenses side by side, every seed"
-    eps_all, metrics = _defense_metrics(col, dataset)
+    eps_all, metrics, pick = _defense_metrics(col, dataset)
     if not _compares_defenses(metrics):
         return Skip("defenses_seeds", title, "no competing defenses (dml train --defense)")
     cols = _defense_columns(eps_all)
     rows = [[m["defense"], run, *[m.get(key) for key, _ in cols]] for run, m in metrics.items()]
     header = ["Defense", "run", *[name for _, name in cols]]
-    return Table("defenses_seeds", title, header, rows, [])
+    return Table("defenses_seeds", title, header, rows, _defense_notes(pick))
 
 
 #: Builders in report order (key, function).
