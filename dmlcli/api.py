@@ -1015,7 +1015,7 @@ def check(
     decision: str = "vote",
     steps: int = 20,
     restarts: int = 1,
-    square_queries: int = 1000,
+    queries: int = 1000,
     eot: int = 10,
     batch_size: int = 500,
     data_dir: PathLike | None = None,
@@ -1028,9 +1028,10 @@ def check(
     """Sanity checks for gradient masking and failed attacks (Carlini et al. 2019; AutoAttack's
     checks; Pintor et al. 2022) on ``n`` samples at ``eps`` (default: the dataset's first
     paper eps): iterative vs single-step, more budget, a large eps (default 4x the largest
-    paper eps, at most 0.5) and the eps sweep, Square (and a transfer from ``surrogate``) vs
-    the white-box attacks per sample, zero input gradients per surface, randomness and, with
-    ``baseline``, that the attacks break an undefended model. One ``check`` result: one row
+    paper eps, at most 0.5) and the eps sweep, RayS on the decision (``queries`` per sample;
+    and a transfer from ``surrogate``) vs the white-box attacks per sample, zero input
+    gradients per surface, randomness and, with ``baseline``, that the attacks break an
+    undefended model. One ``check`` result: one row
     per check (``status`` pass/warn/fail, ``value``, ``threshold``, ``detail``)."""
     from dmlcli.eval import check as chk
 
@@ -1048,7 +1049,7 @@ def check(
         large_value = chk.default_large_eps(info, eps_value)
     settings = chk.CheckSettings(
         eps=eps_value, large_eps=large_value, decision=decision, steps=steps,
-        restarts=restarts, square_queries=square_queries, eot=eot, batch_size=batch_size,
+        restarts=restarts, queries=queries, eot=eot, batch_size=batch_size,
     ).validate()  # fmt: skip
     _check_decision(decision, r.num_members)
     others = {}

@@ -126,8 +126,8 @@ def test_vote_strict_counts_a_tie_as_no_answer():
 
 
 def test_vote_strict_through_the_cli(store_copy, cli):
-    res = cli("attack", "digits-dml", "--attack", "fgsm", "--eps", "0.1", "--n", "20",
-              "--decision", "vote", "--decision", "vote-strict", "--artifacts", store_copy)  # fmt: skip
+    args = ["--decision", "vote", "--decision", "vote-strict", "--artifacts", store_copy]
+    res = cli("attack", "digits-dml", "--attack", "fgsm", "--eps", "0.1", "--n", "20", *args)
     assert res.code == 0, res.err
     worst = {}
     for path in Store(store_copy).list_results("worst-case", "digits-dml"):
@@ -213,8 +213,9 @@ def test_a_merge_refreshes_the_worst_case(store_copy):
         api.attack("digits-dml", attack=["pgd"], steps=5, shard=shard, **common)
     api.merge(artifacts=store_copy)
     store = Store(store_copy)
-    stored, expected = _stored_worst(store, "digits-dml", 0.1), _expected_worst(
-        store, "digits-dml", 0.1
+    stored, expected = (
+        _stored_worst(store, "digits-dml", 0.1),
+        _expected_worst(store, "digits-dml", 0.1),
     )
     assert len(store.list_results("attack", "digits-dml")) == 2
     assert stored.tolist() == expected.tolist()
@@ -233,7 +234,10 @@ def test_two_processes_finishing_together_leave_the_full_worst_case(store_copy):
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "dmlcli", "attack", "digits-dml", *args, *common],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for args in (["--attack", "fgsm"], ["--attack", "bim", "--steps", "2"])
     ]

@@ -59,9 +59,9 @@ def command(
     restarts: Annotated[int, typer.Option(help="PGD restarts (doubled in the budget check).")] = D[
         "restarts"
     ],
-    square_queries: Annotated[int, typer.Option(help="Square (black-box) queries.")] = D[
-        "square_queries"
-    ],
+    queries: Annotated[
+        int, typer.Option(help="RayS (hard-label, on the decision) queries per sample.")
+    ] = D["queries"],
     eot: Annotated[int, typer.Option(help="EOT draws on randomized heads.")] = D["eot"],
     batch_size: Annotated[int, typer.Option(help="Images per batch (kept as a part).")] = D[
         "batch_size"
@@ -76,9 +76,10 @@ def command(
 
     Runs a small attack set on the run's seeded evaluation samples and reports per check
     pass / warn / fail with the measured value and its threshold: iterative vs single-step,
-    more budget, a large eps and the eps sweep, Square (and --surrogate transfer) vs the
-    white-box attacks per sample, zero input gradients per surface, randomness and, with
-    --baseline, that the attacks break an undefended model. Exits 0 whatever the statuses.
+    more budget, a large eps and the eps sweep, RayS on the decision (and --surrogate
+    transfer) vs the white-box attacks per sample, zero input gradients per surface,
+    randomness and, with --baseline, that the attacks break an undefended model. Exits 0
+    whatever the statuses.
     """
     options = dict(locals())
     with reporter() as progress:

@@ -1091,8 +1091,8 @@ def check_table(col: Collection, dataset: str) -> Table | Skip:
         f"{first(found[0].df, 'decision')}. Attacks on the summed logits: FGSM, "
         f"PGD-{s.get('steps', '?')} (step 2.5 eps / steps, {s.get('restarts', '?')} "
         "restart(s)), the same PGD with twice the steps and restarts at the same step size, "
-        "PGD over eps/4, eps/2, eps, halfway and the large eps, Square "
-        f"({s.get('square_queries', '?')} queries, AutoAttack custom) and, where given, "
+        "PGD over eps/4, eps/2, eps, halfway and the large eps, RayS on the decision "
+        f"({s.get('queries', '?')} hard-label queries per sample) and, where given, "
         "APGD-CE transferred from a surrogate and the same attacks on a baseline.",
         "Following Carlini et al. 2019 (checklist), AutoAttack's checks (Croce & Hein 2020) "
         "and Pintor et al. 2022 (indicators of attack failure). value and threshold are "
