@@ -71,6 +71,14 @@ class Skip:
     kind: str = ""  # "table" or "figure" (set by the report builder)
 
 
+#: How a sample is scored: in the notes of every table of attack results.
+TIE_NOTE = (
+    "Scoring: an attack, targeted or not, succeeds when the decision is not the label. Ties: "
+    "the vote gives a tie between the most voted classes to the larger summed logit "
+    "(vote-strict counts such a tie as wrong); over the draws of a randomized head the label "
+    "must strictly win the majority (a tie is wrong)."
+)
+
 def fmt(value: Any) -> str:
     """A cell as text: floats with two decimals, missing values as ``-``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -523,9 +531,10 @@ def _eps_grid(
     notes = _notes_common(cells, what)
     notes.append(
         "clean = accuracy on the evaluated samples; worst case = a sample counts as robust "
-        "only if it survived every stored L-inf attack of the checkpoint at that eps (every "
-        "suite and invocation: paper, AutoAttack, adaptive, transfer)."
+        "only if it survived every stored L-inf attack of the checkpoint at that eps or a "
+        "smaller one (every suite and invocation: paper, AutoAttack, adaptive, transfer)."
     )
+    notes.append(TIE_NOTE)
     if any(suffix.values()):
         notes.append(
             "Results of the same attack with another setting (samples, seed, budgets) are "
