@@ -37,6 +37,7 @@ from dmlcli.eval import detect as det
 from dmlcli.eval import geometry as geo
 from dmlcli.eval import robustness as rob
 from dmlcli.eval import transfer as tr
+from dmlcli.eval.jobs import Job
 from dmlcli.files import (
     read_parquet,
     read_tensor_digest,
@@ -49,7 +50,7 @@ from dmlcli.models.config import resolve_config
 from dmlcli.models.ensemble import Ensemble
 from dmlcli.models.io import Run, checkpoint_config, save_ensemble
 from dmlcli.models.spec import read_spec, spec_digest
-from dmlcli.runner import Outcome, Reporter, run_jobs
+from dmlcli.runner import Outcome, Reporter, run_job, run_jobs
 from dmlcli.runner import merge as merge_parts
 from dmlcli.runs import open_run
 from dmlcli.runtime import init_distributed, parse_shard, resolve_device
@@ -341,6 +342,9 @@ def attack(
     square_queries: int = 5000,
     targets: int = 3,
     score_draws: int = 20,
+    queries: int = 10_000,
+    independent: bool = False,
+    cascade_order: Sequence[str] | None = None,
     surrogate: str | None = None,
     batch_size: int = 500,
     shard: str | None = None,
@@ -379,6 +383,7 @@ def attack(
         aa_version="custom" if aa_attack and aa_version == "auto" else aa_version,
         aa_attacks=tuple(aa_attack or ()), aa_steps=aa_steps, square_queries=square_queries,
         surfaces=tuple(surface or ()), targets=targets, score_draws=score_draws,
+        queries=queries, independent=independent, cascade_order=tuple(_list(cascade_order)),
     )  # fmt: skip
     budgets.validate()
     eps_values = [parse_eps(e) for e in eps] if eps else None
@@ -407,33 +412,32 @@ def attack(
         "target_classes": target_classes,
     }
     plans = []  # every job of every run is built (and so checked) before any attack runs
+
+    def job(r: Run, spec: rob.AttackSpec, skip: dict[int, str] | None = None) -> Job:
+        return rob.attack_job(
+            r, spec, images, labels, indices, seed=seed, batch_size=batch_size, device=dev,
+            surrogate=sur, score_draws=budgets.score_draws, skip=skip,
+        )  # fmt: skip
+
     for r in opened:
         specs = rob.plan_specs(
             suites, names, eps_values, options, budgets,
             _list(decision) or [r.meta.get("decision", "vote")], r.num_members,
-            r.randomized, sur.name if sur else None,
+            r.randomized, sur.name if sur else None, r.num_classes,
         )  # fmt: skip
-        jobs = [
-            rob.attack_job(
-                r,
-                spec,
-                images,
-                labels,
-                indices,
-                seed=seed,
-                batch_size=batch_size,
-                device=dev,
-                surrogate=sur,
-            )  # fmt: skip
-            for spec in specs
-        ]
-        plans.append((r, jobs))
+        plans.append((r, [(spec, job(r, spec)) for spec in specs]))
     outcomes: list[Outcome] = []
-    for r, jobs in plans:
+    for r, planned in plans:
         r.model.to(dev)
         if sur is not None:
             sur.model.to(dev)
-        outcomes += run_jobs(store, jobs, force=force, shard=shard_of, progress=progress)
+        alone = [j for spec, j in planned if not spec.cascade]
+        outcomes += run_jobs(store, alone, force=force, shard=shard_of, progress=progress)
+        for spec, _ in [(spec, j) for spec, j in planned if spec.cascade]:
+            skip = _broken(store, r, spec, len(indices), seed, budgets.score_draws)
+            outcomes.append(
+                run_job(store, job(r, spec, skip), force=force, shard=shard_of, progress=progress)
+            )
         if shard_of is None:  # the worst cases of this call's samples (others are refreshed too)
             outcomes += [
                 o
@@ -444,6 +448,22 @@ def attack(
     df = _rows(outcomes)
     df.attrs["groups"] = _group_summary(groups, outcomes)
     return df
+
+
+def _broken(
+    store: Store, run: Run, spec: rob.AttackSpec, n: int, seed: int, score_draws: int
+) -> dict[int, str]:
+    """The samples a cascaded ``spec`` skips: every sample some stored attack of ``run``'s
+    checkpoint broke at ``spec``'s eps or a smaller one (same decision, samples, seed and
+    scoring draws), mapped to that attack (the worst case's ``broken_by``)."""
+    draws = score_draws if run.randomized else 1
+    key = (float(spec.eps), spec.decision, n, seed, draws)
+    for o in refresh_worst_cases(store, run):
+        s = o.job.setting
+        if (s["eps"], s["decision"], s["n"], s["seed"], s["score_draws"]) == key:
+            rows = o.rows[o.rows["clean_correct"] & ~o.rows["robust"]]
+            return dict(zip(rows["sample"].astype(int), rows["broken_by"], strict=True))
+    return {}
 
 
 def expand_groups(store: Store, names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:

@@ -82,13 +82,13 @@ def _c(spec: str) -> tuple[Column, ...]:
 
 _ATTACK_OUTCOME = (
     "target:int clean_pred:int adv_pred:int member_{k}:int clean_correct:bool adv_correct:bool "
-    "robust:bool score_draws:int clean_correct_rate:float adv_correct_rate:float "
+    "robust:bool skipped_by:str score_draws:int clean_correct_rate:float adv_correct_rate:float "
     "target_hit:bool linf:float l2:float seconds:float"
 )
 _ATTACK_SETTING = (
     "run:str checkpoint:str dataset:str sample:int label:int attack:str suite:str norm:str "
     "eps:float? steps:int? step_size:float? restarts:int? targeted:bool loss:str? surface:str? "
-    "decision:str eot:int? seed:int surrogate:str?"
+    "decision:str eot:int? seed:int surrogate:str? cascade:bool"
 )
 SCHEMAS: dict[str, Schema] = {
     s.kind: s
@@ -103,7 +103,10 @@ SCHEMAS: dict[str, Schema] = {
             "Ties: vote gives a tie between the most voted classes to the larger summed logit; "
             "vote-strict counts such a tie as no answer (-1, never correct). A randomized "
             "decision is correct only if the label strictly wins the majority over score_draws "
-            "draws (a tie is wrong); *_correct_rate is the share of draws that are right.",
+            "draws (a tie is wrong); *_correct_rate is the share of draws that are right. "
+            "cascade: the attack ran only on the samples every earlier stored attack left "
+            "robust; a sample it skipped has skipped_by = the attack that broke it and is not "
+            "robust, so a cascaded result's accuracy is cumulative, never this attack's alone.",
         ),
         Schema(
             "worst-case",
@@ -386,7 +389,9 @@ def worst_case(frames: Sequence[pd.DataFrame], eps: float | None = None) -> pd.D
             raise DmlError("worst case: the attack results do not cover the same samples")
     stack = [f.reset_index(drop=True) for f in order]
     clean = pd.concat([f["clean_correct"] for f in stack], axis=1).all(axis=1)
-    robust = pd.concat([f["robust"] for f in stack], axis=1).all(axis=1) & clean
+    # a cascade's skipped sample is no evidence (the attack that broke it is a frame too)
+    held = [f["robust"].astype(bool) | (f["skipped_by"] != "") for f in stack]
+    robust = pd.concat(held, axis=1).all(axis=1) & clean
     out = base[["run", "checkpoint", "dataset", "sample", "label", "norm", "decision",
                 "seed", "score_draws"]].copy()  # fmt: skip
     out["eps"] = eps
@@ -398,8 +403,8 @@ def worst_case(frames: Sequence[pd.DataFrame], eps: float | None = None) -> pd.D
     pick = [*member_columns(base), "adv_pred", "linf", "l2"]
     for c in pick:
         out[c] = base[c]
-    for f in reversed(stack):  # the first breaker in order wins: it is written last
-        broken = ~f["robust"].astype(bool) & clean
+    for f, h in zip(reversed(stack), reversed(held), strict=True):  # the first breaker wins
+        broken = ~h & clean
         at = float(first(f, "eps"))
         name = attack_name(f) + ("" if at >= eps - 1e-12 else f" at eps {at:g}")
         out.loc[broken, pick] = f.loc[broken, pick].to_numpy()

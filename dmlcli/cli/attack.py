@@ -107,6 +107,21 @@ def command(
     score_draws: Annotated[
         int, typer.Option(help="Randomized heads: draws each decision is scored on (majority).")
     ] = D["score_draws"],
+    queries: Annotated[
+        int, typer.Option(help="Adaptive: RayS's queries per sample (hard-label, on the vote).")
+    ] = D["queries"],
+    independent: Annotated[
+        bool,
+        flag(
+            "Adaptive: run every attack on every sample (default: a cascade, each attack on "
+            "the samples still robust).",
+            "--independent",
+        ),
+    ] = D["independent"],
+    cascade_order: Annotated[
+        list[str] | None,
+        typer.Option(help="Adaptive: attack labels to run first in the cascade (repeatable)."),
+    ] = D["cascade_order"],
     surrogate: Annotated[
         str | None, typer.Option(help="Adaptive: transfer from this run (e.g. a baseline).")
     ] = D["surrogate"],
@@ -171,8 +186,11 @@ def print_summary(df: Any, n: int, seed: int, artifacts: Path | None) -> None:
             table.insert(0, ["clean", "-", decision, "-", clean, "-", ""])
         surface = first(rows, "surrogate") or str(first(rows, "surface"))
         seconds = f"{rows['seconds'].sum():.1f}"
-        table.append([str(first(rows, "attack")), surface, decision, eps, robust, seconds,
-                      r["status"]])  # fmt: skip
+        label = str(first(rows, "attack"))
+        if first(rows, "cascade"):  # cumulative: never this attack's accuracy alone
+            ran = int((rows["clean_correct"] & (rows["skipped_by"] == "")).sum())
+            label += f" (cascade, ran on {ran})"
+        table.append([label, surface, decision, eps, robust, seconds, r["status"]])
         for w in r["warnings"]:
             console.print(f"[yellow]autoattack warning[/yellow] {r['run']} {r['label']}: {w}")
         counts = r["meta"].get("counts")
@@ -184,6 +202,12 @@ def print_summary(df: Any, n: int, seed: int, artifacts: Path | None) -> None:
                 f"decision-checked APGD, which broke {counts['recheck_broke']}"
             )
     columns = ["attack", "surface", "decision", "eps", "acc %", "s", "status"]
+    if any(r["meta"].get("setting", {}).get("cascade") for r, _ in results_of(df)):
+        console.print(
+            "cascade: each adaptive attack ran only on the samples every earlier stored attack "
+            "left robust; its acc % is after it and all before it (dml attack --independent "
+            "runs each alone)"
+        )
     for i, (run, rows) in enumerate(tables.items()):
         title = f"{run}: robust accuracy on {n} {datasets[run]} test samples (seed {seed})"
         summary(title, columns, rows, new_files(df) if i == len(tables) - 1 else [])

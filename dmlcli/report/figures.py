@@ -138,6 +138,7 @@ def distortion_accuracy(col: Collection, dataset: str, out: Path) -> Figure | Sk
         and not c.surrogate
         and c.surface == "sum"
         and c.label != "worst-case"
+        and c.robust is not None  # a cascade's cumulative accuracy is no curve of its own
     ]
     if not cells:
         return Skip(key, title, "no L-inf attack results")
@@ -543,7 +544,7 @@ def adversarial_grid(col: Collection, dataset: str, out: Path) -> Figure | Skip:
                 )
             else:
                 ax.axis("off")
-        tag = f"\nrobust {cell.robust:.0f}%" if cell is not None else ""
+        tag = f"\nrobust {cell.robust:.0f}%" if cell and cell.robust is not None else ""
         axes[i, 0].set_ylabel(f"{col.label(r.run)}\n{name}{tag}", fontsize=7)
     path = _save(fig, out / f"{dataset}-{key}.png")
     caption = (
