@@ -10,9 +10,13 @@ optimizer and loss (the baseline's summed cross-entropy, so only the pipeline di
   LeNet-5 ``nn.Module``s (conv -> ReLU -> max-pool, default NCHW layout), the same shapes as
   ours. Ours pools before the ReLU (the same function) and runs channels-last on the CPU.
 
-Prints images/s for each and the ratio to the reference. Times on a shared machine are noisy:
-the pipelines are measured in interleaved rounds in one process and the median per pipeline
-is reported (``--rounds``).
+Prints images/s for each and the ratio to the reference, and for ours the fraction of the
+compute floor it reaches: the floor is one forward+backward and Adam step of the same K=5
+ensemble (same mode) on a random batch already on the device, the summed member
+cross-entropy as loss, no data, no logging: ``floor time per batch / measured time per
+batch``. Times on a shared machine are noisy: the pipelines and floors are measured in
+interleaved rounds in one process; the median per pipeline is reported (``--rounds``), and
+the floor fraction is the median of the per-round fractions.
 
     python benchmarks/train_throughput.py [--steps 40] [--batch-size 128] [--device cpu]
 """
@@ -20,11 +24,13 @@ is reported (``--rounds``).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from rounds import interleaved_medians
+from rounds import floor_fraction, floor_line, interleaved_rounds, seconds_per_call
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -93,22 +99,34 @@ def reference(x, y, steps: int, batch: int, device: str) -> float:
     return done / (time.perf_counter() - start)
 
 
+def _ensemble(mode: str) -> Ensemble:
+    """The K=5 LeNet-5 baseline ensemble every pipeline of ours trains."""
+    return Ensemble(resolve_config("fashion-mnist", members=5, head="linear", seed=0), mode=mode)
+
+
 def ours(x, y, steps: int, batch: int, device: str, mode: str) -> float:
     """Images/s of `dml train`'s Trainer (baseline head, same optimizer and loss)."""
-    config = resolve_config("fashion-mnist", members=5, head="linear", seed=0)
-    ens = Ensemble(config, mode=mode)
     settings = TrainSettings(epochs=1, batch_size=batch, optimizer="adam", lr=1e-3)
-    trainer = Trainer(ens, (x, y), (x[:10], y[:10]), settings, device=device)
-    for _ in range(3):
-        trainer.train_step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
+    trainer = Trainer(_ensemble(mode), (x, y), (x[:10], y[:10]), settings, device=device)
+    return batch / seconds_per_call(trainer.train_step, steps, device)
+
+
+def floor(steps: int, batch: int, device: str, mode: str) -> float:
+    """Images/s of the compute floor: forward, backward and Adam step of the same ensemble on
+    a random batch already on the device (summed member cross-entropy), nothing else."""
+    ens = _ensemble(mode).to(device).train()
+    opt = torch.optim.Adam([p for p in ens.parameters() if p.requires_grad], lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    xb = torch.rand(batch, 1, 28, 28, generator=gen).to(device)
+    yb = torch.randint(10, (batch,), generator=gen).to(device)
+
+    def step() -> None:
+        loss = sum(F.cross_entropy(z, yb) for z in ens(xb))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return batch / seconds_per_call(step, steps, device)
 
 
 def main() -> None:
@@ -130,18 +148,25 @@ def main() -> None:
         "reference (PIL Dataset + DataLoader + member loop)": lambda: reference(
             x, y, args.steps, args.batch_size, args.device
         ),
-        "dml train (loop members)": lambda: ours(
-            x, y, args.steps, args.batch_size, args.device, "loop"
-        ),
-        "dml train (batched members, vmap)": lambda: ours(
-            x, y, args.steps, args.batch_size, args.device, "batched"
-        ),
     }
-    rates = interleaved_medians(pipelines, args.rounds)
+    names = {"loop": "dml train (loop members)", "batched": "dml train (batched members, vmap)"}
+    for mode, name in names.items():
+        pipelines[name] = lambda m=mode: ours(x, y, args.steps, args.batch_size, args.device, m)
+        pipelines[f"floor ({mode})"] = lambda m=mode: floor(
+            args.steps, args.batch_size, args.device, m
+        )
+    per_round = interleaved_rounds(pipelines, args.rounds)
+    rates = {name: statistics.median(v) for name, v in per_round.items()}
     ref = next(iter(rates.values()))
     print(f"median of {args.rounds} interleaved rounds")
     for name, rate in rates.items():
-        print(f"{name:52s} {rate:10,.0f} img/s   x{rate / ref:.2f}")
+        if not name.startswith("floor"):
+            print(f"{name:52s} {rate:10,.0f} img/s   x{rate / ref:.2f}")
+    for mode, name in names.items():
+        fraction = floor_fraction(per_round[name], per_round[f"floor ({mode})"])
+        floor_s = args.batch_size / rates[f"floor ({mode})"]
+        measured_s = args.batch_size / rates[name]
+        print(f"{name:52s} {floor_line(fraction, floor_s, measured_s)}")
 
 
 if __name__ == "__main__":

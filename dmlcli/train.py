@@ -222,8 +222,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         self.optimizer.step()
-        out = {k: float(v.detach()) for k, v in terms.items()}
-        out["acc"] = 100.0 * (vote(logits.detach()) == y).float().mean().item()
+        # One device sync per step for the logged numbers (not one per term): the same floats.
+        hits = (vote(logits.detach()) == y).float().mean()
+        values = torch.stack([v.detach() for v in terms.values()] + [hits]).tolist()
+        out = dict(zip(terms, values[:-1], strict=True))
+        out["acc"] = 100.0 * values[-1]
         for key, value in out.items():
             self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + value * len(y)
         self._epoch_sums["n"] = self._epoch_sums.get("n", 0.0) + len(y)

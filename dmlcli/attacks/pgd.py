@@ -102,13 +102,16 @@ class PGD(AttackBase):
         done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
 
         def record(idx: torch.Tensor, xa: torch.Tensor, value: torch.Tensor, hit: torch.Tensor):
+            # Masked selects (torch.where) rather than boolean indexing: the same values,
+            # without a device sync per step.
             better = (value > best_loss[idx]) & ~done[idx]
-            best[idx[better]] = xa[better]
-            best_loss[idx[better]] = value[better]
+            best_loss[idx] = torch.where(better, value, best_loss[idx])
+            take = better
             if early:
                 fresh = hit & ~done[idx]
-                best[idx[fresh]] = xa[fresh]
-                done[idx[fresh]] = True
+                take = better | fresh
+                done[idx] = done[idx] | fresh
+            best[idx] = torch.where(take.view(-1, *[1] * (xa.dim() - 1)), xa, best[idx])
 
         total = self.restarts * self.steps
         for r in range(self.restarts):
