@@ -1047,11 +1047,12 @@ def check(
 ) -> pd.DataFrame:
     """Sanity checks for gradient masking and failed attacks (Carlini et al. 2019; AutoAttack's
     checks; Pintor et al. 2022) on ``n`` samples at ``eps`` (default: the dataset's first
-    paper eps): iterative vs single-step, more budget, a large eps (default 4x the largest
-    paper eps, at most 0.5) and the eps sweep, RayS on the decision (``queries`` per sample;
-    and a transfer from ``surrogate``) vs the white-box attacks per sample, zero input
-    gradients per surface, randomness and, with ``baseline``, that the attacks break an
-    undefended model. One ``check`` result: one row
+    paper eps): iterative vs single-step, more budget, silent success and incomplete
+    optimization (Pintor et al.'s indicators, from the loss trace of a PGD kept by loss), a
+    large eps (default 4x the largest paper eps, at most 0.5) and the eps sweep, RayS on the
+    decision (``queries`` per sample; and a transfer from ``surrogate``) vs the white-box
+    attacks per sample, zero input gradients per surface, randomness and, with
+    ``baseline``, that the attacks break an undefended model. One ``check`` result: one row
     per check (``status`` pass/warn/fail, ``value``, ``threshold``, ``detail``)."""
     from dmlcli.eval import check as chk
 

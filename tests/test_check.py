@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dmlcli import api, results
+from dmlcli.attacks import Objective, Trace, create_attack
 from dmlcli.data import dataset_info, eval_set, to_float
 from dmlcli.errors import DmlError
 from dmlcli.eval import check as chk
@@ -87,6 +88,9 @@ def _evidence(n: int = 100, **override: object) -> tuple[pd.DataFrame, chk.Check
         "decision_change": np.zeros(n, dtype=bool),
         "grad_sum": np.ones(n),
         "grad_dlr_sum": np.ones(n),
+        "robust_traced": rng < 10,
+        "silent_success": np.zeros(n, dtype=bool),
+        "loss_change": np.where(rng < 90, 0.0, np.nan),  # wrong samples are not attacked
     }
     for i, top in enumerate((80, 60, 10, 3, 0)):  # eps/4, eps/2, eps, halfway, large eps
         cols[f"robust_sweep_{i}"] = rng < top
@@ -143,6 +147,58 @@ def test_each_check_flags_its_failure():
     assert "no sample falls from eps 0 to 0.1" in rows.loc["monotone in eps", "detail"]
 
 
+def test_each_indicator_of_attack_failure_flags_its_failure():
+    """Pintor et al.'s silent success and incomplete optimization on synthetic evidence of
+    the traced PGD (keep='loss'): 10 samples robust to it, 80 broken, 10 wrong."""
+    n = 100
+    rng = np.arange(n)
+    change = np.where(rng < 90, 0.0, np.nan)
+    change[:5] = 0.2  # 5 robust samples whose best loss still rose by 20% of its range
+    change[10:13] = 0.9  # silent successes: the attack found an adversarial, not incomplete
+    change[50:90] = 0.9  # broken samples: a rising loss there is no failure
+    ev, s = _evidence(
+        robust_traced=rng < 13,
+        silent_success=(rng >= 10) & (rng < 13),  # crossed, yet the returned point is right
+        loss_change=change,
+    )
+    rows, meta = chk.summarize(ev, s)
+    by = rows.set_index("check")
+    assert by.loc["silent success", "status"] == "warn"
+    assert by.loc["silent success", "value"] == 3.0 and by.loc["silent success", "threshold"] == 0
+    assert meta["samples"]["silent_success"] == [10, 11, 12]
+    assert by.loc["silent success", "detail"].startswith("3 of 100 samples")
+    assert by.loc["incomplete optimization", "status"] == "warn"
+    assert by.loc["incomplete optimization", "value"] == 5.0
+    assert by.loc["incomplete optimization", "threshold"] == 2.0
+    assert meta["samples"]["incomplete"] == [0, 1, 2, 3, 4]
+    assert by.loc["incomplete optimization", "detail"].startswith("5 of the 10 samples")
+    # the other checks do not move
+    new = ("silent success", "incomplete optimization")
+    others = {k: v for k, v in _by_check(rows).items() if k not in new}
+    assert len(others) == len(rows) - 2 and set(others.values()) == {"pass"}
+    # two samples of 100 sit on the threshold (pass); at the tolerance itself a trace is flat
+    change2 = np.where(rng < 90, 0.0, np.nan)
+    change2[:2], change2[2:4] = 0.2, s.thresholds.incomplete_tolerance
+    rows2 = chk.summarize(_evidence(loss_change=change2)[0], s)[0].set_index("check")
+    assert rows2.loc["incomplete optimization", "status"] == "pass"
+    assert rows2.loc["incomplete optimization", "value"] == 2.0
+    # evidence without the indicator columns (parts of an older check) has no such rows
+    old = ev.drop(columns=["robust_traced", "silent_success", "loss_change"])
+    assert "silent success" not in set(chk.summarize(old, s)[0]["check"])
+
+
+def test_loss_change_is_the_rise_of_the_running_best_over_the_last_iterates():
+    rising = np.arange(21.0)  # a loss still climbing: the last 10% (3 iterates) rose 2 of 20
+    assert chk.loss_change(rising, 0.1) == pytest.approx(0.1)
+    flat_end = np.r_[np.arange(10.0), np.full(11, 9.0)]
+    assert chk.loss_change(flat_end, 0.1) == 0.0
+    oscillating = np.r_[np.arange(10.0), [9.0, 8.0] * 5 + [9.0]]  # best reached, then zigzag
+    assert chk.loss_change(oscillating, 0.1) == 0.0
+    assert chk.loss_change(np.full(5, 3.0), 0.1) == 0.0  # no range
+    assert chk.loss_change(np.array([1.0, 2.0, np.nan, np.nan]), 0.1) == 1.0  # left the batch
+    assert chk.loss_change(np.array([1.0]), 0.1) == 0.0
+
+
 def test_one_sample_never_decides_a_small_evaluation():
     ev, s = _evidence(robust_pgd2=np.arange(100) < 9)  # 1 of 100 samples: below 2 points
     assert _by_check(chk.summarize(ev, s)[0])["more budget"] == "pass"
@@ -192,6 +248,7 @@ def test_a_plain_dml_ensemble_passes_gradient_randomness_and_iterative_checks(di
     assert all(status[c] == "pass" for c in passing), rows.to_string()
     assert set(rows["status"]) <= set(chk.STATUSES)
     assert "baseline broken" not in status and "transfer vs white-box" not in status
+    assert {"silent success", "incomplete optimization"} <= set(status)
 
 
 def test_a_randomized_head_asks_for_eot(digits):
@@ -230,7 +287,7 @@ def test_check_end_to_end_writes_one_result_then_is_a_no_op(cli, store_copy):
     files = Store(store_copy).list_results(kind="check")
     assert len(files) == 1
     df, meta = Store(store_copy).read_result(files[0])
-    assert set(df["status"]) <= {"pass", "warn", "fail"} and len(df) == 12
+    assert set(df["status"]) <= {"pass", "warn", "fail"} and len(df) == 14
     assert results.first(df, "eps") == 0.2 and results.first(df, "n") == 30
     assert meta["setting"]["baseline"][0] == "digits-baseline"
     assert meta["setting"]["checkpoint"] == open_run("digits-dml", Store(store_copy)).checkpoint
@@ -293,3 +350,105 @@ def test_the_black_box_check_attacks_the_decision_itself():
     rows = chk.check_model(model, x, y, s, seed=0).set_index("check")
     assert rows.loc["black-box vs white-box", "status"] == "fail", rows.to_string()
     assert rows.loc["black-box vs white-box", "value"] > 50.0
+
+
+# -- indicators of attack failure (Pintor et al. 2022) on constructed models ------------------
+class CrossThenBack(nn.Module):
+    """Three members on the mean pixel p, label 0. Member 1 says class 1 for p > 0.5 with a
+    steep margin, member 2 for 0.29 < p < 0.61, member 3 never: the vote is wrong only for
+    0.5 < p < 0.61, while the summed margin (and its CE) rises with p all the way. PGD on
+    the sum from p = 0.4 with eps 0.35 walks up through the wrong window to p = 0.75,
+    where the loss is highest and the vote right again."""
+
+    num_members = 3
+    randomized = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = x.flatten(1).mean(1)
+        out = torch.zeros(3, len(p), 3)
+        out[0, :, 1] = 50.0 * (p - 0.5)
+        out[1, :, 1] = 1.0 - 40.0 * (p - 0.45) ** 2
+        out[2, :, 1] = -1.0
+        out[:, :, 2] = -5.0
+        return out
+
+
+class Rising(nn.Module):
+    """One classifier whose CE rises linearly with the mean pixel and whose boundary (mean
+    0.9) lies outside every ball the tests use: no attack succeeds, the loss never stalls
+    before the ball's corner."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = x.flatten(1).mean(1)
+        out = torch.zeros(len(p), 3)
+        out[:, 1] = 10.0 * (p - 0.9)
+        out[:, 2] = -5.0
+        return out
+
+
+def _gray(n: int = 6, value: float = 0.4) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.full((n, 1, 8, 8), value), torch.zeros(n, dtype=torch.long)
+
+
+def test_a_trace_changes_no_result_and_records_every_iterate():
+    model, (x, y) = CrossThenBack(), _gray()
+    for keep in ("loss", "adversarial"):
+        pgd = create_attack("pgd", eps=0.35, steps=6, restarts=2, keep=keep, seed=3)
+        trace = Trace()
+        assert torch.equal(pgd(model, x, y), pgd(model, x, y, trace=trace))
+        runs = trace.restarts(len(x))
+        if keep == "loss":  # every sample runs every step of both restarts (+ the last point)
+            assert [tuple(loss.shape) for loss, _ in runs] == [(7, 6), (7, 6)]
+            assert not any(loss.isnan().any() for loss, _ in runs)
+            assert all(fooled.any(0).all() for _, fooled in runs)
+        else:  # fooled samples leave: one restart, NaN after the first success
+            assert len(runs) == 1
+            loss, fooled = runs[0]
+            first = fooled.int().argmax(0)
+            assert fooled.any(0).all() and all(
+                loss[first[i] + 1 :, i].isnan().all() for i in range(6)
+            )
+    assert "trace" not in pgd.setting() and "traceable" not in pgd.setting()
+    with pytest.raises(DmlError, match="no loss trace"):
+        create_attack("fgsm", eps=0.1)(model, x, y, trace=Trace())
+
+
+def test_silent_success_fires_when_the_highest_loss_point_is_right_again():
+    """PGD keeping the first wrong iterate breaks every sample; kept by loss it returns the
+    corner p = 0.75, classified correctly: every sample is a silent success."""
+    model, (x, y) = CrossThenBack(), _gray()
+    s = chk.CheckSettings(eps=0.35, large_eps=0.7, steps=20, queries=20).validate()
+    cols = chk.evidence(model, x, y, s, seed=0)
+    assert cols["clean_correct"] == [True] * 6 and cols["robust_pgd"] == [False] * 6
+    assert cols["robust_traced"] == [True] * 6 and cols["silent_success"] == [True] * 6
+    rows, meta = chk.summarize(pd.DataFrame({"sample": range(6), **cols}), s)
+    by = rows.set_index("check")
+    assert by.loc["silent success", "status"] == "warn" and by.loc["silent success", "value"] == 100
+    assert meta["samples"]["silent_success"] == list(range(6))
+    # a silent success is no failure to converge: the attack did find adversarials
+    assert by.loc["incomplete optimization", "status"] == "pass"
+    assert by.loc["incomplete optimization", "value"] == 0.0
+
+
+def test_incomplete_optimization_fires_on_too_few_steps_and_passes_when_converged():
+    model, (x, y) = Rising(), _gray()
+    objective = Objective(model)
+    correct = objective.predict(x) == y
+    s = chk.CheckSettings(eps=0.1, large_eps=0.5, steps=20, queries=20).validate()
+    status = {}
+    for steps in (5, 100):  # 5 steps of 0.005 cover a quarter of the ball; 100 reach its corner
+        pgd = create_attack("pgd", eps=0.1, steps=steps, step_size=0.005, keep="loss", seed=0)
+        cols = chk.indicators(objective, pgd, x, y, correct, 0, s.thresholds.incomplete_window)
+        assert cols["robust_traced"] == [True] * 6 and cols["silent_success"] == [False] * 6
+        if steps == 5:  # each step adds ~1/5 of the loss range
+            assert all(0.15 < c < 0.25 for c in cols["loss_change"]), cols["loss_change"]
+        else:
+            assert cols["loss_change"] == [0.0] * 6
+        ev, _ = _evidence(n=6, **{k: np.array(v) for k, v in cols.items()})
+        rows = chk.summarize(ev, s)[0].set_index("check")
+        status[steps] = rows.loc["incomplete optimization", ["status", "value"]].tolist()
+    assert status == {5: ["warn", 100.0], 100: ["pass", 0.0]}
+    # the check's own PGD (Madry's step 2.5 eps / steps) reaches the corner: converged
+    rows = chk.check_model(model, x, y, s, seed=0).set_index("check")
+    assert rows.loc["incomplete optimization", "status"] == "pass"
+    assert rows.loc["silent success", "status"] == "pass"

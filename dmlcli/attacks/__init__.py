@@ -16,7 +16,14 @@ from typing import Any
 from dmlcli.attacks.apgd import APGD
 from dmlcli.attacks.arc import ARC
 from dmlcli.attacks.autoattack import AutoAttack
-from dmlcli.attacks.base import Attack, AttackBase, Objective, as_objective, random_targets
+from dmlcli.attacks.base import (
+    Attack,
+    AttackBase,
+    Objective,
+    Trace,
+    as_objective,
+    random_targets,
+)
 from dmlcli.attacks.cw import CW
 from dmlcli.attacks.fgsm import FGSM
 from dmlcli.attacks.losses import create_loss, list_losses
@@ -91,6 +98,7 @@ __all__ = [
     "AttackBase",
     "AutoAttack",
     "Objective",
+    "Trace",
     "as_objective",
     "attack_parameters",
     "create_attack",

@@ -19,7 +19,8 @@ objective, the targets, the detached input, the seeded RNG and the checks of the
 attack module keeps its parameters (a dataclass), their validation (``__post_init__``) and
 its step rule (``forward``). Progress goes down as an argument of each call, never onto
 the attack object, so an attack stays a plain value that describes itself by
-``setting()``.
+``setting()``. So does an opt-in :class:`Trace` of the iterates' losses and success flags
+(attacks with ``traceable = True``): off, it costs nothing and changes nothing.
 """
 
 from __future__ import annotations
@@ -328,6 +329,47 @@ class CallProgress:
             self(1.0, info)
 
 
+class Trace:
+    """An opt-in record of one attack call's iterates: per evaluated iterate, the surface
+    loss ``[b]`` and the success flags ``[b]`` (:meth:`Objective.success`, what the attack
+    stops on) of the ``b`` samples then in the batch. Passed down the call
+    (``attack(..., trace=Trace())``) like progress, never stored on the attack; only
+    attacks with ``traceable = True`` accept one. Recording keeps tensors the step rule
+    computes anyway (no extra forward or backward pass) and changes no result.
+
+    Pintor et al. 2022 ("Indicators of Attack Failure") read two failures off such a
+    trace: a path that crossed the boundary while the returned point did not (silent
+    success), and a loss still rising at the last steps (incomplete optimization)."""
+
+    __slots__ = ("records",)
+
+    def __init__(self) -> None:
+        #: ``(restart, idx [b], loss [b], fooled [b])`` per evaluated iterate, in order;
+        #: ``idx`` numbers the samples of the call's ``x``.
+        self.records: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def record(
+        self, restart: int, idx: torch.Tensor, loss: torch.Tensor, fooled: torch.Tensor
+    ) -> None:
+        """One evaluated iterate of ``restart`` for the samples ``idx`` of the call."""
+        self.records.append((restart, idx.detach(), loss.detach(), fooled.detach()))
+
+    def restarts(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per restart, ``(loss [S, n], fooled [S, n])`` on the CPU over its ``S``
+        evaluated iterates: loss NaN and fooled False where a sample was not in the batch
+        (it had left it, fooled, or a restart skipped it)."""
+        out = []
+        for r in sorted({rec[0] for rec in self.records}):
+            rows = [rec[1:] for rec in self.records if rec[0] == r]
+            loss = torch.full((len(rows), n), float("nan"))
+            fooled = torch.zeros((len(rows), n), dtype=torch.bool)
+            for i, (idx, value, hit) in enumerate(rows):
+                loss[i, idx.cpu()] = value.float().cpu()
+                fooled[i, idx.cpu()] = hit.cpu()
+            out.append((loss, fooled))
+        return out
+
+
 def check_output(name: str, x: torch.Tensor, x_adv: torch.Tensor) -> None:
     """Raise if ``x_adv`` is not an image batch of ``x``'s shape with pixels in [0, 1]."""
     if x_adv.shape != x.shape:
@@ -369,6 +411,10 @@ class AttackBase:
     (fraction of this call's work in [0, 1], non-decreasing) and always with 1.0 at the end
     of the call. It is passed down the call, never stored.
 
+    ``trace``: optional :class:`Trace` the step rule appends every evaluated iterate to
+    (attacks with ``traceable = True`` and no ``target_classes``; others refuse one). It is
+    passed down the call, never stored; without one nothing is recorded.
+
     An attack with ``target_classes = k > 0`` is untargeted in what it scores but aims at
     classes: it runs :meth:`forward` toward each of the ``k`` wrong classes with the largest
     summed logits of the clean input (runner-up first, seed ``seed + i`` for the i-th), and
@@ -385,6 +431,8 @@ class AttackBase:
     seed: int
     #: Run :meth:`forward` under ``seeded(self.seed, x.device)``.
     reseed: ClassVar[bool] = True
+    #: :meth:`forward` takes a ``trace`` keyword (a :class:`Trace`, given only when asked).
+    traceable: ClassVar[bool] = False
 
     def __call__(
         self,
@@ -394,11 +442,16 @@ class AttackBase:
         target: torch.Tensor | None = None,
         *,
         progress: Progress | None = None,
+        trace: Trace | None = None,
     ) -> torch.Tensor:
         objective = as_objective(model)
         target = self.resolve_target(objective, x, y, target)
         x = x.detach()
         prepared = self.prepare(objective, x)
+        if trace is not None:
+            if not self.traceable or getattr(self, "target_classes", 0):
+                raise DmlError(f"{self.name}: this attack keeps no loss trace")
+            prepared = {**prepared, "trace": trace}
         report = CallProgress(progress, x.device)
         if getattr(self, "target_classes", 0):
             x_adv = self._over_targets(objective, x, y, report, prepared)

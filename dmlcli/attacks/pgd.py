@@ -10,11 +10,18 @@ Per sample the attack returns the first iterate the objective's decision gets wr
 survivors), otherwise the iterate of highest loss. ``keep='loss'`` always returns the
 highest-loss iterate over every step and restart (what a transfer attack should carry to
 another model: its success on the source says nothing about the target).
+
+Both record every evaluated iterate (each step's and the last one of each restart) into a
+:class:`~dmlcli.attacks.base.Trace` when the call is given one (``trace=``): its loss and
+success flags, computed anyway. With ``keep='adversarial'`` a fooled sample leaves the
+batch, so its trace stops at the first success; with ``keep='loss'`` every sample runs
+every step, which is what Pintor et al.'s silent-success indicator needs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -22,6 +29,7 @@ from dmlcli.attacks.base import (
     AttackBase,
     CallProgress,
     Objective,
+    Trace,
     ascent_step,
     check_budget,
     check_target_classes,
@@ -73,6 +81,7 @@ class PGD(AttackBase):
     target_classes: int = 0
     random_start: bool = True
     name: str = "pgd"
+    traceable: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_budget(self.norm, self.eps, self.name)
@@ -94,6 +103,7 @@ class PGD(AttackBase):
         y: torch.Tensor,
         target: torch.Tensor | None,
         progress: CallProgress,
+        trace: Trace | None = None,
     ) -> torch.Tensor:
         loss_fn = create_loss(self.loss)
         early = self.keep == "adversarial"
@@ -125,6 +135,8 @@ class PGD(AttackBase):
                 value, grad, logits = objective.loss_grad(xa, ys, loss_fn, ts)
                 hit = objective.success(xa, logits, ys)
                 record(idx, xa, value, hit)
+                if trace is not None:
+                    trace.record(r, idx, value, hit)
                 if early and hit.any():
                     keep = ~hit
                     idx, xs, ys, xa, grad = idx[keep], xs[keep], ys[keep], xa[keep], grad[keep]
@@ -142,7 +154,10 @@ class PGD(AttackBase):
             if len(idx):
                 with torch.no_grad():
                     value, logits = objective.loss(xa, ys, loss_fn, ts)
-                record(idx, xa, value, objective.success(xa, logits, ys))
+                hit = objective.success(xa, logits, ys)
+                record(idx, xa, value, hit)
+                if trace is not None:
+                    trace.record(r, idx, value, hit)
             progress((r + 1) / self.restarts, f"{self.name}: restart {r + 1}/{self.restarts} done")
         return best
 

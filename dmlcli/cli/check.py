@@ -76,7 +76,8 @@ def command(
 
     Runs a small attack set on the run's seeded evaluation samples and reports per check
     pass / warn / fail with the measured value and its threshold: iterative vs single-step,
-    more budget, a large eps and the eps sweep, RayS on the decision (and --surrogate
+    more budget, silent success and incomplete optimization (from a loss trace of PGD kept
+    by loss), a large eps and the eps sweep, RayS on the decision (and --surrogate
     transfer) vs the white-box attacks per sample, zero input gradients per surface,
     randomness and, with --baseline, that the attacks break an undefended model. Exits 0
     whatever the statuses.

@@ -13,13 +13,16 @@ to tell a robust model from a model that only defeats the attack:
   randomized defense (outputs that change between passes, relative tolerance 1e-4), a
   black-box attack lowering the white-box robust accuracy.
 - Pintor et al. 2022, "Indicators of Attack Failure": unavailable (zero) gradients,
-  unconstrained attack failure (a huge budget that still fails), transfer failure.
+  unconstrained attack failure (a huge budget that still fails), transfer failure, and two
+  read off the attack's loss trace: silent success (an iterate fooled the decision, the
+  returned point does not) and incomplete optimization (the loss still rising at the end).
 
 :func:`evidence` runs one small attack set on a batch (FGSM; PGD; PGD with twice the steps and
 restarts at the same step size; PGD over an eps sweep up to a large eps; RayS, a hard-label
 attack that queries only the decision (Chen & Gu 2020; Square through AutoAttack judged its
 success on the summed logits and could never fire on a vote); APGD-CE transferred from a
-surrogate; FGSM and both PGDs on a baseline)
+surrogate; FGSM and both PGDs on a baseline; PGD with ``keep='loss'`` and a loss
+:class:`~dmlcli.attacks.base.Trace` for Pintor et al.'s indicators, :func:`indicators`)
 and measures input gradients per surface and two forward passes, one value per sample.
 :func:`summarize` turns those per-sample values into one row per check: ``status``
 (``pass``, ``warn`` or ``fail``), the measured ``value``, the ``threshold`` above which the
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,7 +46,7 @@ from torch import nn
 
 from dmlcli import results
 from dmlcli.attacks import Objective, create_attack, create_loss
-from dmlcli.attacks.base import flat_norm
+from dmlcli.attacks.base import Trace, flat_norm
 from dmlcli.data import DatasetInfo, to_float
 from dmlcli.errors import DmlError
 from dmlcli.eval.jobs import Job, Tick, identity
@@ -63,7 +67,8 @@ _ROUNDING = 1e-9  # a value equal to its threshold up to float rounding passes
 @dataclass(frozen=True)
 class Thresholds:
     """Where each check stops passing (``pass`` at or below, ``warn`` above, ``fail`` above
-    the ``*_fail`` value). Points and % are of the evaluation samples."""
+    the ``*_fail`` value). Points and % are of the evaluation samples. ``incomplete_tolerance``
+    and ``incomplete_window`` say when one sample's loss trace counts as still moving."""
 
     #: PGD robust accuracy may exceed FGSM's by this many points (sampling noise of the
     #: random start); more is a sign of masking (Carlini et al. 2019).
@@ -93,6 +98,24 @@ class Thresholds:
     #: % robust accuracy FGSM and both PGDs together (per sample) may leave on the
     #: baseline: the same attacks must break a similar undefended model.
     baseline: float = 5.0
+    #: % of samples whose traced PGD (``keep='loss'``) had an iterate with a wrong decision
+    #: but returned a highest-loss point classified correctly (Pintor et al.'s silent
+    #: success). Any warns: the stored attacks keep the first fooling iterate, so these
+    #: samples do count as broken, but there the loss does not track the decision and an
+    #: attack that returns its highest-loss point (a transfer, another tool) misses them.
+    silent_success: float = 0.0
+    #: % of samples the traced PGD never fooled while its best loss was still rising at the
+    #: end (Pintor et al.'s incomplete optimization): more iterations may break them. As
+    #: for "more budget": 2 points, at least one sample.
+    incomplete: float = 2.0
+    #: The rise of the running-best loss, as a fraction of the trace's loss range, over the
+    #: last ``incomplete_window`` of the iterates above which a trace is still moving
+    #: (Pintor et al.'s code: 0.05 of the rescaled loss over its last iterates).
+    incomplete_tolerance: float = 0.05
+    #: The last 10% of the iterates (at least two): the window of the tolerance above. A
+    #: PGD at Madry's step (2.5 eps / steps) has every pixel at its bound by 80% of its
+    #: steps on a monotone loss, so an honest run is flat there.
+    incomplete_window: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -216,7 +239,8 @@ def evidence(
     (``robust_blackbox``), the transfer
     (with ``surrogate``) and the baseline (``baseline_correct``, ``baseline_robust``);
     ``grad_<surface>`` / ``grad_dlr_<surface>`` (L2 norm of the CE / DLR input gradient);
-    ``logit_change`` (distance of two passes' normalized logits) and ``decision_change``."""
+    ``logit_change`` (distance of two passes' normalized logits) and ``decision_change``;
+    ``robust_traced``, ``silent_success`` and ``loss_change`` (:func:`indicators`)."""
     s = settings
     tick = progress or (lambda fraction, info: None)
     objective = Objective(model, s.surface, s.decision, s.eot)
@@ -245,7 +269,7 @@ def evidence(
     # Black-box on the decision itself (hard-label RayS): a vote that is wrong only past the
     # summed logits, or gradients masked by a non-differentiable vote, cannot hide from it.
     steps.append(("blackbox", create_attack("rays", eps=s.eps, queries=s.queries, seed=seed)))
-    total = len(steps) + (surrogate is not None) + (baseline is not None)
+    total = len(steps) + 1 + (surrogate is not None) + (baseline is not None)
     done = 0
     for name, attack in steps:
         tick(done / total, f"check: {name}")
@@ -255,6 +279,10 @@ def evidence(
             robust = _robust(objective, objective, attack, x, y, correct, seed)
         out[f"robust_{name}"] = robust.tolist()
         done += 1
+    tick(done / total, "check: indicators")
+    traced = _pgd(s.eps, s.steps, s.restarts, seed, keep="loss")
+    out.update(indicators(objective, traced, x, y, correct, seed, s.thresholds.incomplete_window))
+    done += 1
     if surrogate is not None:
         tick(done / total, "check: transfer")
         crafter = Objective(surrogate, "sum", "vote", 1)
@@ -283,11 +311,74 @@ def _pgd(
     restarts: int,
     seed: int,
     step_size: float | None = None,
+    keep: str = "adversarial",
 ) -> Any:
     return create_attack(
-        "pgd", eps=eps, steps=steps, restarts=restarts, seed=seed,
+        "pgd", eps=eps, steps=steps, restarts=restarts, seed=seed, keep=keep,
         step_size=step_size if step_size is not None else 2.5 * eps / steps,
     )  # fmt: skip
+
+
+def loss_change(losses: np.ndarray, window: float) -> float:
+    """Pintor et al.'s incomplete-optimization measure of one trace of a maximized loss
+    (``[S]`` iterates, NaN where the sample was not in the batch): the rise of its running
+    maximum over the last ``window`` fraction of the iterates (at least two), as a fraction
+    of the trace's range. 0 for a flat trace or one of fewer than two iterates."""
+    v = np.asarray(losses, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return 0.0
+    best = np.maximum.accumulate(v)
+    span = best[-1] - v.min()
+    if not span > 0:
+        return 0.0
+    k = min(max(math.ceil(window * len(v)), 2), len(v))
+    return float((best[-1] - best[-k]) / span)
+
+
+def indicators(
+    objective: Objective,
+    attack: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    correct: torch.Tensor,
+    seed: int,
+    window: float,
+) -> dict[str, list]:
+    """Pintor et al.'s per-sample indicators of a traceable ``attack`` (the check's: PGD
+    with ``keep='loss'``) run, with a :class:`~dmlcli.attacks.base.Trace`, on the samples
+    ``correct`` flags: ``robust_traced`` (as :func:`_robust` scores), ``silent_success``
+    (an iterate's decision was wrong, the returned point's is right) and ``loss_change``
+    (:func:`loss_change` of the restart of highest loss; NaN where not attacked).
+
+    Why ``keep='loss'``: the stored attacks stop per sample at the first wrong decision
+    and return that iterate, so with ``keep='adversarial'`` a silent success cannot
+    happen. Kept by loss, the returned point is the iterate of highest surface loss; a
+    sample whose path crossed the boundary but whose highest-loss point is classified
+    correctly shows a loss that does not track the decision (e.g. the summed logits
+    against a vote), which any attack returning its best-loss point would miss. On a
+    deterministic model the first restart retraces the check's PGD path (same seed) up to
+    its first wrong decision, so there a silent success is a sample that PGD breaks."""
+    trace = Trace()
+    robust = _robust(objective, objective, partial(attack, trace=trace), x, y, correct, seed)
+    todo = correct.nonzero().squeeze(1).cpu()
+    crossed = torch.zeros(len(y), dtype=torch.bool)
+    change = torch.full((len(y),), float("nan"), dtype=torch.float64)
+    if len(todo):
+        runs = trace.restarts(len(todo))
+        crossed[todo] = torch.stack([fooled.any(0) for _, fooled in runs]).any(0)
+        peak = torch.stack([loss.nan_to_num(float("-inf")).amax(0) for loss, _ in runs])
+        pick = peak.argmax(0).tolist()
+        change[todo] = torch.tensor(
+            [loss_change(runs[r][0][:, i].numpy(), window) for i, r in enumerate(pick)],
+            dtype=torch.float64,
+        )
+    robust = robust.cpu()
+    return {
+        "robust_traced": robust.tolist(),
+        "silent_success": (crossed & robust).tolist(),
+        "loss_change": change.tolist(),
+    }
 
 
 def baseline_decision(decision: str, baseline: nn.Module) -> str:
@@ -319,14 +410,69 @@ def _samples(ev: pd.DataFrame, mask: Any) -> list[int]:
     return [int(v) for v in ev.loc[np.asarray(mask, dtype=bool), "sample"]]
 
 
+def _pgd_name(s: CheckSettings) -> str:
+    return f"PGD-{s.steps}" + (f"x{s.restarts}" if s.restarts > 1 else "")
+
+
+def _row(check: str, status: str, value: float, threshold: float, detail: str) -> dict[str, Any]:
+    return {"check": check, "status": status, "value": value, "threshold": threshold,
+            "detail": detail}  # fmt: skip
+
+
+def _silent_success(ev: pd.DataFrame, s: CheckSettings) -> tuple[dict[str, Any], list[int]]:
+    """Pintor et al.'s silent success on the traced PGD (``keep='loss'``, :func:`indicators`):
+    the row and its samples."""
+    n, limit = len(ev), s.thresholds.silent_success
+    silent = ev["silent_success"].astype(bool)
+    value = _pct(silent, n)
+    status = _grade(value, limit)
+    detail = (
+        f"{int(silent.sum())} of {n} samples had a {_pgd_name(s)} iterate with a wrong "
+        "decision but a highest-loss point (keep='loss') classified correctly"
+        + (
+            ": the loss does not track the decision there; an attack that returns its "
+            "highest-loss point (a transfer) misses them (the stored attacks keep the first "
+            "fooling iterate and count them as broken)."
+            if status != "pass"
+            else "."
+        )
+    )
+    return _row("silent success", status, value, limit, detail), _samples(ev, silent)
+
+
+def _incomplete(ev: pd.DataFrame, s: CheckSettings) -> tuple[dict[str, Any], list[int]]:
+    """Pintor et al.'s incomplete optimization on the traced PGD: the samples it never
+    fooled whose ``loss_change`` is above the tolerance (the row and those samples)."""
+    t, n = s.thresholds, len(ev)
+    failed = ev["robust_traced"].astype(bool) & ~ev["silent_success"].astype(bool)
+    moving = failed & (ev["loss_change"].fillna(0.0) > t.incomplete_tolerance)
+    limit = max(t.incomplete, 100.0 / n if n else 0.0)
+    value = _pct(moving, n)
+    status = _grade(value, limit)
+    detail = (
+        f"{int(moving.sum())} of the {int(failed.sum())} samples {_pgd_name(s)} never fools "
+        f"have a best loss still rising by over {t.incomplete_tolerance:g} of its range in "
+        f"the last {t.incomplete_window:.0%} of the steps"
+        + (
+            ": not converged; more steps at this step size (see 'more budget') or a "
+            "step-size schedule (APGD) may break them."
+            if status != "pass"
+            else "."
+        )
+    )
+    return _row("incomplete optimization", status, value, limit, detail), _samples(ev, moving)
+
+
 def summarize(ev: pd.DataFrame, settings: CheckSettings) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One row per check (``check``, ``status``, ``value``, ``threshold``, ``detail``) from
     the per-sample ``evidence`` of every evaluation sample (with a ``sample`` column), and
     the samples behind each per-sample check and the eps sweep (for the metadata).
 
     Values are points of robust accuracy or % of the samples. The thresholds of the
-    iterative, budget and monotonicity checks are at least one sample (100 / n points), so
-    a single sample of a small n never decides them."""
+    iterative, budget, monotonicity and incomplete-optimization checks are at least one
+    sample (100 / n points), so a single sample of a small n never decides them. The
+    indicators of attack failure (:func:`_silent_success`, :func:`_incomplete`) need the
+    columns of :func:`indicators`; evidence without them has no such rows."""
     s, t = settings, settings.thresholds
     n = len(ev)
     one = 100.0 / n if n else 0.0
@@ -335,15 +481,12 @@ def summarize(ev: pd.DataFrame, settings: CheckSettings) -> tuple[pd.DataFrame, 
     meta: dict[str, Any] = {"samples": {}}
 
     def add(check: str, status: str, value: float, threshold: float, detail: str) -> None:
-        rows.append(
-            {"check": check, "status": status, "value": value, "threshold": threshold,
-             "detail": detail}
-        )  # fmt: skip
+        rows.append(_row(check, status, value, threshold, detail))
 
     correct = ev["clean_correct"].astype(bool)
     fgsm, pgd, pgd2 = (ev[f"robust_{a}"].astype(bool) for a in ("fgsm", "pgd", "pgd2"))
     acc = {a: _acc(ev, f"robust_{a}") for a in ("fgsm", "pgd", "pgd2")}
-    pgd_name = f"PGD-{s.steps}" + (f"x{s.restarts}" if s.restarts > 1 else "")
+    pgd_name = _pgd_name(s)
     pgd2_name = f"PGD-{2 * s.steps}x{2 * s.restarts}"
     white = f"FGSM, {pgd_name} and {pgd2_name}"
 
@@ -387,6 +530,12 @@ def summarize(ev: pd.DataFrame, settings: CheckSettings) -> tuple[pd.DataFrame, 
         f"{acc['pgd']:.1f}%: "
         + ("not converged; raise --steps and --restarts." if status != "pass" else "converged."),
     )
+
+    # 2b. Pintor et al.'s indicators on the traced PGD (absent from evidence of older parts)
+    if "silent_success" in ev.columns:
+        for indicator, key in ((_silent_success, "silent_success"), (_incomplete, "incomplete")):
+            row, meta["samples"][key] = indicator(ev, s)
+            rows.append(row)
 
     # 3. accuracy reaches ~0 at a large eps and falls with eps
     eps_all = [0.0, *s.sweep]
