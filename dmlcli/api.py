@@ -356,8 +356,11 @@ def attack(
 ) -> pd.DataFrame:
     """White-box robustness of each run: the suites ``paper`` (FGSM, BIM-10, PGD-10,
     PGD-20/40, CW-L2 on the summed logits, scored by the vote), ``autoattack`` (re-checked on
-    the decision) and ``adaptive`` (APGD on every surface, APGD-T and agreement attacks toward
-    the ``targets`` likeliest wrong classes, EOT, transfer from ``surrogate``), and attacks
+    the decision) and ``adaptive`` (APGD on every surface, APGD-T and agreement attacks, MORA,
+    ARC, RayS with ``queries`` per sample, EOT, transfer from ``surrogate``; by default a
+    cascade: each attack only on the samples every stored attack so far left robust, its
+    targeted attacks on every wrong class; ``independent`` runs every attack on every sample
+    with ``targets`` classes; ``cascade_order`` names labels to run first), and attacks
     named in ``attack``, at every ``eps`` (default: the dataset's eps of the paper), scored by
     each ``decision`` (default the vote, or the ``decision`` a model spec names). A
     randomized decision is scored on ``score_draws`` draws. Returns one row per (sample,
@@ -433,8 +436,9 @@ def attack(
             sur.model.to(dev)
         alone = [j for spec, j in planned if not spec.cascade]
         outcomes += run_jobs(store, alone, force=force, shard=shard_of, progress=progress)
+        cache: dict[str, pd.DataFrame] = {}
         for spec, _ in [(spec, j) for spec, j in planned if spec.cascade]:
-            skip = _broken(store, r, spec, len(indices), seed, budgets.score_draws)
+            skip = _broken(store, r, spec, len(indices), seed, budgets.score_draws, cache)
             outcomes.append(
                 run_job(store, job(r, spec, skip), force=force, shard=shard_of, progress=progress)
             )
@@ -451,19 +455,33 @@ def attack(
 
 
 def _broken(
-    store: Store, run: Run, spec: rob.AttackSpec, n: int, seed: int, score_draws: int
+    store: Store,
+    run: Run,
+    spec: rob.AttackSpec,
+    n: int,
+    seed: int,
+    score_draws: int,
+    cache: dict[str, pd.DataFrame],
 ) -> dict[int, str]:
     """The samples a cascaded ``spec`` skips: every sample some stored attack of ``run``'s
     checkpoint broke at ``spec``'s eps or a smaller one (same decision, samples, seed and
-    scoring draws), mapped to that attack (the worst case's ``broken_by``)."""
+    scoring draws: :func:`~dmlcli.eval.robustness.worst_case_plan`), mapped to that attack
+    (the worst case's ``broken_by``). Computed in memory from the store as it is now;
+    ``cache`` keeps the frames read by earlier calls (a component id names one file
+    version)."""
     draws = score_draws if run.randomized else 1
     key = (float(spec.eps), spec.decision, n, seed, draws)
-    for o in refresh_worst_cases(store, run):
-        s = o.job.setting
-        if (s["eps"], s["decision"], s["n"], s["seed"], s["score_draws"]) == key:
-            rows = o.rows[o.rows["clean_correct"] & ~o.rows["robust"]]
-            return dict(zip(rows["sample"].astype(int), rows["broken_by"], strict=True))
-    return {}
+    current = _current_attacks(store, run)
+    plan = rob.worst_case_plan([(c, meta["setting"]) for c, (_, meta) in current.items()])
+    components = plan.get(key, [])
+    if not components:
+        return {}
+    for c in components:
+        if c not in cache:
+            cache[c] = store.read_result(current[c][0])[0]
+    wc = results.worst_case([cache[c] for c in components], key[0])
+    rows = wc[wc["clean_correct"] & ~wc["robust"]]
+    return dict(zip(rows["sample"].astype(int), rows["broken_by"], strict=True))
 
 
 def expand_groups(store: Store, names: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
