@@ -56,7 +56,7 @@ from dmlcli.runs import open_run
 from dmlcli.runtime import init_distributed, parse_shard, resolve_device
 from dmlcli.store import Store, validate_name
 from dmlcli.train import Trainer, TrainSettings, default_run_name, parse_seeds, run_training
-from dmlcli.units import parse_eps
+from dmlcli.units import parse_eps, parse_eps_list
 
 __all__ = [
     "attack",
@@ -389,7 +389,7 @@ def attack(
         queries=queries, independent=independent, cascade_order=tuple(_list(cascade_order)),
     )  # fmt: skip
     budgets.validate()
-    eps_values = [parse_eps(e) for e in eps] if eps else None
+    eps_values = parse_eps_list(eps) if eps else None
     dev = resolve_device(device)
     store = Store(artifacts)
     names_, groups = expand_groups(store, _list(runs))
@@ -617,7 +617,7 @@ def transfer(
     _check_batch(batch_size)
     if dataset:
         dataset_info(dataset)
-    eps_given = [parse_eps(e) for e in eps] if eps else None
+    eps_given = parse_eps_list(eps) if eps else None
     dev = resolve_device(device)
     store = Store(artifacts)
     r = open_run(run, store)

@@ -6,6 +6,7 @@ One home for reading and writing eps, shared by the dataset registry, the report
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from fractions import Fraction
 
 from dmlcli.errors import DmlError
@@ -33,6 +34,27 @@ def parse_eps(text: str | float) -> float:
     if not math.isfinite(value) or not 0 <= value <= 1:
         raise DmlError(f"eps {shown!r} is outside [0, 1] (eps is in pixel units)")
     return value
+
+
+def parse_eps_list(texts: Sequence[str | float]) -> list[float]:
+    """Several eps (:func:`parse_eps`), each once: the same ball written twice (``0.1`` and
+    ``1/10``, or values within 1e-9) would be two results that compare as one, so it is
+    refused in one line.
+
+    Examples:
+        >>> parse_eps_list(["8/255", "0.1"]) == [8 / 255, 0.1]
+        True
+    """
+    values: list[float] = []
+    for text in texts:
+        value = parse_eps(text)
+        same = [i for i, v in enumerate(values) if abs(v - value) < 1e-9]
+        if same:
+            raise DmlError(
+                f"eps {texts[same[0]]!r} and {text!r} are the same budget: give each eps once"
+            )
+        values.append(value)
+    return values
 
 
 def format_eps(eps: float) -> str:

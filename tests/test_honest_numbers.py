@@ -316,3 +316,13 @@ def test_the_agreement_attack_keeps_a_wrong_vote_over_members_on_the_target():
     x_adv = attack(Agreeing(), x, y, torch.full((1,), 2))
     with torch.no_grad():
         assert vote(Agreeing()(x_adv)).item() != 0
+
+
+def test_eps_lists_that_cannot_be_compared_exit_2(store_copy, cli):
+    """0.1 and 1/10 are one ball: two results of it would enter the worst case as one eps."""
+    before = sorted(p.name for p in Path(store_copy).rglob("*"))
+    res = cli("attack", "digits-dml", "--attack", "fgsm", "--eps", "0.1", "--eps", "1/10",
+              "--n", "10", "--artifacts", store_copy)  # fmt: skip
+    assert res.code == 2 and res.err.startswith("error:") and res.err.strip().count("\n") == 0
+    assert "same budget" in res.err
+    assert sorted(p.name for p in Path(store_copy).rglob("*")) == before
