@@ -471,15 +471,10 @@ def _broken(
     version)."""
     draws = score_draws if run.randomized else 1
     key = (float(spec.eps), spec.decision, n, seed, draws)
-    current = _current_attacks(store, run)
-    plan = rob.worst_case_plan([(c, meta["setting"]) for c, (_, meta) in current.items()])
-    components = plan.get(key, [])
-    if not components:
+    planned = _planned_frames(store, run, cache).get(key)
+    if planned is None:
         return {}
-    for c in components:
-        if c not in cache:
-            cache[c] = store.read_result(current[c][0])[0]
-    wc = results.worst_case([cache[c] for c in components], key[0])
+    wc = results.worst_case(planned[1], key[0])
     rows = wc[wc["clean_correct"] & ~wc["robust"]]
     return dict(zip(rows["sample"].astype(int), rows["broken_by"], strict=True))
 
@@ -545,18 +540,26 @@ def refresh_worst_cases(
     ones are left out."""
     outcomes = []
     with store.lock(run.name):
-        current = _current_attacks(store, run)
-        plan = rob.worst_case_plan([(c, meta["setting"]) for c, (_, meta) in current.items()])
-        frames: dict[str, pd.DataFrame] = {}
-        for key, components in plan.items():
-            for c in components:
-                if c not in frames:
-                    frames[c] = store.read_result(current[c][0])[0]
-            job = rob.worst_case_job(run, key, [frames[c] for c in components], components)
+        for key, (components, frames) in _planned_frames(store, run, {}).items():
+            job = rob.worst_case_job(run, key, frames, components)
             path = store.result_path(job.kind, job.run, job.setting)
             stale = not path.is_file() or store.result_meta(path).get("components") != components
             outcomes += run_jobs(store, [job], force=stale, progress=progress)
     return outcomes
+
+
+def _planned_frames(
+    store: Store, run: Run, cache: dict[str, pd.DataFrame]
+) -> dict[tuple, tuple[list[str], list[pd.DataFrame]]]:
+    """Per worst-case key of ``run``'s current attack results
+    (:func:`~dmlcli.eval.robustness.worst_case_plan`): its component ids and their rows, read
+    from the store as it is now; ``cache`` keeps frames already read (an id names one file
+    version)."""
+    current = _current_attacks(store, run)
+    plan = rob.worst_case_plan([(c, meta["setting"]) for c, (_, meta) in current.items()])
+    for c in {c for components in plan.values() for c in components} - set(cache):
+        cache[c] = store.read_result(current[c][0])[0]
+    return {key: (components, [cache[c] for c in components]) for key, components in plan.items()}
 
 
 def _current_attacks(store: Store, run: Run) -> dict[str, tuple[Path, dict[str, Any]]]:

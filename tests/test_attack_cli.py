@@ -75,12 +75,15 @@ def test_adaptive_suite_with_surrogate_stores_the_worst_case(cli, store_copy):
         ("apgd-t", "sum"),
         ("apgd-ce", "members"),
         ("apgd-dlr", "members"),
+        ("mora", "sum"),
+        ("arc", "members"),
+        ("rays", "sum"),
         ("transfer-apgd-ce", "sum"),
     }
     assert (frames[("transfer-apgd-ce", "sum")]["surrogate"] == "digits-baseline").all()
     (path,) = Store(store_copy).list_results("worst-case")
     worst, meta = read_parquet(path)
-    assert len(meta["components"]) == len(frames) == 6
+    assert len(meta["components"]) == len(frames) == 9
     expected = None
     for df in frames.values():
         expected = df["robust"] if expected is None else expected & df["robust"]
@@ -88,7 +91,7 @@ def test_adaptive_suite_with_surrogate_stores_the_worst_case(cli, store_copy):
     broken = worst[worst["clean_correct"] & ~worst["robust"]]
     assert len(broken) and (broken["broken_by"] != "").all()
     assert (worst.loc[worst["robust"], "broken_by"] == "").all()
-    assert "worst-case" in r.out and "digits-baseline" in r.out
+    assert "worst-case" in r.out and "9 results" in r.out and "transfer" in r.out
 
 
 @pytest.mark.slow

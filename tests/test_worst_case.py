@@ -91,7 +91,8 @@ def test_agreement_needs_a_target_and_the_adaptive_suite_runs_it():
     x, y = _samples(2)
     with pytest.raises(Exception, match="target"):
         create_attack("pgd", eps=EPS, steps=2)(Objective(model, "agree", "vote"), x, y)
-    specs = rob.adaptive_suite([EPS], rob.Budgets(apgd_steps=5), "vote", 5, False)
+    budgets = rob.Budgets(apgd_steps=5, independent=True)  # --targets (a cascade tries all)
+    specs = rob.adaptive_suite([EPS], budgets, "vote", 5, False)
     agree = [(s.label, s.surface, s.params.get("target_classes")) for s in specs]
     assert ("apgd-agree", "agree", 3) in agree and ("apgd-agree", "agree:3", 3) in agree
     assert ("apgd-t", "sum", 3) in agree and ("pgd-agree-5", "agree", 3) in agree

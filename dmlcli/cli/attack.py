@@ -188,8 +188,7 @@ def print_summary(df: Any, n: int, seed: int, artifacts: Path | None) -> None:
         seconds = f"{rows['seconds'].sum():.1f}"
         label = str(first(rows, "attack"))
         if first(rows, "cascade"):  # cumulative: never this attack's accuracy alone
-            ran = int((rows["clean_correct"] & (rows["skipped_by"] == "")).sum())
-            label += f" (cascade, ran on {ran})"
+            label += "*"
         table.append([label, surface, decision, eps, robust, seconds, r["status"]])
         for w in r["warnings"]:
             console.print(f"[yellow]autoattack warning[/yellow] {r['run']} {r['label']}: {w}")
@@ -204,9 +203,9 @@ def print_summary(df: Any, n: int, seed: int, artifacts: Path | None) -> None:
     columns = ["attack", "surface", "decision", "eps", "acc %", "s", "status"]
     if any(r["meta"].get("setting", {}).get("cascade") for r, _ in results_of(df)):
         console.print(
-            "cascade: each adaptive attack ran only on the samples every earlier stored attack "
-            "left robust; its acc % is after it and all before it (dml attack --independent "
-            "runs each alone)"
+            "* cascade: the attack ran only on the samples every earlier stored attack left "
+            "robust; its acc % is after it and all before it, not its own (dml attack "
+            "--independent runs each alone)"
         )
     for i, (run, rows) in enumerate(tables.items()):
         title = f"{run}: robust accuracy on {n} {datasets[run]} test samples (seed {seed})"
