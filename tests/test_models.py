@@ -140,7 +140,7 @@ def test_threshold_vote_rejects_without_agreement():
 
 
 def test_create_decision_names_choices():
-    with pytest.raises(DmlError, match="vote, meta-vote"):
+    with pytest.raises(DmlError, match="vote, vote-strict, meta-vote"):
         create_decision("majority", [[0], [1]])
     member2 = create_decision("member:2", [[0], [1]])
     assert member2(_logits([[0], [3]])).tolist() == [3]
