@@ -1322,7 +1322,7 @@ def _compared(
     ((o, s),) = worst
     wc = o.rows
     out = {"worst case": wc, "clean": wc}
-    key = (float(s["eps"]), decision, int(s["n"]), seed, int(s["score_draws"]))
+    key = rob.stored_worst_case_key(s)
     frames = [
         store.read_result(path)[0]
         for path, meta in _current_attacks(store, r).values()

@@ -553,6 +553,18 @@ def worst_case_key(setting: dict[str, Any]) -> tuple | None:
     )
 
 
+def stored_worst_case_key(setting: dict[str, Any]) -> tuple:
+    """The :func:`worst_case_key` a stored worst case was built for, from its own setting
+    (eps, decision, n, seed, scoring draws)."""
+    return (
+        float(setting["eps"]),
+        str(setting["decision"]),
+        int(setting["n"]),
+        int(setting["seed"]),
+        int(setting.get("score_draws", 1)),
+    )
+
+
 def worst_case_plan(entries: Sequence[tuple[str, dict[str, Any]]]) -> dict[tuple, list[str]]:
     """Which stored attack results each worst case is built from: ``entries`` are (id,
     setting) of one checkpoint's attack results; returns, per :func:`worst_case_key` among

@@ -20,7 +20,7 @@ import pandas as pd
 
 from dmlcli.data import DATASETS
 from dmlcli.errors import DmlError
-from dmlcli.eval.robustness import worst_case_plan
+from dmlcli.eval.robustness import stored_worst_case_key, worst_case_plan
 from dmlcli.files import read_parquet, read_tensor_digest
 from dmlcli.models.config import EnsembleConfig
 from dmlcli.models.io import checkpoint_config
@@ -248,9 +248,7 @@ def _current_worst_cases(col: Collection) -> None:
         for run, attacks in by_run.items()
     }
     for res in col.of("worst-case"):
-        s = res.setting
-        key = (float(s["eps"]), str(s["decision"]), int(s["n"]), int(s["seed"]),
-               int(s.get("score_draws", 1)))  # fmt: skip
+        key = stored_worst_case_key(res.setting)
         components = plans.get(res.run, {}).get(key)
         if components is None or components == res.meta.get("components"):
             continue
