@@ -28,7 +28,10 @@ def test_the_cascade_order_and_budgets():
     specs = rob.adaptive_suite([0.2, 0.1], budgets, "vote", 5, False, "base", num_classes=10)
     assert [s.eps for s in specs] == sorted(s.eps for s in specs)  # smaller eps first
     labels = [s.label for s in specs if s.eps == 0.1]
-    assert labels[0] == "apgd-ce" and labels[-2:] == ["rays", "transfer-apgd-ce"]
+    surfaces = [s.surface for s in specs if s.eps == 0.1]
+    assert labels[0] == "apgd-ce" and labels[-12:-10] == ["rays", "transfer-apgd-ce"]
+    assert all(s.startswith("member:") for s in surfaces[-10:])  # one member's surface last
+    assert not any(s.startswith("member:") for s in surfaces[:-10])
     assert {"mora", "arc", "apgd-t", "apgd-agree"} <= set(labels)
     assert all(s.cascade for s in specs)
     t = next(s for s in specs if s.label == "apgd-t")

@@ -131,11 +131,41 @@ def test_mora_and_arc_break_a_vote_that_apgd_on_the_sum_leaves_robust():
         assert model(x_adv).argmax(-1).flatten().tolist() == [0, 1, 1], name  # B, C flipped
 
 
-def test_rays_breaks_a_zero_gradient_model_within_eps_and_the_query_budget():
+def test_mora_runs_batched_together_each_take_their_own_gradient(monkeypatch):
+    """Few samples: MORA stacks its runs (blends and targets) in one batch. Each row's
+    gradient equals the gradient of that run alone (blend 0.5, blend 1, toward class 1,
+    toward class 2), and the batched attack breaks the same vote as one run at a time."""
+    from dmlcli.attacks import base
+
+    model, x, y, eps = hidden_vote()
+    objective = Objective(model, "sum", "vote")
+    mora = create_attack("mora", eps=eps, steps=20)
+    x_in = (x + 0.03 * torch.tensor([1.0, -1, 1, -1]).view(1, 1, 2, 2)).repeat(4, 1, 1, 1)
+    blends = torch.tensor([0.5, 1.0, float("nan"), float("nan")])
+    targets = torch.tensor([-1, -1, 1, 2])
+    together, _ = mora._loss(objective, x_in, y.repeat(4), blends, targets)
+    for row in range(4):
+        alone, _ = mora._loss(objective, x_in[row : row + 1], y, blends[row : row + 1],
+                              targets[row : row + 1])  # fmt: skip
+        torch.testing.assert_close(together[row : row + 1], alone)
+    assert not torch.equal(together[0], together[2])  # the rows did differ
+    batched = mora(objective, x, y)
+    monkeypatch.setattr(base, "TARGET_BATCH_ROWS", 1)  # one run at a time
+    sequential = create_attack("mora", eps=eps, steps=20)(objective, x, y)
+    for x_adv in (sequential, batched):
+        _check_box(x_adv, x, eps)
+        assert model(x_adv).argmax(-1).flatten().tolist() == [0, 1, 1]
+
+
+def test_rays_breaks_a_zero_gradient_model_within_eps_and_the_query_budget(monkeypatch):
     """:class:`Quantized`: autograd's gradient is exactly zero, so PGD never leaves its random
     start (which lands in the adversarial orthant with odds about (1/12)^4); RayS only asks
     for labels and finds the sign pattern + - + - by its block flips (the corner of
-    (1, -1, 1, 1) is already adversarial) at radius about 0.125 <= eps."""
+    (1, -1, 1, 1) is already adversarial) at radius about 0.125 <= eps. One trial at a
+    time, the model answers at most ``queries`` rows; trials asked ahead together (one
+    sample fills a batch) give the very same point."""
+    from dmlcli.attacks import base
+
     model, eps = Quantized(), 0.15
     x, y = torch.full((1, 1, 2, 2), 0.5), torch.tensor([0])
     x_req = x.clone().requires_grad_(True)
@@ -145,6 +175,8 @@ def test_rays_breaks_a_zero_gradient_model_within_eps_and_the_query_budget():
     _check_box(pgd, x, eps)
     assert model(pgd).argmax(-1).item() == 0  # PGD fails
 
+    batched = create_attack("rays", eps=eps, queries=100)(model, x, y)
+    monkeypatch.setattr(base, "TARGET_BATCH_ROWS", 1)  # one trial at a time
     model.rows, model.grad_calls = 0, 0
     x_adv = create_attack("rays", eps=eps, queries=100)(model, x, y)
     used, grad_calls = model.rows, model.grad_calls
@@ -153,6 +185,7 @@ def test_rays_breaks_a_zero_gradient_model_within_eps_and_the_query_budget():
     assert 0 < used <= 100 and grad_calls == 0  # within the budget, never with gradients
     radius = float((x_adv - x).abs().max())
     assert 0.125 < radius < 0.126  # the rounding threshold, to the search's tolerance
+    assert torch.equal(batched, x_adv)
     # a budget too small to reach the pattern: no point found, x itself comes back
     model.rows = 0
     short = create_attack("rays", eps=eps, queries=10)(model, x, y)
@@ -226,3 +259,16 @@ def test_the_registry_names_them_and_bad_parameters_fail_in_one_line():
             create_attack(name, **params)
         assert "\n" not in str(info.value), (name, params)
         assert str(info.value).startswith(f"{name}:") or "attack" in str(info.value)
+
+
+def test_rays_asking_trials_ahead_changes_nothing(monkeypatch):
+    """Six samples of a linear ensemble: RayS with trials asked ahead (6 samples fill a batch
+    of 64 with 11 trials each) returns exactly the points of one trial at a time."""
+    from dmlcli.attacks import base
+
+    objective, x, y = _small_case(noisy=False)
+    ahead = create_attack("rays", eps=0.2, queries=300)(objective, x, y)
+    monkeypatch.setattr(base, "TARGET_BATCH_ROWS", 1)
+    one = create_attack("rays", eps=0.2, queries=300)(objective, x, y)
+    assert torch.equal(ahead, one)
+    assert 0 < int((objective.predict(one) != y).sum()) < len(y)  # some found, some not

@@ -86,6 +86,36 @@ def test_targeted_agreement_attack_fools_the_vote_where_untargeted_ones_fail(sur
         assert (vote(model(x_adv)) == 4).all()  # the shared class, the sum's runner-up
 
 
+def test_few_samples_run_their_targets_in_one_batch_and_fall_as_one_at_a_time(monkeypatch):
+    """Fewer samples than TARGET_BATCH_ROWS: the three targets run in one call on stacked
+    copies (18 rows), each copy with the full budget; with the rule off, one call per target
+    (6 rows each). The same samples fall, on the same class (the third target, 4)."""
+    from dmlcli.attacks import base
+    from dmlcli.attacks.apgd import APGD
+
+    model = DiverseWeakMembers()
+    x, y = _samples()
+    rows: list[int] = []
+    forward = APGD.forward
+
+    def counting(self, objective, xs, *args, **kwargs):
+        rows.append(len(xs))
+        return forward(self, objective, xs, *args, **kwargs)
+
+    monkeypatch.setattr(APGD, "forward", counting)
+    results, default = {}, base.TARGET_BATCH_ROWS
+    for batch_rows in (default, 1):
+        monkeypatch.setattr(base, "TARGET_BATCH_ROWS", batch_rows)
+        rows.clear()
+        attack = create_attack("apgd", eps=EPS, steps=20, loss="cw", target_classes=3)
+        x_adv = attack(Objective(model, "agree", "vote"), x, y)
+        assert (x_adv - x).abs().max() <= EPS + 1e-6
+        with torch.no_grad():
+            results[batch_rows] = (list(rows), vote(model(x_adv)))
+    assert results[default][0] == [18] and results[1][0] == [6, 6, 6]
+    assert (results[default][1] == 4).all() and (results[1][1] == 4).all()
+
+
 def test_agreement_needs_a_target_and_the_adaptive_suite_runs_it():
     model = DiverseWeakMembers()
     x, y = _samples(2)

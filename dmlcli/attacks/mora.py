@@ -31,7 +31,9 @@ it with the ensemble output before the targeted loss; we keep that behaviour).
 Differences from the reference: success is the objective's decision (the vote), checked
 after every step, not the argmax of the ensemble scores; every run only attacks the samples
 that are still robust (as the reference's ``run_standard_evaluation`` does between its
-attacks); the ensemble scores are the objective's surface (``sum`` or ``mean-softmax``; the
+attacks), and when those are few the next runs go in one batch of stacked copies
+(:data:`~dmlcli.attacks.base.TARGET_BATCH_ROWS`; each copy keeps its full budget); the
+ensemble scores are the objective's surface (``sum`` or ``mean-softmax``; the
 summed logits for a surface without class scores); and two slips are fixed (see
 :func:`mora_logits`).
 """
@@ -46,7 +48,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dmlcli.attacks.base import AttackBase, CallProgress, Objective, check_budget, project
+from dmlcli.attacks.base import (
+    AttackBase,
+    CallProgress,
+    Objective,
+    check_budget,
+    per_call,
+    project,
+)
 from dmlcli.attacks.surfaces import surface_scores
 from dmlcli.errors import DmlError
 
@@ -81,11 +90,12 @@ def mora_logits(
     members: torch.Tensor,
     scores: torch.Tensor,
     y: torch.Tensor,
-    blend: float,
+    blend: float | torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
     """MORA's blended logits ``[B, C]`` from member logits ``[K, B, C]`` and the ensemble's
     class scores ``[B, C]`` (both differentiable); the scales, masks and weights are detached.
+    ``blend`` is one weight or one per sample ``[B]``.
 
     Two slips of the reference are not copied. Its averaged member softmax ``q``
     (``outputs_after_scale``) sums ``range(sub_output - 1)`` entries and divides by
@@ -118,6 +128,8 @@ def mora_logits(
         weight = p_r * (p_y / q_y + (1 - p_r) / q_r) * correct  # [K, B]
         total = weight.sum(0) + 1e-8  # the reference's guard
     part_b = (weight[..., None] * scaled).sum(0) / total[:, None]
+    if isinstance(blend, torch.Tensor):
+        blend = blend[:, None]
     return (1 - blend) * part_a + blend * part_b
 
 
@@ -207,26 +219,37 @@ class MORA(AttackBase):
         if self.eps == 0:
             return best
         best_votes, best_margin = self._criterion(objective, logits, y)
-        runs: list[tuple[float | None, torch.Tensor | None]] = [(s, None) for s in self.blends]
-        runs += [(None, t) for t in order]
-        for n, (blend, t) in enumerate(runs):
+        # A run is (blend, target [B]): blend NaN for a targeted run, target -1 for a blend.
+        nan, none = float("nan"), torch.full_like(y, -1)
+        runs = [(s, none) for s in self.blends] + [(nan, t) for t in order]
+        n = 0
+        while n < len(runs):
             idx = (~done).nonzero().squeeze(1)
             if len(idx) == 0:
                 break
+            b = len(idx)
+            c = per_call(len(runs) - n, b)  # runs batched in this call
+            chunk = runs[n : n + c]
 
-            def step_done(i: int, n: int = n) -> None:
-                info = f"{self.name}: run {n + 1}/{len(runs)}, step {i}/{self.steps}"
-                progress.steps(n * self.steps + i, len(runs) * self.steps, info)
+            def step_done(i: int, n: int = n, c: int = c) -> None:
+                info = f"{self.name}: runs {n + 1}-{n + c}/{len(runs)}, step {i}/{self.steps}"
+                progress.steps(n * self.steps + i * c, len(runs) * self.steps, info)
 
-            ts = None if t is None else t[idx]
-            out = self._run(objective, x[idx], y[idx], blend, ts, step_done)
-            x_run, hit, votes, margin = out
-            better = hit | (votes < best_votes[idx])
-            better |= (votes == best_votes[idx]) & (margin < best_margin[idx])
-            better &= ~done[idx]
-            best[idx[better]] = x_run[better]
-            best_votes[idx[better]], best_margin[idx[better]] = votes[better], margin[better]
-            done[idx[hit]] = True
+            blend = torch.tensor([s for s, _ in chunk], device=x.device).repeat_interleave(b)
+            ts = torch.cat([t[idx] for _, t in chunk])
+            reps = [1] * (x.dim() - 1)
+            out = self._run(
+                objective, x[idx].repeat(c, *reps), y[idx].repeat(c), blend, ts, step_done
+            )
+            for j in range(c):  # in run order, as if the runs had run one after another
+                x_run, hit, votes, margin = (v[j * b : (j + 1) * b] for v in out)
+                better = hit | (votes < best_votes[idx])
+                better |= (votes == best_votes[idx]) & (margin < best_margin[idx])
+                better &= ~done[idx]
+                best[idx[better]] = x_run[better]
+                best_votes[idx[better]], best_margin[idx[better]] = votes[better], margin[better]
+                done[idx[hit]] = True
+            n += c
         return best
 
     def _criterion(
@@ -244,22 +267,23 @@ class MORA(AttackBase):
         objective: Objective,
         x_adv: torch.Tensor,
         y: torch.Tensor,
-        blend: float | None,
-        t: torch.Tensor | None,
+        blend: torch.Tensor,
+        t: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gradient of the run's loss, summed over EOT draws, ``[B, C, H, W]``; mean member
-        logits ``[K, B, C]`` of the draws)."""
+        """(gradient of each row's run loss, summed over EOT draws, ``[B, C, H, W]``; mean
+        member logits ``[K, B, C]`` of the draws). Row b ascends MORA's blended CE with
+        weight ``blend[b]``, or where ``t[b] >= 0`` descends the targeted CE toward ``t[b]``."""
         x_adv = x_adv.detach().requires_grad_(True)
+        targeted = t >= 0
         with torch.enable_grad():
             draws = objective.draws(x_adv)  # [T, K, B, C]
             total = x_adv.new_zeros(())
             for members in draws:
                 scores = ensemble_scores(objective, members)
-                if t is None:
-                    z = mora_logits(members, scores, y, blend or 0.0, self.temperature)
-                    total = total + F.cross_entropy(z, y, reduction="sum")
-                else:
-                    total = total - F.cross_entropy(scores, t, reduction="sum")
+                z = mora_logits(members, scores, y, blend.nan_to_num(0.0), self.temperature)
+                ascend = F.cross_entropy(z, y, reduction="none")
+                toward = -F.cross_entropy(scores, t.clamp_min(0), reduction="none")
+                total = total + torch.where(targeted, toward, ascend).sum()
             (grad,) = torch.autograd.grad(total, x_adv)
         return grad.detach(), draws.detach().mean(0)
 
@@ -268,43 +292,51 @@ class MORA(AttackBase):
         objective: Objective,
         x: torch.Tensor,
         y: torch.Tensor,
-        blend: float | None,
-        t: torch.Tensor | None,
+        blend: torch.Tensor,
+        t: torch.Tensor,
         step_done: Callable[[int], None],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One run: (kept iterate, fooled flags, its member votes for ``y``, its margin)."""
+        """One run per row (blend ``[B]``, target ``[B]``: see :meth:`_loss`): (kept iterate,
+        fooled flags, its member votes for ``y``, its margin), all ``[B]``-indexed. Each
+        iterate is checked on the logits of the gradient pass that starts the next step (one
+        forward+backward per step), the last one on a forward of its own."""
         eps, n = self.eps, self.steps
         noise = 2 * torch.rand_like(x) - 1
         peak = noise.flatten(1).abs().amax(1).clamp_min(_GAP_FLOOR)
         x_adv = (x + eps * noise / peak.view(-1, *[1] * (x.dim() - 1))).clamp(0.0, 1.0)
         x_old = x_adv.clone()
         kept = x_adv.clone()
-        with torch.no_grad():
-            logits = objective.logits(x_adv)
-        hit = objective.success(x_adv, logits, y, None)
-        votes, margin = self._criterion(objective, logits, y)
-        active = ~hit
-        for i in range(n):
+        hit = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        votes = torch.full((len(x),), torch.iinfo(torch.int64).max, device=x.device)
+        margin = torch.full((len(x),), float("inf"), device=x.device)
+        active = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        for i in range(n + 1):
             idx = active.nonzero().squeeze(1)
             if len(idx) == 0:
                 break
-            ts = None if t is None else t[idx]
-            grad, _ = self._loss(objective, x_adv[idx], y[idx], blend, ts)
+            cur = x_adv[idx]
+            if i < n:
+                grad, logits = self._loss(objective, cur, y[idx], blend[idx], t[idx])
+            else:
+                with torch.no_grad():
+                    logits = objective.logits(cur)
+            fooled = objective.success(cur, logits, y[idx], None)
+            v, m = self._criterion(objective, logits, y[idx])
+            better = fooled | (v < votes[idx]) | ((v == votes[idx]) & (m < margin[idx]))
+            kept[idx[better]] = cur[better]
+            votes[idx[better]], margin[idx[better]] = v[better], m[better]
+            hit[idx[fooled]] = True
+            active[idx[fooled]] = False
+            if i == n:
+                break
+            idx, cur, grad = idx[~fooled], cur[~fooled], grad[~fooled]
             with torch.no_grad():
                 step = 2 * eps * (1 + math.cos(math.pi * i / n)) / 2
                 a = 0.75 if i > 0 else 1.0
-                cur, xs = x_adv[idx], x[idx]
+                xs = x[idx]
                 z = project(cur + step * grad.sign(), xs, eps, "linf")
                 new = project(cur + a * (z - cur) + (1 - a) * (cur - x_old[idx]), xs, eps, "linf")
                 x_old[idx] = cur
                 x_adv[idx] = new
-                logits = objective.logits(new)
-            fooled = objective.success(new, logits, y[idx], None)
-            v, m = self._criterion(objective, logits, y[idx])
-            better = fooled | (v < votes[idx]) | ((v == votes[idx]) & (m < margin[idx]))
-            kept[idx[better]] = new[better]
-            votes[idx[better]], margin[idx[better]] = v[better], m[better]
-            hit[idx[fooled]] = True
-            active[idx[fooled]] = False
             step_done(i + 1)
         return kept, hit, votes, margin

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from dmlcli.attacks import base
 from dmlcli.attacks.base import AttackBase, CallProgress, Objective, check_budget
 from dmlcli.errors import DmlError
 
@@ -100,69 +101,146 @@ class RayS(AttackBase):
         tol = 1e-3 / math.sqrt(dim)
         used = torch.zeros(b, dtype=torch.long, device=x.device)
 
+        def answer(points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            """The decision's answers (wrong: True) at ``points`` for the samples ``rows``."""
+            return objective.success(points, objective.logits(points), y[rows], None)
+
         def fooled(points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             """One query for each sample in ``rows`` at ``points`` ``[len(rows), ...]``."""
             used[rows] += 1
-            return objective.success(points, objective.logits(points), y[rows], None)
+            return answer(points, rows)
 
         def ray(rows: torch.Tensor, signs: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            return (x[rows] + r.view(-1, *[1] * (x.dim() - 1)) * signs).clamp(0.0, 1.0)
+            """``clip(x + r * s)`` for the samples ``rows``, signs ``[len(rows), D]``."""
+            step = r.view(-1, *[1] * (x.dim() - 1)) * signs.view(len(rows), *x.shape[1:])
+            return (x[rows] + step).clamp(0.0, 1.0)
 
         all_rows = torch.arange(b, device=x.device)
         done = fooled(x, all_rows)  # already wrong: x itself, radius 0
         best_r = torch.where(done, 0.0, float("inf")).to(x.dtype)
         best_s = torch.ones_like(x).flatten(1)
-        level, block = 0, 0
+        position = [(0, 0)] * b  # (level, block) each sample tries next
         while True:
             rows = ((best_r > self.eps) & (used < self.queries)).nonzero().squeeze(1)
             if len(rows) == 0:
                 break
-            size = math.ceil(dim / 2**level)
-            start, end = block * size, min(dim, (block + 1) * size)
-            trial = best_s[rows].clone()
-            trial[:, start:end] *= -1
-            trial = trial.view(-1, *x.shape[1:])
-            self._search(rows, trial, best_r, best_s, used, fooled, ray, tol)
-            block += 1
-            if block == 2**level or end == dim:
-                level, block = level + 1, 0
+            ahead = -(-base.TARGET_BATCH_ROWS // len(rows))
+            trial, hit = self._trials(rows, ahead, best_r, best_s, used, position, answer, ray)
+            if trial is not None:
+                self._bisect(rows, trial, hit, best_r, best_s, used, answer, ray, tol)
             left = (best_r > self.eps) & (used < self.queries)
             share = torch.where(left, used.float() / self.queries, 1.0).mean()
             progress(float(share), f"{self.name}: {int(left.sum())}/{b} samples searching")
         found = best_r <= self.eps
         out = x.clone()
         rows = found.nonzero().squeeze(1)
-        signs = best_s[rows].view(-1, *x.shape[1:])
-        out[rows] = ray(rows, signs, best_r[rows])
+        out[rows] = ray(rows, best_s[rows], best_r[rows])
         return out
 
-    def _search(
+    def _trials(
         self,
         rows: torch.Tensor,
-        trial: torch.Tensor,
+        ahead: int,
         best_r: torch.Tensor,
         best_s: torch.Tensor,
         used: torch.Tensor,
-        fooled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        position: list[tuple[int, int]],
+        answer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        ray: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The next trial direction of each sample in ``rows``: ``s_t`` with its next block
+        flipped, queried at ``r_t``. Up to ``ahead`` next blocks are asked at once (few
+        samples fill a batch); a sample keeps the first that is adversarial and counts the
+        queries up to it, so the search, its queries and its result are those of one trial
+        at a time (the later answers are dropped unread: ``s_t`` and ``r_t`` change there).
+        Returns (trial signs ``[len(rows), D]``, adversarial at ``r_t`` ``[len(rows)]``), or
+        (None, None) when no sample found one (their positions advanced)."""
+        dim = best_s.shape[1]
+        owners, flips, spans = [], [], []
+        for j, row in enumerate(rows.tolist()):
+            level, block = position[row]
+            for _ in range(min(ahead, self.queries - int(used[row]))):
+                size = math.ceil(dim / 2**level)
+                start, end = block * size, min(dim, (block + 1) * size)
+                owners.append(j)
+                spans.append((start, end))
+                block += 1
+                if block == 2**level or end == dim:
+                    level, block = level + 1, 0
+                flips.append((level, block))
+        device = best_s.device
+        owner = torch.tensor(owners, device=device)
+        trial = best_s[rows[owner]].clone()
+        for i, (start, end) in enumerate(spans):
+            trial[i, start:end] *= -1
+        r_cur = best_r[rows[owner]].clamp(max=1.0)  # beyond 1 every pixel is clipped
+        answers = answer(ray(rows[owner], trial, r_cur), rows[owner]).tolist()
+        first_hit = [None] * len(rows)
+        counted = [0] * len(rows)
+        for i, j in enumerate(owners):
+            if first_hit[j] is None:
+                counted[j] += 1
+                position[int(rows[j])] = flips[i]
+                if answers[i]:
+                    first_hit[j] = i
+        used[rows] += torch.tensor(counted, device=device)
+        hit = torch.tensor([h is not None for h in first_hit], device=device)
+        if not hit.any():
+            return None, None
+        pick = torch.tensor([0 if h is None else h for h in first_hit], device=device)
+        return trial[pick], hit
+
+    def _bisect(
+        self,
+        rows: torch.Tensor,
+        trial: torch.Tensor,
+        hit: torch.Tensor,
+        best_r: torch.Tensor,
+        best_s: torch.Tensor,
+        used: torch.Tensor,
+        answer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         ray: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
         tol: float,
     ) -> None:
-        """Binary search of the boundary along ``trial`` ``[len(rows), C, H, W]`` for the
-        samples ``rows``; updates ``best_r`` and ``best_s`` in place where it is closer."""
-        r_cur = best_r[rows].clamp(max=1.0)  # beyond 1 every pixel is clipped: the corner
-        hit = fooled(ray(rows, trial, r_cur), rows)
+        """Binary search of the boundary along ``trial`` ``[len(rows), D]`` for the
+        samples ``rows`` whose trial was adversarial at ``r_t`` (``hit``); updates
+        ``best_r`` and ``best_s`` in place where it is closer.
+
+        Few samples fill a batch by asking the next ``depth`` levels of the search at once:
+        every midpoint the search could visit there (``2^depth - 1`` per sample, computed
+        by the same halvings). Walking the answers gives the very path, queries and radius
+        of one midpoint at a time; the answers off the path are dropped unread."""
+        r_cur = best_r[rows].clamp(max=1.0)
         lo = torch.zeros_like(r_cur)
         hi = r_cur.clone()
-        search = hit.clone()  # only directions adversarial at the current best radius
         while True:
-            live = search & (hi - lo > tol) & (used[rows] < self.queries)
+            live = hit & (hi - lo > tol) & (used[rows] < self.queries)
             if not live.any():
                 break
             i = live.nonzero().squeeze(1)
-            mid = (lo[i] + hi[i]) / 2
-            ok = fooled(ray(rows[i], trial[i], mid), rows[i])
-            hi[i[ok]] = mid[ok]
-            lo[i[~ok]] = mid[~ok]
+            depth = max(1, int(math.log2(base.TARGET_BATCH_ROWS / len(i) + 1)))
+            tree_lo, tree_hi, mids = lo[i][:, None], hi[i][:, None], []
+            for _ in range(depth):  # level l: 2^l nodes per sample, left to right
+                mid = (tree_lo + tree_hi) / 2
+                mids.append(mid)
+                tree_lo = torch.stack([tree_lo, mid], 2).flatten(1)
+                tree_hi = torch.stack([mid, tree_hi], 2).flatten(1)
+            points = torch.cat(mids, 1)  # [len(i), 2^depth - 1]
+            per = points.shape[1]
+            owner = rows[i].repeat_interleave(per)
+            signs = trial[i].repeat_interleave(per, 0)
+            ok_all = answer(ray(owner, signs, points.flatten()), owner).view(len(i), per)
+            node = torch.zeros(len(i), dtype=torch.long, device=lo.device)
+            for level, mid in enumerate(mids):
+                go = (hi[i] - lo[i] > tol) & (used[rows[i]] < self.queries)
+                if not go.any():
+                    break
+                at = mid.gather(1, node[:, None])[:, 0]
+                ok = ok_all[:, 2**level - 1 :].gather(1, node[:, None])[:, 0]
+                used[rows[i[go]]] += 1
+                hi[i[go & ok]] = at[go & ok]
+                lo[i[go & ~ok]] = at[go & ~ok]
+                node = 2 * node + (~ok).long()
         closer = hit & (hi < best_r[rows])
         best_r[rows[closer]] = hi[closer]
         best_s[rows[closer]] = trial[closer].flatten(1)
