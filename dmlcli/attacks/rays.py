@@ -39,6 +39,12 @@ from dmlcli.attacks import base
 from dmlcli.attacks.base import AttackBase, CallProgress, Objective, check_budget
 from dmlcli.errors import DmlError
 
+#: The most levels of a binary search asked at once (``2^levels - 1`` midpoints per sample
+#: for ``levels`` queries). Measured on a 5-member LeNet-5 ensemble, 4 robust samples, 2,000
+#: queries each, one CPU core: one level at a time 7.6 s, 2 levels 6.3 s, 3 levels 6.1 s, 4
+#: levels 8.7 s (the answers off the path cost more than the calls they save).
+BISECT_AHEAD = 3
+
 
 @dataclass
 class RayS(AttackBase):
@@ -218,7 +224,7 @@ class RayS(AttackBase):
             if not live.any():
                 break
             i = live.nonzero().squeeze(1)
-            depth = max(1, int(math.log2(base.TARGET_BATCH_ROWS / len(i) + 1)))
+            depth = min(BISECT_AHEAD, max(1, int(math.log2(base.TARGET_BATCH_ROWS / len(i) + 1))))
             tree_lo, tree_hi, mids = lo[i][:, None], hi[i][:, None], []
             for _ in range(depth):  # level l: 2^l nodes per sample, left to right
                 mid = (tree_lo + tree_hi) / 2
