@@ -1,6 +1,7 @@
 """dmlcli: diverse DML ensembles for adversarial robustness (train, attack, report).
 
-The names most scripts need; every subcommand is a function of :mod:`dmlcli.api`.
+The names most scripts need; every subcommand but ``dml run`` (a recipe of the others) is a
+function of :mod:`dmlcli.api`.
 """
 
 from dmlcli.adapters import as_art_classifier, as_classifier

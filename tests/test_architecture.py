@@ -168,3 +168,16 @@ def test_no_cli_module_writes_or_computes_results():
         text = path.read_text()
         for word in forbidden:
             assert f"{word}(" not in text and f"import {word}" not in text, (module, word)
+
+
+def test_every_subcommand_but_run_is_an_api_function_named_in_all():
+    """``dmlcli.api.__all__`` names each subcommand's function (``dml run`` runs recipes of
+    the others and has none)."""
+    import typer.main
+
+    from dmlcli import api
+    from dmlcli.cli.app import app
+
+    commands = set(typer.main.get_command(app).commands) - {"run"}
+    assert commands <= set(api.__all__)
+    assert all(callable(getattr(api, name)) for name in api.__all__)
