@@ -181,3 +181,21 @@ def test_every_subcommand_but_run_is_an_api_function_named_in_all():
     commands = set(typer.main.get_command(app).commands) - {"run"}
     assert commands <= set(api.__all__)
     assert all(callable(getattr(api, name)) for name in api.__all__)
+
+
+def test_help_names_what_goes_in_each_option_and_lists_every_attack():
+    """Option metavars are names (``EPS``, ``N``), not typer's ``<list[str]>``/``<int>``; the
+    description is reflowed (no line break mid-sentence); ``--attack`` lists the registry."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from dmlcli.attacks import list_attacks
+    from dmlcli.cli.app import app
+
+    out = CliRunner().invoke(app, ["attack", "--help"], env={"COLUMNS": "200"}).output
+    assert "<list[str]>" not in out.split("Options")[1] and "<int>" not in out
+    assert re.search(r"--eps\s+EPS\s", out) and re.search(r"--n\s+N\s", out)
+    assert "kept as a part file as soon as it is done" in out
+    flat = " ".join(out.split())
+    assert all(name in flat for name in list_attacks())

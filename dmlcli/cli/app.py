@@ -29,7 +29,35 @@ class _Group(_PlainHelp, typer.core.TyperGroup):
 
 
 class _Command(_PlainHelp, typer.core.TyperCommand):
-    pass
+    """A subcommand whose help reads as written: option metavars name what goes there
+    (``EPS``, ``N``, ``DATA_DIR``, not typer's ``<list[str]>``), and the description's
+    hard-wrapped docstring lines flow into paragraphs (see :func:`_reflow`)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - click's signature
+        super().__init__(*args, **kwargs)
+        self.help = _reflow(self.help)
+        for param in self.params:
+            if param.param_type_name == "option" and param.metavar is None:
+                if not getattr(param, "is_flag", False):
+                    param.metavar = (param.name or "").upper()
+
+
+def _reflow(text: str | None) -> str | None:
+    """Docstring text with each paragraph on one line (lines starting ``-`` or ``*`` stay
+    list items), so the help formatter wraps it to the terminal, not mid-sentence."""
+    if not text:
+        return text
+    paragraphs = []
+    for block in text.strip().split("\n\n"):
+        lines: list[str] = []
+        for line in block.splitlines():
+            item = line.lstrip().startswith(("- ", "* "))
+            if lines and not item:
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.strip())
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
 
 
 app = typer.Typer(

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from dmlcli import api
+from dmlcli.attacks import list_attacks
 from dmlcli.cli.common import (
     ArtifactsOpt,
     DataDirOpt,
@@ -45,7 +46,7 @@ def command(
     ] = D["suite"],
     attack: Annotated[
         list[str] | None,
-        typer.Option(help="Run this attack (fgsm, bim, pgd, apgd-ce, apgd-dlr, cw, autoattack)."),
+        typer.Option(help=f"Run this attack ({', '.join(list_attacks())})."),
     ] = D["attack"],
     eps: Annotated[
         list[str] | None,
