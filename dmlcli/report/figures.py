@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dmlcli.attacks import attack_entry
 from dmlcli.files import atomic_write_bytes
 from dmlcli.report.collect import Collection
 from dmlcli.report.paper import split_label
@@ -485,10 +486,9 @@ def adversarial_grid(col: Collection, dataset: str, out: Path) -> Figure | Skip:
         s = r.setting
         label = str(s.get("attack", "?"))
         eps = (s.get("params") or {}).get("eps")
-        order = {"cw": 0, "pgd": 1, "bim": 2, "fgsm": 3, "autoattack": 4}
         return (
             col.runs_of(dataset).index(col.runs[r.run]) if r.run in col.runs else 9,
-            order.get(split_label(label)[0], 5),
+            attack_entry(split_label(label)[0]).example_order,
             -(eps or 0),
         )
 

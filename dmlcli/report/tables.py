@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dmlcli.attacks import attack_entry
 from dmlcli.errors import DmlError
 from dmlcli.report.collect import Collection, Result
 from dmlcli.report.paper import paper_value, parse_column, split_label
@@ -92,24 +93,10 @@ def fmt(value: Any) -> str:
 
 
 # -- attack labels and settings ----------------------------------------------------------------
-_DISPLAY = {
-    "fgsm": "FGSM",
-    "bim": "BIM",
-    "pgd": "PGD",
-    "cw": "CW",
-    "cw-search": "CW (c searched)",
-    "autoattack": "AutoAttack",
-    "apgd-ce": "APGD-CE",
-    "apgd-dlr": "APGD-DLR",
-    "transfer-apgd-ce": "transfer APGD-CE",
-    "worst-case": "worst case",
-}
-
-
 def attack_title(label: str, eps: float | None, cw_c: float | None = None) -> str:
     """``('pgd-20x5', 0.3)`` -> ``'PGD-20x5 eps=0.3'``; fixed-c CW shows its constant c."""
     base, steps, restarts = split_label(label)
-    name = _DISPLAY.get(base, base)
+    name = attack_entry(base).display
     if steps is not None:
         name += f"-{steps}"
     if restarts is not None:
@@ -336,22 +323,12 @@ def _paper_protocol(c: AttackCell) -> bool:
     return c.decision == "vote" and paper_protocol(c.result.df)
 
 
-_ORDER = {
-    "fgsm": 0,
-    "bim": 1,
-    "pgd": 2,
-    "apgd-ce": 3,
-    "apgd-dlr": 4,
-    "cw": 5,
-    "cw-search": 6,
-    "autoattack": 7,
-}
-
-
-def _col_sort(key: tuple[str, float | None]) -> tuple:
+def attack_sort_key(key: tuple[str, float | None]) -> tuple:
+    """Where a (label, eps) setting goes among the report's rows: by the attack's registry
+    order (:func:`~dmlcli.attacks.attack_entry`), then name, steps, restarts and eps."""
     base, steps, restarts = split_label(key[0])
     eps = -1.0 if key[1] is None else key[1]
-    return (_ORDER.get(base, 9), base, steps or 0, restarts or 0, eps)
+    return (attack_entry(base).order, base, steps or 0, restarts or 0, eps)
 
 
 def _notes_common(cells: Iterable[AttackCell], what: str) -> list[str]:
@@ -490,10 +467,10 @@ def _eps_grid(
         rows.append(row)
         by_row: dict[str, dict[float | None, AttackCell]] = {}
         order: dict[str, tuple] = {}
-        for c in sorted(mine, key=lambda c: _col_sort(c.key)):
+        for c in sorted(mine, key=lambda c: attack_sort_key(c.key)):
             name = _row_title(c, suffix.get(id(c), ""))
             by_row.setdefault(name, {})[None if c.eps is None else round(c.eps, 9)] = c
-            order.setdefault(name, _col_sort((c.label, -1.0)))
+            order.setdefault(name, attack_sort_key((c.label, -1.0)))
         seen: set[tuple[str, int | None]] = set()
         for name in sorted(by_row, key=lambda n: order[n]):
             at = by_row[name]
@@ -518,7 +495,7 @@ def _eps_grid(
             for base, steps in paper_attacks - seen
             if not (steps is None and any(b == base for b, _ in seen))
         }
-        for base, steps in sorted(missing, key=lambda a: (_ORDER.get(a[0], 9), str(a))):
+        for base, steps in sorted(missing, key=lambda a: (attack_entry(a[0]).order, str(a))):
             label = base + (f"-{steps}" if steps else "")
             if all(paper_value(numbers, label, e) is None for e in [*eps_values, None]):
                 continue
