@@ -30,7 +30,7 @@ Defaults are those of each paper's public code for CIFAR-10 (stated per defense 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,63 +43,42 @@ from dmlcli.models.ensemble import Ensemble
 
 
 @dataclass(frozen=True)
+class TrainingBatch:
+    """What a defense's loss terms may read for one training batch: its hyperparameters
+    ``args``, the :class:`~dmlcli.models.ensemble.Ensemble` and ``model`` (what runs the forward
+    pass: the ensemble or its DistributedDataParallel wrapper), pixels ``x`` ``[B, C, H, W]``,
+    labels ``y`` ``[B]``, ``progress`` (the fraction of training done), the training generator
+    ``gen`` and ``layers`` (one backbone layer per member, for a defense that asks for them)."""
+
+    args: Mapping[str, float]
+    ensemble: Ensemble
+    model: Any
+    x: torch.Tensor
+    y: torch.Tensor
+    progress: float
+    gen: torch.Generator
+    layers: list[str]
+
+
+#: A defense's loss terms on one batch: the terms (``total`` is minimised, the others are logged)
+#: and the member logits ``[K, B, C]`` on ``x`` (for the batch accuracy).
+LossTerms = Callable[[TrainingBatch], tuple[dict[str, torch.Tensor], torch.Tensor]]
+
+
+@dataclass(frozen=True)
 class Defense:
-    """A training objective: the head it trains, its paper and its hyperparameters."""
+    """A training objective: the head it trains, its paper, its loss terms and its
+    hyperparameters. One entry of :data:`DEFENSES` (at the end of this module, below the
+    objectives it names) is all a new defense adds besides its objective."""
 
     name: str
     head: str
     paper: str
+    terms: LossTerms
     defaults: dict[str, float] = field(default_factory=dict)
+    #: Whether ``terms`` reads ``TrainingBatch.layers`` (drawn by the trainer each epoch).
+    layers: bool = False
 
-
-DEFENSES: dict[str, Defense] = {
-    d.name: d
-    for d in (
-        Defense("baseline", "linear", "cross-entropy only (the paper's baseline)"),
-        Defense("dml", "dml", "this paper, Eq. 3 (gamma, beta: --gamma, --beta)"),
-        Defense(
-            "adp",
-            "linear",
-            "Pang et al. 2019, Improving adversarial robustness via promoting ensemble "
-            "diversity (ADP_{2,0.5})",
-            {"alpha": 2.0, "beta": 0.5, "det_offset": 1e-6},
-        ),
-        Defense(
-            "gal",
-            "linear",
-            "Kariyappa & Qureshi 2019, Improving adversarial robustness of ensembles with "
-            "diversity training (GAL)",
-            {"lambda": 0.5},
-        ),
-        Defense(
-            "trs",
-            "linear",
-            "Yang et al. 2021, TRS: transferability reduced ensemble via promoting gradient "
-            "diversity and model smoothness",
-            {
-                "coeff": 2.0,
-                "lamda": 2.0,
-                "scale": 5.0,
-                "eps": 0.03,
-                "init_eps": 0.01,
-                "pgd_steps": 6,
-            },
-        ),
-        Defense(
-            "dverge",
-            "linear",
-            "Yang et al. 2020, DVERGE: diversifying vulnerabilities for enhanced robust "
-            "generation of ensembles",
-            {"eps": 0.07, "step": 0.007, "steps": 10, "clean": 0.0},
-        ),
-        Defense(
-            "mmc",
-            "mmc",
-            "Pang et al. 2020, Rethinking softmax cross-entropy loss for adversarial "
-            "robustness (MMC-10)",
-        ),
-    )
-}
 
 _COUNT_ARGS = {"pgd_steps", "steps"}
 
@@ -426,18 +405,93 @@ def defense_terms(
     member logits ``[K, B, C]`` on ``x`` (for the batch accuracy). ``model`` is what runs the
     forward pass (the ensemble, or its DistributedDataParallel wrapper); ``progress`` the
     fraction of training done (TRS's eps warm-up); ``layers`` one backbone layer per member
-    (DVERGE)."""
-    if defense == "gal":
-        return gal_terms(model, x, y, args["lambda"])
-    if defense == "trs":
-        return trs_terms(model, x, y, args, progress, gen)
-    if defense == "dverge":
-        return dverge_terms(ensemble, model, x, y, args, layers or [], gen)
-    logits = model(x)
-    if defense == "adp":
-        return adp_terms(logits, y, args["alpha"], args["beta"], args["det_offset"]), logits
-    if defense == "mmc":
-        return mmc_terms(logits, y), logits
-    if defense in ("dml", "baseline"):
-        return dml_terms(logits, y, ensemble), logits
-    raise DmlError(f"unknown --defense {defense!r}; choose one of {', '.join(DEFENSES)}")
+    (DVERGE). The defense's :class:`Defense` entry says which terms."""
+    batch = TrainingBatch(args, ensemble, model, x, y, progress, gen, layers or [])
+    return get_defense(defense).terms(batch)
+
+
+# -- each objective on a TrainingBatch (the registry's one signature) ----------------------
+def _eq3(b: TrainingBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Eq. 3 (its ``ce`` alone on a head without M: the baseline)."""
+    logits = b.model(b.x)
+    return dml_terms(logits, b.y, b.ensemble), logits
+
+
+def _adp(b: TrainingBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    logits = b.model(b.x)
+    args = b.args
+    return adp_terms(logits, b.y, args["alpha"], args["beta"], args["det_offset"]), logits
+
+
+def _gal(b: TrainingBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    return gal_terms(b.model, b.x, b.y, b.args["lambda"])
+
+
+def _trs(b: TrainingBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    return trs_terms(b.model, b.x, b.y, b.args, b.progress, b.gen)
+
+
+def _dverge(b: TrainingBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    return dverge_terms(b.ensemble, b.model, b.x, b.y, b.args, b.layers, b.gen)
+
+
+def _mmc(b: TrainingBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    logits = b.model(b.x)
+    return mmc_terms(logits, b.y), logits
+
+
+# -- the registry ---------------------------------------------------------------------------
+DEFENSES: dict[str, Defense] = {
+    d.name: d
+    for d in (
+        Defense("baseline", "linear", "cross-entropy only (the paper's baseline)", _eq3),
+        Defense("dml", "dml", "this paper, Eq. 3 (gamma, beta: --gamma, --beta)", _eq3),
+        Defense(
+            "adp",
+            "linear",
+            "Pang et al. 2019, Improving adversarial robustness via promoting ensemble "
+            "diversity (ADP_{2,0.5})",
+            _adp,
+            {"alpha": 2.0, "beta": 0.5, "det_offset": 1e-6},
+        ),
+        Defense(
+            "gal",
+            "linear",
+            "Kariyappa & Qureshi 2019, Improving adversarial robustness of ensembles with "
+            "diversity training (GAL)",
+            _gal,
+            {"lambda": 0.5},
+        ),
+        Defense(
+            "trs",
+            "linear",
+            "Yang et al. 2021, TRS: transferability reduced ensemble via promoting gradient "
+            "diversity and model smoothness",
+            _trs,
+            {
+                "coeff": 2.0,
+                "lamda": 2.0,
+                "scale": 5.0,
+                "eps": 0.03,
+                "init_eps": 0.01,
+                "pgd_steps": 6,
+            },
+        ),
+        Defense(
+            "dverge",
+            "linear",
+            "Yang et al. 2020, DVERGE: diversifying vulnerabilities for enhanced robust "
+            "generation of ensembles",
+            _dverge,
+            {"eps": 0.07, "step": 0.007, "steps": 10, "clean": 0.0},
+            layers=True,
+        ),
+        Defense(
+            "mmc",
+            "mmc",
+            "Pang et al. 2020, Rethinking softmax cross-entropy loss for adversarial "
+            "robustness (MMC-10)",
+            _mmc,
+        ),
+    )
+}

@@ -217,7 +217,7 @@ class Trainer:
         progress = (epoch + step / self.steps_per_epoch) / s.epochs
         terms, logits = defense_terms(
             s.defense, s.defense_args, self.ensemble, self.model, x, y, progress, gen,
-            self.distill_layers(epoch) if s.defense == "dverge" else None,
+            self.distill_layers(epoch) if DEFENSES[s.defense].layers else None,
         )  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
@@ -234,8 +234,9 @@ class Trainer:
         return out
 
     def distill_layers(self, epoch: int) -> list[str]:
-        """DVERGE: each member's distillation layer for ``epoch``, drawn at random from the
-        backbone's layers (a pure function of seed and epoch, as DVERGE draws per epoch)."""
+        """Each member's distillation layer for ``epoch`` (for a defense whose entry asks for
+        ``layers``: DVERGE), drawn at random from the backbone's layers (a pure function of
+        seed and epoch, as DVERGE draws per epoch)."""
         names = self.ensemble.feature_layers()
         gen = torch.Generator().manual_seed(_step_seed(self.seed, epoch, -3))
         picks = torch.randint(len(names), (self.ensemble.num_members,), generator=gen)
