@@ -294,16 +294,29 @@ def evidence(
         done += 1
     if baseline is not None:
         tick(done / total, "check: baseline")
-        base = Objective(baseline, "sum", baseline_decision(s.decision, baseline), 1)
-        with seeded(seed, x.device), torch.no_grad():
-            base_correct = base.decide(base.logits(x)) == y
-        robust = base_correct
-        for attack in (steps[0][1], steps[1][1], steps[2][1]):  # FGSM, PGD, doubled PGD
-            robust = robust & _robust(base, base, attack, x, y, robust, seed)
-        out["baseline_correct"] = base_correct.tolist()
-        out["baseline_robust"] = robust.tolist()
+        white = [attack for _, attack in steps[:3]]  # FGSM, PGD, doubled PGD
+        out.update(_baseline_evidence(baseline, white, x, y, s.decision, seed))
     tick(1.0, "check: done")
     return out
+
+
+def _baseline_evidence(
+    baseline: nn.Module,
+    attacks: list[Any],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    decision: str,
+    seed: int,
+) -> dict[str, list]:
+    """The baseline's columns of :func:`evidence`: ``baseline_correct`` and
+    ``baseline_robust`` (correct and robust to every one of ``attacks``, per sample)."""
+    base = Objective(baseline, "sum", baseline_decision(decision, baseline), 1)
+    with seeded(seed, x.device), torch.no_grad():
+        base_correct = base.decide(base.logits(x)) == y
+    robust = base_correct
+    for attack in attacks:
+        robust = robust & _robust(base, base, attack, x, y, robust, seed)
+    return {"baseline_correct": base_correct.tolist(), "baseline_robust": robust.tolist()}
 
 
 def _pgd(
