@@ -24,12 +24,14 @@ success on the summed logits and could never fire on a vote); APGD-CE transferre
 surrogate; FGSM and both PGDs on a baseline; PGD with ``keep='loss'`` and a loss
 :class:`~dmlcli.attacks.base.Trace` for Pintor et al.'s indicators, :func:`indicators`)
 and measures input gradients per surface and two forward passes, one value per sample.
-:func:`summarize` turns those per-sample values into one row per check: ``status``
-(``pass``, ``warn`` or ``fail``), the measured ``value``, the ``threshold`` above which the
-check stops passing and one sentence of ``detail``. :func:`check_job` stores the rows as a
-``check`` result (the per-sample values are kept as part files while it runs, so an
-interrupted check resumes). Both work on any module mapping pixels to member logits
-``[K, B, C]`` or logits ``[B, C]``.
+:func:`summarize` turns those per-sample values into rows, one per check of :data:`CHECKS`
+(each a function of the evidence and the settings, in row order; a new check is one function
+there): ``status`` (``pass``, ``warn`` or ``fail``), the measured ``value``, the
+``threshold`` above which the check stops passing and one sentence of ``detail``. Each
+check's docstring says what it flags, why, and which :class:`Thresholds` decide it.
+:func:`check_job` stores the rows as a ``check`` result (the per-sample values are kept as
+part files while it runs, so an interrupted check resumes). Both work on any module mapping
+pixels to member logits ``[K, B, C]`` or logits ``[B, C]``.
 """
 
 from __future__ import annotations
