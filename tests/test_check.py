@@ -210,6 +210,39 @@ def test_one_sample_never_decides_a_small_evaluation():
     assert rows.loc["more budget", "threshold"] == pytest.approx(100 / 30)
 
 
+def test_checks_make_the_rows_in_order_and_a_new_check_is_one_function(monkeypatch):
+    """summarize is a loop over CHECKS: the rows come in its order, and a check appended to
+    it is a row (and its samples a metadata entry) without touching summarize."""
+    ev, s = _evidence()
+    rows, meta = chk.summarize(ev, s)
+    assert list(rows["check"]) == [
+        "iterative vs single-step",
+        "iterative vs single-step, per sample",
+        "more budget",
+        "silent success",
+        "incomplete optimization",
+        "large eps",
+        "monotone in eps",
+        "black-box vs white-box",
+        "zero gradients: sum",
+        "randomness",
+    ]
+    assert len({key for key, _ in chk.CHECKS}) == len(chk.CHECKS)
+    assert all(check.__doc__ for _, check in chk.CHECKS)
+
+    def odd_labels(ev: pd.DataFrame, s: chk.CheckSettings) -> list[chk.Finding]:
+        odd = ev["label"] % 2 == 1
+        samples = {"odd_labels": [int(v) for v in ev.loc[odd, "sample"][:3]]}
+        return [chk.Finding("odd labels", "warn", 50.0, 0.0, "a throwaway check.", samples)]
+
+    monkeypatch.setattr(chk, "CHECKS", (*chk.CHECKS, ("odd_labels", odd_labels)))
+    rows2, meta2 = chk.summarize(ev, s)
+    assert rows2.iloc[:-1].equals(rows)
+    assert rows2.iloc[-1].tolist() == ["odd labels", "warn", 50.0, 0.0, "a throwaway check."]
+    assert meta2["samples"] == {**meta["samples"], "odd_labels": [1, 3, 5]}
+    assert meta2["sweep"] == meta["sweep"]
+
+
 # -- modules -----------------------------------------------------------------------------------
 def test_a_masked_ensemble_fails_the_gradient_check_and_another(digits):
     dml, base, x, y = digits

@@ -24,17 +24,20 @@ success on the summed logits and could never fire on a vote); APGD-CE transferre
 surrogate; FGSM and both PGDs on a baseline; PGD with ``keep='loss'`` and a loss
 :class:`~dmlcli.attacks.base.Trace` for Pintor et al.'s indicators, :func:`indicators`)
 and measures input gradients per surface and two forward passes, one value per sample.
-:func:`summarize` turns those per-sample values into one row per check: ``status``
-(``pass``, ``warn`` or ``fail``), the measured ``value``, the ``threshold`` above which the
-check stops passing and one sentence of ``detail``. :func:`check_job` stores the rows as a
-``check`` result (the per-sample values are kept as part files while it runs, so an
-interrupted check resumes). Both work on any module mapping pixels to member logits
-``[K, B, C]`` or logits ``[B, C]``.
+:func:`summarize` turns those per-sample values into rows, one per check of :data:`CHECKS`
+(each a function of the evidence and the settings, in row order; a new check is one function
+there): ``status`` (``pass``, ``warn`` or ``fail``), the measured ``value``, the
+``threshold`` above which the check stops passing and one sentence of ``detail``. Each
+check's docstring says what it flags, why, and which :class:`Thresholds` decide it.
+:func:`check_job` stores the rows as a ``check`` result (the per-sample values are kept as
+part files while it runs, so an interrupted check resumes). Both work on any module mapping
+pixels to member logits ``[K, B, C]`` or logits ``[B, C]``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -293,16 +296,29 @@ def evidence(
         done += 1
     if baseline is not None:
         tick(done / total, "check: baseline")
-        base = Objective(baseline, "sum", baseline_decision(s.decision, baseline), 1)
-        with seeded(seed, x.device), torch.no_grad():
-            base_correct = base.decide(base.logits(x)) == y
-        robust = base_correct
-        for attack in (steps[0][1], steps[1][1], steps[2][1]):  # FGSM, PGD, doubled PGD
-            robust = robust & _robust(base, base, attack, x, y, robust, seed)
-        out["baseline_correct"] = base_correct.tolist()
-        out["baseline_robust"] = robust.tolist()
+        white = [attack for _, attack in steps[:3]]  # FGSM, PGD, doubled PGD
+        out.update(_baseline_evidence(baseline, white, x, y, s.decision, seed))
     tick(1.0, "check: done")
     return out
+
+
+def _baseline_evidence(
+    baseline: nn.Module,
+    attacks: list[Any],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    decision: str,
+    seed: int,
+) -> dict[str, list]:
+    """The baseline's columns of :func:`evidence`: ``baseline_correct`` and
+    ``baseline_robust`` (correct and robust to every one of ``attacks``, per sample)."""
+    base = Objective(baseline, "sum", baseline_decision(decision, baseline), 1)
+    with seeded(seed, x.device), torch.no_grad():
+        base_correct = base.decide(base.logits(x)) == y
+    robust = base_correct
+    for attack in attacks:
+        robust = robust & _robust(base, base, attack, x, y, robust, seed)
+    return {"baseline_correct": base_correct.tolist(), "baseline_robust": robust.tolist()}
 
 
 def _pgd(
@@ -414,16 +430,130 @@ def _pgd_name(s: CheckSettings) -> str:
     return f"PGD-{s.steps}" + (f"x{s.restarts}" if s.restarts > 1 else "")
 
 
-def _row(check: str, status: str, value: float, threshold: float, detail: str) -> dict[str, Any]:
-    return {"check": check, "status": status, "value": value, "threshold": threshold,
-            "detail": detail}  # fmt: skip
+def _pgd2_name(s: CheckSettings) -> str:
+    return f"PGD-{2 * s.steps}x{2 * s.restarts}"
 
 
-def _silent_success(ev: pd.DataFrame, s: CheckSettings) -> tuple[dict[str, Any], list[int]]:
+def _white(s: CheckSettings) -> str:
+    """The white-box attacks of the per-sample comparisons, as the details name them."""
+    return f"FGSM, {_pgd_name(s)} and {_pgd2_name(s)}"
+
+
+def _one_sample(ev: pd.DataFrame) -> float:
+    """One sample in points (100 / n): the least threshold of the checks that compare
+    counts (iterative, budget, monotonicity, incomplete optimization), so that a single
+    sample of a small evaluation never decides them."""
+    return 100.0 / len(ev) if len(ev) else 0.0
+
+
+def _flags(ev: pd.DataFrame, column: str) -> pd.Series:
+    return ev[column].astype(bool)
+
+
+def _traced(ev: pd.DataFrame) -> bool:
+    """Whether the evidence has the indicators' columns (:func:`indicators`); parts of an
+    older check do not, and then their checks have no rows."""
+    return "silent_success" in ev.columns
+
+
+def _sweep(ev: pd.DataFrame, s: CheckSettings) -> dict[str, list[float]]:
+    """The accuracy-vs-eps curve (the metadata's ``sweep``): eps 0 (clean accuracy) and
+    each eps of ``s.sweep``, with the % of the samples robust at each."""
+    robust = [_acc(ev, "clean_correct")]
+    robust += [_acc(ev, f"robust_sweep_{i}") for i in range(len(s.sweep))]
+    return {"eps": [0.0, *s.sweep], "robust": robust}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One row of a ``check`` result and the samples behind it, keyed as the result's
+    metadata ``samples`` keeps them (empty for a check that names no samples)."""
+
+    check: str
+    status: str
+    value: float
+    threshold: float
+    detail: str
+    samples: dict[str, list[int]] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """The row in the ``check`` schema's column order."""
+        return {
+            "check": self.check,
+            "status": self.status,
+            "value": self.value,
+            "threshold": self.threshold,
+            "detail": self.detail,
+        }
+
+
+#: A check: the evidence of every evaluation sample (with a ``sample`` column) and the
+#: settings in, its rows out: none where the evidence lacks its columns, one per surface for
+#: the zero-gradient check, else one.
+Check = Callable[[pd.DataFrame, CheckSettings], list[Finding]]
+
+
+# -- the checks, in the order of their rows ---------------------------------------------------
+def _iterative(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
+    """Iterative beats single-step (Carlini et al. 2019): PGD's robust accuracy minus FGSM's,
+    in points. Above ``iterative`` (at least one sample) warns, above ``iterative_fail``
+    fails: PGD weaker than one step means masked gradients or a bad step size."""
+    t = s.thresholds
+    fgsm, pgd = _acc(ev, "robust_fgsm"), _acc(ev, "robust_pgd")
+    limit = max(t.iterative, _one_sample(ev))
+    status = _grade(pgd - fgsm, limit, max(t.iterative_fail, limit))
+    detail = (
+        f"{_pgd_name(s)} leaves {pgd:.1f}% robust, FGSM {fgsm:.1f}% at eps {eps_text(s.eps)}: "
+        + (
+            "PGD is weaker than one step (masked gradients or a bad step size)."
+            if status != "pass"
+            else "PGD is at least as strong as one step."
+        )
+    )
+    return [Finding("iterative vs single-step", status, pgd - fgsm, limit, detail)]
+
+
+def _iterative_per_sample(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
+    """Iterative beats single-step per sample (Carlini et al.: compare per sample): the % of
+    samples FGSM breaks that PGD leaves robust (``fgsm_not_pgd``). Above
+    ``iterative_samples`` (at least one sample) warns: PGD misses adversarials one step
+    finds, which an overall accuracy can hide."""
+    n = len(ev)
+    only = ~_flags(ev, "robust_fgsm") & _flags(ev, "robust_pgd") & _flags(ev, "clean_correct")
+    limit = max(s.thresholds.iterative_samples, _one_sample(ev))
+    status = _grade(_pct(only, n), limit)
+    detail = f"{int(only.sum())} of {n} samples broken by FGSM survive {_pgd_name(s)}" + (
+        ": PGD misses adversarials one step finds." if status != "pass" else "."
+    )
+    check, samples = "iterative vs single-step, per sample", {"fgsm_not_pgd": _samples(ev, only)}
+    return [Finding(check, status, _pct(only, n), limit, detail, samples)]
+
+
+def _more_budget(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
+    """Doubling PGD's steps and restarts (same step size) changes little (Carlini et al.):
+    the points of robust accuracy the doubled run gains. Above ``budget`` (at least one
+    sample) warns: PGD has not converged, so its number overstates robustness."""
+    pgd, pgd2 = _acc(ev, "robust_pgd"), _acc(ev, "robust_pgd2")
+    limit = max(s.thresholds.budget, _one_sample(ev))
+    status = _grade(pgd - pgd2, limit)
+    detail = (
+        f"{_pgd2_name(s)} (same step size) leaves {pgd2:.1f}% robust, {_pgd_name(s)} "
+        f"{pgd:.1f}%: "
+        + ("not converged; raise --steps and --restarts." if status != "pass" else "converged.")
+    )
+    return [Finding("more budget", status, pgd - pgd2, limit, detail)]
+
+
+def _silent_success(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
     """Pintor et al.'s silent success on the traced PGD (``keep='loss'``, :func:`indicators`):
-    the row and its samples."""
+    the % of samples with an iterate of wrong decision whose highest-loss point is classified
+    correctly (``silent_success``). Any warns (``silent_success``): the stored attacks count
+    them as broken, but there the loss does not track the decision and an attack returning
+    its highest-loss point misses them. No row without the indicators' columns."""
+    if not _traced(ev):
+        return []
     n, limit = len(ev), s.thresholds.silent_success
-    silent = ev["silent_success"].astype(bool)
+    silent = _flags(ev, "silent_success")
     value = _pct(silent, n)
     status = _grade(value, limit)
     detail = (
@@ -437,16 +567,21 @@ def _silent_success(ev: pd.DataFrame, s: CheckSettings) -> tuple[dict[str, Any],
             else "."
         )
     )
-    return _row("silent success", status, value, limit, detail), _samples(ev, silent)
+    samples = {"silent_success": _samples(ev, silent)}
+    return [Finding("silent success", status, value, limit, detail, samples)]
 
 
-def _incomplete(ev: pd.DataFrame, s: CheckSettings) -> tuple[dict[str, Any], list[int]]:
-    """Pintor et al.'s incomplete optimization on the traced PGD: the samples it never
-    fooled whose ``loss_change`` is above the tolerance (the row and those samples)."""
+def _incomplete(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
+    """Pintor et al.'s incomplete optimization on the traced PGD: the % of samples it never
+    fooled whose best loss still rose by over ``incomplete_tolerance`` of its range in the
+    last ``incomplete_window`` of the steps (``incomplete``). Above ``incomplete`` (at least
+    one sample) warns: more steps may break them. No row without the indicators' columns."""
+    if not _traced(ev):
+        return []
     t, n = s.thresholds, len(ev)
-    failed = ev["robust_traced"].astype(bool) & ~ev["silent_success"].astype(bool)
+    failed = _flags(ev, "robust_traced") & ~_flags(ev, "silent_success")
     moving = failed & (ev["loss_change"].fillna(0.0) > t.incomplete_tolerance)
-    limit = max(t.incomplete, 100.0 / n if n else 0.0)
+    limit = max(t.incomplete, _one_sample(ev))
     value = _pct(moving, n)
     status = _grade(value, limit)
     detail = (
@@ -460,107 +595,39 @@ def _incomplete(ev: pd.DataFrame, s: CheckSettings) -> tuple[dict[str, Any], lis
             else "."
         )
     )
-    return _row("incomplete optimization", status, value, limit, detail), _samples(ev, moving)
+    samples = {"incomplete": _samples(ev, moving)}
+    return [Finding("incomplete optimization", status, value, limit, detail, samples)]
 
 
-def summarize(ev: pd.DataFrame, settings: CheckSettings) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One row per check (``check``, ``status``, ``value``, ``threshold``, ``detail``) from
-    the per-sample ``evidence`` of every evaluation sample (with a ``sample`` column), and
-    the samples behind each per-sample check and the eps sweep (for the metadata).
-
-    Values are points of robust accuracy or % of the samples. The thresholds of the
-    iterative, budget, monotonicity and incomplete-optimization checks are at least one
-    sample (100 / n points), so a single sample of a small n never decides them. The
-    indicators of attack failure (:func:`_silent_success`, :func:`_incomplete`) need the
-    columns of :func:`indicators`; evidence without them has no such rows."""
-    s, t = settings, settings.thresholds
-    n = len(ev)
-    one = 100.0 / n if n else 0.0
-    e = eps_text(s.eps)
-    rows: list[dict[str, Any]] = []
-    meta: dict[str, Any] = {"samples": {}}
-
-    def add(check: str, status: str, value: float, threshold: float, detail: str) -> None:
-        rows.append(_row(check, status, value, threshold, detail))
-
-    correct = ev["clean_correct"].astype(bool)
-    fgsm, pgd, pgd2 = (ev[f"robust_{a}"].astype(bool) for a in ("fgsm", "pgd", "pgd2"))
-    acc = {a: _acc(ev, f"robust_{a}") for a in ("fgsm", "pgd", "pgd2")}
-    pgd_name = _pgd_name(s)
-    pgd2_name = f"PGD-{2 * s.steps}x{2 * s.restarts}"
-    white = f"FGSM, {pgd_name} and {pgd2_name}"
-
-    # 1. iterative beats single-step (overall and per sample)
-    limit = max(t.iterative, one)
-    status = _grade(acc["pgd"] - acc["fgsm"], limit, max(t.iterative_fail, limit))
-    add(
-        "iterative vs single-step",
-        status,
-        acc["pgd"] - acc["fgsm"],
-        limit,
-        f"{pgd_name} leaves {acc['pgd']:.1f}% robust, FGSM {acc['fgsm']:.1f}% at eps {e}: "
-        + (
-            "PGD is weaker than one step (masked gradients or a bad step size)."
-            if status != "pass"
-            else "PGD is at least as strong as one step."
-        ),
+def _large_eps(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
+    """Accuracy reaches ~0 at a large eps (Carlini et al.): PGD's % robust at the large eps.
+    Above ``large_eps`` fails (Pintor et al.'s unconstrained attack failure): an attack that
+    fails even almost unconstrained is broken or facing masked gradients."""
+    limit = s.thresholds.large_eps
+    robust = _sweep(ev, s)["robust"][-1]
+    status = _grade(robust, limit, limit)
+    detail = f"{_pgd_name(s)} leaves {robust:.1f}% robust at eps {eps_text(s.large_eps)}: " + (
+        "even a huge budget fails (masked gradients or a broken attack)."
+        if status != "pass"
+        else "an almost unconstrained attack succeeds."
     )
-    only = ~fgsm & pgd & correct
-    meta["samples"]["fgsm_not_pgd"] = _samples(ev, only)
-    limit = max(t.iterative_samples, one)
-    status = _grade(_pct(only, n), limit)
-    add(
-        "iterative vs single-step, per sample",
-        status,
-        _pct(only, n),
-        limit,
-        f"{int(only.sum())} of {n} samples broken by FGSM survive {pgd_name}"
-        + (": PGD misses adversarials one step finds." if status != "pass" else "."),
-    )
+    return [Finding("large eps", status, robust, limit, detail)]
 
-    # 2. more budget changes little
-    limit = max(t.budget, one)
-    status = _grade(acc["pgd"] - acc["pgd2"], limit)
-    add(
-        "more budget",
-        status,
-        acc["pgd"] - acc["pgd2"],
-        limit,
-        f"{pgd2_name} (same step size) leaves {acc['pgd2']:.1f}% robust, {pgd_name} "
-        f"{acc['pgd']:.1f}%: "
-        + ("not converged; raise --steps and --restarts." if status != "pass" else "converged."),
-    )
 
-    # 2b. Pintor et al.'s indicators on the traced PGD (absent from evidence of older parts)
-    if "silent_success" in ev.columns:
-        for indicator, key in ((_silent_success, "silent_success"), (_incomplete, "incomplete")):
-            row, meta["samples"][key] = indicator(ev, s)
-            rows.append(row)
-
-    # 3. accuracy reaches ~0 at a large eps and falls with eps
-    eps_all = [0.0, *s.sweep]
-    curve = [100.0 * float(correct.mean()) if n else math.nan]
-    curve += [_acc(ev, f"robust_sweep_{i}") for i in range(len(s.sweep))]
-    meta["sweep"] = {"eps": eps_all, "robust": curve}
-    status = _grade(curve[-1], t.large_eps, t.large_eps)
-    add(
-        "large eps",
-        status,
-        curve[-1],
-        t.large_eps,
-        f"{pgd_name} leaves {curve[-1]:.1f}% robust at eps {eps_text(s.large_eps)}: "
-        + (
-            "even a huge budget fails (masked gradients or a broken attack)."
-            if status != "pass"
-            else "an almost unconstrained attack succeeds."
-        ),
-    )
+def _monotone(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
+    """Accuracy falls with eps (Carlini et al.): the largest rise of robust accuracy from one
+    eps of the sweep to the next, in points (0 when none). Above ``monotone`` (at least one
+    sample) warns: more budget must never help the model. A plateau also warns: two steps
+    in a row where no sample falls while over ``large_eps`` % are left to break (one flat
+    step is noise)."""
+    t, n = s.thresholds, len(ev)
+    sweep = _sweep(ev, s)
+    eps_all, curve = sweep["eps"], sweep["robust"]
     rises = [b - a for a, b in zip(curve, curve[1:], strict=False)]
     at = int(np.nanargmax(rises)) if n else 0
-    # a plateau: two steps in a row where no sample falls while samples are left to break
     flat = [r >= 0 and a > t.large_eps for a, r in zip(curve, rises, strict=False)]
     stalls = [i for i in range(len(flat) - 1) if flat[i] and flat[i + 1]]
-    limit = max(t.monotone, one)
+    limit = max(t.monotone, _one_sample(ev))
     status = _grade(rises[at], limit)
     names = "/".join(eps_text(v) if v else "0" for v in eps_all)
     if status != "pass":
@@ -576,42 +643,65 @@ def summarize(ev: pd.DataFrame, settings: CheckSettings) -> tuple[pd.DataFrame, 
         )
     else:
         verdict = "; it falls with eps."
-    add(
-        "monotone in eps",
-        status,
-        max(rises[at], 0.0),
-        limit,
-        f"robust % at eps {names}: " + "/".join(f"{a:.1f}" for a in curve) + verdict,
+    detail = f"robust % at eps {names}: " + "/".join(f"{a:.1f}" for a in curve) + verdict
+    return [Finding("monotone in eps", status, max(rises[at], 0.0), limit, detail)]
+
+
+def _beats_white_box(
+    ev: pd.DataFrame, s: CheckSettings, column: str, check: str, attack: str
+) -> list[Finding]:
+    """The row of an attack (robust flags in ``column``) that must never break a sample that
+    FGSM and both PGDs leave robust: the % of such samples (``<column without robust_>_only``).
+    Above ``blackbox`` warns, above ``blackbox_fail`` fails (both 0: any fails). No row
+    without the column."""
+    if column not in ev.columns:
+        return []
+    t, n = s.thresholds, len(ev)
+    correct = _flags(ev, "clean_correct")
+    white = _flags(ev, "robust_fgsm") & _flags(ev, "robust_pgd") & _flags(ev, "robust_pgd2")
+    white_broken = correct & ~white
+    only = correct & ~_flags(ev, column) & ~white_broken
+    status = _grade(_pct(only, n), t.blackbox, t.blackbox_fail)
+    detail = (
+        f"{attack} breaks {int(only.sum())} of {n} samples that {_white(s)} leave robust "
+        f"(fail above {t.blackbox_fail:g}%)"
+        + (": the white-box attacks miss adversarials." if status != "pass" else ".")
     )
+    samples = {column.removeprefix("robust_") + "_only": _samples(ev, only)}
+    return [Finding(check, status, _pct(only, n), t.blackbox, detail, samples)]
 
-    # 4. black-box and transfer never beat white-box, per sample
-    white_broken = correct & ~(fgsm & pgd & pgd2)
-    for column, name, what in (
-        ("robust_blackbox", "black-box vs white-box", f"RayS ({s.queries} queries, hard-label)"),
-        ("robust_transfer", "transfer vs white-box", "APGD-CE from the surrogate"),
-    ):
-        if column not in ev.columns:
-            continue
-        only = correct & ~ev[column].astype(bool) & ~white_broken
-        meta["samples"][column.removeprefix("robust_") + "_only"] = _samples(ev, only)
-        status = _grade(_pct(only, n), t.blackbox, t.blackbox_fail)
-        add(
-            name,
-            status,
-            _pct(only, n),
-            t.blackbox,
-            f"{what} breaks {int(only.sum())} of {n} samples that {white} leave robust "
-            f"(fail above {t.blackbox_fail:g}%)"
-            + (": the white-box attacks miss adversarials." if status != "pass" else "."),
-        )
 
-    # 5. zero input gradients per surface
+def _blackbox(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
+    """White-box beats black-box, per sample (Carlini et al.; AutoAttack flags a black-box
+    attack lowering the white-box robust accuracy): RayS on the decision itself
+    (``blackbox_only``). An adversarial the gradient attacks missed within the same budget
+    proves them wrong on that sample, so any fails (``blackbox``, ``blackbox_fail``)."""
+    attack = f"RayS ({s.queries} queries, hard-label)"
+    return _beats_white_box(ev, s, "robust_blackbox", "black-box vs white-box", attack)
+
+
+def _transfer(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
+    """White-box beats transfer, per sample (Carlini et al.; Pintor et al.'s transfer
+    failure): APGD-CE crafted on the surrogate (``transfer_only``); any fails, as for the
+    black-box check (``blackbox``, ``blackbox_fail``). No row without a surrogate."""
+    attack = "APGD-CE from the surrogate"
+    return _beats_white_box(ev, s, "robust_transfer", "transfer vs white-box", attack)
+
+
+def _zero_gradients(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
+    """Zero input gradients (AutoAttack flags any; Pintor et al.'s unavailable gradients), one
+    row per surface measured: the % of correctly classified samples whose CE input gradient
+    is below ``ZERO_GRADIENT`` (``zero_gradient_<surface>``). Above ``zero_gradient`` warns,
+    above ``zero_gradient_fail`` fails; the detail tells no gradient at all (zero under DLR
+    too) from a saturated cross-entropy."""
+    t = s.thresholds
+    correct = _flags(ev, "clean_correct")
     n_correct = int(correct.sum())
+    out = []
     for col in [c for c in ev.columns if c.startswith("grad_") and not c.startswith("grad_dlr_")]:
         key = col.removeprefix("grad_")
         zero = correct & (ev[col] < ZERO_GRADIENT)
         zero_dlr = zero & (ev[f"grad_dlr_{key}"] < ZERO_GRADIENT)
-        meta["samples"][f"zero_gradient_{key}"] = _samples(ev, zero)
         status = _grade(_pct(zero, n_correct), t.zero_gradient, t.zero_gradient_fail)
         cause = "."
         if status != "pass":
@@ -621,49 +711,81 @@ def summarize(ev: pd.DataFrame, settings: CheckSettings) -> tuple[pd.DataFrame, 
                 if int(zero_dlr.sum()) == int(zero.sum())
                 else ": the cross-entropy saturates; use a margin loss (DLR, CW)."
             )
-        add(
-            f"zero gradients: {key.replace('_', '-')}",
-            status,
-            _pct(zero, n_correct),
-            t.zero_gradient,
+        detail = (
             f"{int(zero.sum())} of {n_correct} correct samples have a zero CE input gradient "
-            f"({int(zero_dlr.sum())} also under DLR, fail above {t.zero_gradient_fail:g}%)" + cause,
+            f"({int(zero_dlr.sum())} also under DLR, fail above {t.zero_gradient_fail:g}%)" + cause
         )
+        check = f"zero gradients: {key.replace('_', '-')}"
+        samples = {f"zero_gradient_{key}": _samples(ev, zero)}
+        out.append(Finding(check, status, _pct(zero, n_correct), t.zero_gradient, detail, samples))
+    return out
 
-    # 6. randomness
-    moved = ev["logit_change"] > t.randomness
-    flips = ev["decision_change"].astype(bool)
-    add(
-        "randomness",
-        "warn" if moved.any() else "pass",
-        _pct(flips, n),
-        0.0,
-        (
-            f"two passes differ on {int(moved.sum())} of {n} samples' logits and change "
-            f"{int(flips.sum())} decisions: attack with EOT, score over several draws."
-            if moved.any()
-            else "two passes give the same logits: a deterministic model."
-        ),
+
+def _randomness(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
+    """A randomized model (AutoAttack's ``check_randomized``): two passes whose normalized
+    logits differ by more than ``randomness`` on any sample warn, for its attacks need EOT
+    and its scores several draws. The value is the % of samples whose decision changed."""
+    n = len(ev)
+    moved = ev["logit_change"] > s.thresholds.randomness
+    flips = _flags(ev, "decision_change")
+    detail = (
+        f"two passes differ on {int(moved.sum())} of {n} samples' logits and change "
+        f"{int(flips.sum())} decisions: attack with EOT, score over several draws."
+        if moved.any()
+        else "two passes give the same logits: a deterministic model."
     )
+    return [Finding("randomness", "warn" if moved.any() else "pass", _pct(flips, n), 0.0, detail)]
 
-    # 7. the attack set breaks an undefended baseline
-    if "baseline_robust" in ev.columns:
-        value = _acc(ev, "baseline_robust")
-        status = _grade(value, t.baseline)
-        add(
-            "baseline broken",
-            status,
-            value,
-            t.baseline,
-            f"{white} leave the baseline {value:.1f}% robust (clean "
-            f"{_acc(ev, 'baseline_correct'):.1f}%): "
-            + (
-                "it looks robust, so the attacks may be broken."
-                if status != "pass"
-                else "the attacks break an undefended model."
-            ),
+
+def _baseline(ev: pd.DataFrame, s: CheckSettings) -> list[Finding]:
+    """The same attacks break a similar undefended model (Carlini et al.): the % of samples
+    FGSM and both PGDs together leave robust on the baseline. Above ``baseline`` warns: an
+    undefended model that looks robust means the attacks are broken. No row without a
+    baseline."""
+    if "baseline_robust" not in ev.columns:
+        return []
+    limit = s.thresholds.baseline
+    value = _acc(ev, "baseline_robust")
+    status = _grade(value, limit)
+    detail = (
+        f"{_white(s)} leave the baseline {value:.1f}% robust (clean "
+        f"{_acc(ev, 'baseline_correct'):.1f}%): "
+        + (
+            "it looks robust, so the attacks may be broken."
+            if status != "pass"
+            else "the attacks break an undefended model."
         )
-    return pd.DataFrame(rows), meta
+    )
+    return [Finding("baseline broken", status, value, limit, detail)]
+
+
+#: The checks in the order of their rows (key, function): a new check is one function here.
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("iterative", _iterative),
+    ("iterative_samples", _iterative_per_sample),
+    ("budget", _more_budget),
+    ("silent_success", _silent_success),
+    ("incomplete", _incomplete),
+    ("large_eps", _large_eps),
+    ("monotone", _monotone),
+    ("blackbox", _blackbox),
+    ("transfer", _transfer),
+    ("zero_gradient", _zero_gradients),
+    ("randomness", _randomness),
+    ("baseline", _baseline),
+)
+
+
+def summarize(ev: pd.DataFrame, settings: CheckSettings) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per check of :data:`CHECKS`, in its order (``check``, ``status``, ``value``,
+    ``threshold``, ``detail``), from the per-sample ``evidence`` of every evaluation sample
+    (with a ``sample`` column), and the metadata: the samples behind each per-sample check
+    (``samples``) and the accuracy-vs-eps curve (``sweep``). Values are points of robust
+    accuracy or % of the samples."""
+    findings = [found for _, check in CHECKS for found in check(ev, settings)]
+    samples = {key: ids for found in findings for key, ids in found.samples.items()}
+    rows = pd.DataFrame([found.row() for found in findings])
+    return rows, {"samples": samples, "sweep": _sweep(ev, settings)}
 
 
 def check_model(
