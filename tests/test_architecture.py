@@ -18,7 +18,7 @@ PACKAGE = ROOT / "dmlcli"
 LAYERS: list[set[str]] = [
     {"dmlcli.errors", "dmlcli.units", "dmlcli.version"},
     {"dmlcli.runtime", "dmlcli.files"},
-    {"dmlcli.readers", "dmlcli.data", "dmlcli.results"},
+    {"dmlcli.readers", "dmlcli.data", "dmlcli.results", "dmlcli.stats"},
     {"dmlcli.models"},
     {"dmlcli.attacks"},
     {"dmlcli.eval", "dmlcli.train", "dmlcli.defenses"},

@@ -20,6 +20,7 @@ The functions live in one module per command or close family (``training``, ``ro
 attack and merge, ``transfers``, ``evaluate``: clever, certify and geometry, ``detection``,
 ``checks``, ``reporting``: report and export, ``listing``: ls, ``comparison``), their shared
 helpers in ``_common``; this package re-exports them, so ``api.attack(...)`` is the function.
+The statistics of ``compare`` are :mod:`dmlcli.stats`.
 """
 
 from __future__ import annotations

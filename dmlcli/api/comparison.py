@@ -1,8 +1,8 @@
-"""``dml compare``: paired comparison of runs (or groups of seeds) from stored results."""
+"""``dml compare``: paired comparison of runs (or groups of seeds) from stored results; the
+statistics themselves are :mod:`dmlcli.stats`."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,9 +11,10 @@ import pandas as pd
 from dmlcli import results
 from dmlcli.api._common import PathLike, as_list
 from dmlcli.api.robustness import current_attacks, expand_groups, refresh_worst_cases
-from dmlcli.errors import DmlError, DmlWarning
+from dmlcli.errors import DmlError
 from dmlcli.eval import robustness as rob
 from dmlcli.runs import open_run
+from dmlcli.stats import compare_pair, over_seeds
 from dmlcli.store import Store
 from dmlcli.units import parse_eps
 
@@ -63,7 +64,7 @@ def compare(
         for name in (a, b):
             if name not in frames:
                 frames[name] = _compared(store, name, e, decision, n, seed)
-        return _compare_pair(a, b, frames[a], frames[b], e, seed, reps, level)
+        return compare_pair(a, b, frames[a], frames[b], e, seed, reps, level)
 
     rows = []
     base = names[0]
@@ -82,7 +83,7 @@ def compare(
         for s in common:
             per_seed += pair(seeds_a[s], seeds_b[s], f"seed {s}")
         rows += per_seed
-        rows += _over_seeds(base, other, e, per_seed, len(common))
+        rows += over_seeds(base, other, e, per_seed, len(common))
     if not rows:
         raise DmlError(f"no stored attack results at eps {eps} to compare (dml attack first)")
     return pd.DataFrame(rows)
@@ -125,68 +126,4 @@ def _compared(
     paper = [df for df in frames if results.paper_protocol(df)]
     if paper:
         out["paper protocol"] = results.worst_case(paper)
-    return out
-
-
-def _compare_pair(
-    a: str, b: str, frames_a: dict[str, pd.DataFrame], frames_b: dict[str, pd.DataFrame],
-    e: float, seed: int, reps: int, level: str,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """The rows of :func:`dmlcli.api.compare` for runs ``a`` and ``b`` (one row per measure:
-    ``clean``, ``paper protocol``, ``worst case``, each present in both frames): the paired
-    statistics of :func:`dmlcli.results.compare_paired` on ``clean_correct`` (clean) or
-    ``robust``, with ``reps`` bootstrap resamples seeded by ``seed``, and ``attacks_a`` /
-    ``attacks_b``, how many stored attacks each worst case covers (a :class:`DmlWarning` when
-    they differ). ``frames_a``/``frames_b``: measure -> per-sample rows of the run."""
-    rows = []
-    for measure, column in (("clean", "clean_correct"), ("paper protocol", "robust"),
-                            ("worst case", "robust")):  # fmt: skip
-        fa, fb = frames_a.get(measure), frames_b.get(measure)
-        if fa is None or fb is None:
-            continue
-        stats = results.compare_paired(fa, fb, column, reps=reps, seed=seed)
-        counts = {"attacks_a": int(results.first(fa, "attacks") or 0),
-                  "attacks_b": int(results.first(fb, "attacks") or 0)}  # fmt: skip
-        rows.append({"run_a": a, "run_b": b, "level": level, "measure": measure, "eps": e,
-                     **stats, **counts})  # fmt: skip
-        if measure == "worst case" and counts["attacks_a"] != counts["attacks_b"]:
-            warnings.warn(
-                f"{a}'s worst case is over {counts['attacks_a']} stored attacks, "
-                f"{b}'s over {counts['attacks_b']}: attack both with the same suites "
-                "for a fair comparison",
-                DmlWarning,
-                stacklevel=3,
-            )
-    return rows
-
-
-def _over_seeds(
-    a: str, b: str, e: float, per_seed: list[dict[str, Any]], k: int
-) -> list[dict[str, Any]]:
-    """Per measure, the per-seed rows of :func:`_compare_pair` (``level`` ``seed <s>``)
-    summarised over the ``k`` seeds (``level`` ``over <k> seeds``): mean accuracies, the mean
-    difference with its Student-t 95% CI and the paired t-test's two-sided p-value (NaN when
-    every seed gives the same difference); a measure with fewer than two seeds is left out."""
-    from scipy import stats
-
-    out = []
-    for measure in dict.fromkeys(r["measure"] for r in per_seed):
-        rows = [r for r in per_seed if r["measure"] == measure]
-        if len(rows) < 2:
-            continue
-        diffs = [r["diff"] for r in rows]
-        mean, lo, hi = results.t_interval(diffs)
-        spread = results.seed_spread(diffs)[1]
-        p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if spread > 0 else float("nan")
-        out.append({
-            "run_a": a, "run_b": b, "level": f"over {k} seeds", "measure": measure, "eps": e,
-            "n": sum(r["n"] for r in rows),
-            "acc_a": results.seed_spread([r["acc_a"] for r in rows])[0],
-            "acc_b": results.seed_spread([r["acc_b"] for r in rows])[0],
-            "diff": mean, "ci_low": lo, "ci_high": hi,
-            "only_a": sum(r["only_a"] for r in rows), "only_b": sum(r["only_b"] for r in rows),
-            "p_value": p,
-            "attacks_a": min(r["attacks_a"] for r in rows),
-            "attacks_b": min(r["attacks_b"] for r in rows),
-        })  # fmt: skip
     return out
