@@ -413,58 +413,7 @@ def worst_case(frames: Sequence[pd.DataFrame], eps: float | None = None) -> pd.D
     return frame("worst-case", out)
 
 
-# -- paired comparison -------------------------------------------------------------------------
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value of ``b`` samples robust only under model A and ``c``
-    only under model B: the binomial test of ``min(b, c)`` successes in ``b + c`` trials at
-    1/2 (McNemar 1947; scipy's ``binomtest(min(b, c), b + c).pvalue``). 1 when b + c = 0."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
-
-
-def paired_bootstrap(
-    a: np.ndarray, b: np.ndarray, reps: int = 10_000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float, float]:
-    """(difference, lower, upper) in points of accuracy, ``mean(a) - mean(b)`` of two boolean
-    per-sample outcomes ``[n]`` on the same samples, with a percentile bootstrap interval
-    (the same resampled samples for both: paired); deterministic given ``seed``."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    diff = a - b
-    idx = np.random.default_rng(seed).integers(0, len(diff), size=(reps, len(diff)))
-    means = diff[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return 100.0 * float(diff.mean()), 100.0 * float(lo), 100.0 * float(hi)
-
-
-def compare_paired(
-    a: pd.DataFrame, b: pd.DataFrame, column: str, reps: int = 10_000, seed: int = 0
-) -> dict[str, Any]:
-    """Paired comparison of boolean per-sample ``column`` of two results on the same samples
-    (rows matched by ``sample``): accuracies, difference with its bootstrap 95% CI, the
-    discordant counts and McNemar's exact p-value."""
-    if sorted(a["sample"]) != sorted(b["sample"]):
-        raise DmlError("the runs were evaluated on different samples: use the same --n and --seed")
-    x = a.set_index("sample")[column].astype(bool)
-    y = b.set_index("sample")[column].astype(bool).reindex(x.index)
-    only_a, only_b = int((x & ~y).sum()), int((~x & y).sum())
-    diff, lo, hi = paired_bootstrap(x.to_numpy(), y.to_numpy(), reps, seed)
-    return {
-        "n": len(x),
-        "acc_a": 100.0 * float(x.mean()),
-        "acc_b": 100.0 * float(y.mean()),
-        "diff": diff,
-        "ci_low": lo,
-        "ci_high": hi,
-        "only_a": only_a,
-        "only_b": only_b,
-        "p_value": mcnemar_exact(only_a, only_b),
-    }
-
-
+# -- seeds ------------------------------------------------------------------------------------
 def seed_spread(values: Sequence[float]) -> tuple[float, float]:
     """(mean, sample standard deviation) of one number measured on several seeds; the
     deviation is NaN for one seed."""
@@ -477,19 +426,6 @@ def format_spread(values: Sequence[float], digits: int = 2) -> str:
     """``"84.37 ± 0.35"`` (mean ± std over seeds); one value alone as it is."""
     mean, std = seed_spread(values)
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lower, upper): Student-t confidence interval of the mean of per-seed values
-    (at least two)."""
-    from scipy import stats
-
-    arr = np.asarray(list(values), dtype=np.float64)
-    if len(arr) < 2:
-        raise DmlError("a confidence interval over seeds needs at least two seeds")
-    mean, sem = float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(len(arr)))
-    half = float(stats.t.ppf((1 + level) / 2, len(arr) - 1)) * sem
-    return mean, mean - half, mean + half
 
 
 # -- certify ------------------------------------------------------------------------------------

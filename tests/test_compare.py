@@ -9,7 +9,7 @@ from scipy.stats import binomtest
 
 from dmlcli import api
 from dmlcli.errors import DmlError, DmlWarning
-from dmlcli.results import compare_paired, mcnemar_exact, paired_bootstrap
+from dmlcli.stats import compare_paired, mcnemar_exact, paired_bootstrap
 from dmlcli.store import Store
 
 
