@@ -24,6 +24,12 @@ spent: it measures the boundary distance, we only need a point within the budget
 
 The binary search stops at the reference's tolerance ``1e-3`` along the L2-unit ray, that is
 ``1e-3 / sqrt(D)`` in L-inf radius.
+
+For speed on few samples, the next trial directions and up to :data:`BISECT_AHEAD` levels of
+a bisection are asked in one batch; the search reads the answers in order and stops where one
+trial at a time would have stopped, so its path, its counted queries and its point are those
+of the sequential search. The answers past that point are dropped unread and not counted: the
+model may see more points than ``queries``, the search uses at most ``queries`` answers.
 """
 
 from __future__ import annotations
