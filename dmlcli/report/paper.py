@@ -39,6 +39,39 @@ class ColumnKey:
         return math.isclose(self.eps, eps, rel_tol=1e-6, abs_tol=1e-9)
 
 
+@dataclass(frozen=True)
+class PaperSection:
+    """One ``[paper.<section>]`` of a recipe: ``roles`` sections map columns (``benign``,
+    ``fgsm@0.2``, ...) to accuracies per model role; ``members`` sections map each of
+    ``rows`` to a list ``[ensemble, model 1, ...]``."""
+
+    kind: str  # "roles" or "members"
+    doc: str
+    rows: tuple[str, ...] = ()
+
+
+#: The paper's published numbers a recipe may carry: ``[paper.<section>.<role>]``, ``<role>``
+#: a key of ``[train]``. A column is ``benign`` or ``attack[-steps][@eps]`` (``fgsm@0.2``,
+#: ``bim-10@0.2``, ``cw``, ``pgd-20@8/255``, ``autoattack@0.3``); cw_distortion's lists are
+#: ``[ensemble k=0, ensemble k=0.1, model 1, ...]``. Every section may also say
+#: :data:`PAPER_META` keys: ``table`` (its source), ``label`` (the header of the paper
+#: columns, default "paper"), ``eps`` and ``note``.
+PAPER_SECTIONS: dict[str, PaperSection] = {
+    "whitebox": PaperSection("roles", "Tables 2, 3, 10: accuracy per model and attack"),
+    "rdml": PaperSection("roles", "Tables 6, 9: DML vs R-DML, 5 restarts"),
+    "autoattack": PaperSection("roles", "Tables 7, 8: AutoAttack accuracy"),
+    "transfer": PaperSection(
+        "members", "Tables 4, 11: attacks crafted on Model 1", ("benign", "untargeted", "targeted")
+    ),
+    "cw_distortion": PaperSection(
+        "members",
+        "Tables 5, 12: adaptive CW-L2 (ensemble k=0, ensemble k=0.1, models 1..K)",
+        ("accuracy", "distortion"),
+    ),
+}
+PAPER_META = ("table", "label", "eps", "note")
+
+
 def parse_column(text: str) -> ColumnKey:
     """``'bim-10@0.2'`` -> ColumnKey('bim', 10, 0.2); ``'benign'``; ``'cw'``; raises on junk."""
     m = _COLUMN.match(text.strip().lower())
