@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dmlcli.cli import recipes as rc
+from dmlcli import recipes as rc
 from dmlcli.defenses import list_defenses
 from dmlcli.errors import DmlError
+from dmlcli.recipes import calls
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
@@ -190,8 +191,8 @@ def test_not_toml_and_missing_file(tmp_path, cli):
 
 
 def test_dry_run_lists_unavailable_commands_and_writes_nothing(tmp_path, cli, monkeypatch):
-    real = rc.command_spec
-    monkeypatch.setattr(rc, "command_spec", lambda name: None if name == "certify" else real(name))
+    real = calls.signature
+    monkeypatch.setattr(calls, "signature", lambda name: None if name == "certify" else real(name))
     path = write(tmp_path, BASE.replace("n_samples = 10", "n_samples = 10\nsome_future_flag = 3"))
     res = cli("run", path, "--dry-run", "--artifacts", tmp_path / "art")
     assert res.code == 0, res.err
