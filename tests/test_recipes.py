@@ -310,6 +310,46 @@ def test_killed_run_resumes_without_repeating_steps(tmp_path, cli):
     assert (art / "models" / "digits-dml" / "model.safetensors").stat().st_mtime_ns == dml_mtime
 
 
+def test_a_step_is_a_call_of_its_api_function(tmp_path, monkeypatch):
+    """A step calls ``dmlcli.api.<stage>`` with the recipe's keys as keyword arguments (no
+    command line in between) and records its marker; the next plan sees it done."""
+    import functools
+
+    from dmlcli import api
+
+    seen = []
+    fake = functools.wraps(api.geometry)(lambda *args, **kwargs: seen.append((args, kwargs)))
+    monkeypatch.setattr(api, "geometry", fake)  # same signature, records its calls
+    art = tmp_path / "art"
+    path = write(tmp_path, BASE)
+    outcomes = rc.run(path, only=["geometry"], artifacts=art)
+    assert [(o.step.id, o.state) for o in outcomes] == [("geometry-1-dml", "ran")]
+    assert seen == [
+        (
+            ("digits-dml",),
+            {"gradients": True, "seed": 0, "n": 40, "artifacts": str(art), "progress": None},
+        )
+    ]
+    marker = json.loads(outcomes[0].marker.read_text())
+    assert marker["digest"] == outcomes[0].step.digest
+    assert marker["argv"][:3] == ["geometry", "digits-dml", "--gradients"]
+    recipe = rc.load_recipe(path)
+    assert next(s for s in rc.plan(recipe, art) if s.id == "geometry-1-dml").status == "done"
+
+
+def test_keys_follow_the_api_signature(tmp_path):
+    """The valid keys named by an unknown-key error are the API function's parameters."""
+    import inspect
+
+    from dmlcli import api
+
+    with pytest.raises(DmlError) as err:
+        rc.load_recipe(write(tmp_path, BASE.replace("gradients = true", "gradient = true")))
+    named = set(err.value.args[0].split("takes: ")[1].split(", "))
+    params = set(inspect.signature(api.geometry).parameters) - {"artifacts", "force", "progress"}
+    assert named == params | {"models", "label"}
+
+
 def test_load_recipe_rejects_a_table_value(tmp_path):
     with pytest.raises(DmlError, match="'attack.eps'"):
         rc.load_recipe(write(tmp_path, BASE.replace('eps = ["0.2"]', "eps = { a = 1 }")))
