@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 
 from dmlcli import recipes
-from dmlcli.cli.common import ArtifactsOpt, DeviceOpt, console, flag, reporter, summary
+from dmlcli.cli.common import (
+    ArtifactsOpt,
+    DeviceOpt,
+    console,
+    flag,
+    new_files,
+    reporter,
+    summary,
+)
 from dmlcli.store import Store
 
 _STATUS = {
@@ -63,9 +71,7 @@ def command(
     if dry_run:
         return
     with reporter() as progress:
-        outcomes = recipes.execute(
-            prepared, progress, on_start=lambda s: console.rule(f"[bold]{s.id}[/bold]: {s.shell}")
-        )
+        outcomes = recipes.execute(prepared, progress, on_start=_started, on_done=_finished)
     console.rule()
     done_rows = [
         (
@@ -79,6 +85,16 @@ def command(
     report_dir = Store(root).report_dir()
     files = [p for p in (report_dir / "report.md", report_dir / "report.html") if p.is_file()]
     summary(f"recipe {spec.name}: steps", ["step", "status", "time", "marker"], done_rows, files)
+
+
+def _started(step: recipes.Step) -> None:
+    console.rule(f"[bold]{step.id}[/bold]: {step.shell}")
+
+
+def _finished(outcome: recipes.StepOutcome) -> None:
+    """Say which results a step computed (``dml run`` prints no per-command tables)."""
+    for path in new_files(outcome.result) if hasattr(outcome.result, "attrs") else []:
+        console.print(f"[dim]wrote[/dim] {path}")
 
 
 def _time(seconds: float | None) -> str:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dmlcli.errors import DmlError
 from dmlcli.recipes import calls
@@ -42,6 +43,7 @@ class StepOutcome:
     state: str
     seconds: float | None = None
     marker: Path | None = None
+    result: Any = None  # what the API call returned (a DataFrame; ``attrs['results']``)
 
 
 def prepare(
@@ -86,15 +88,16 @@ def select(steps: list[Step], only: Sequence[str]) -> list[Step]:
     return [s for s in steps if s in chosen]
 
 
-def run_step(step: Step, progress: Reporter | None = None) -> None:
-    """Call the step's API function; its failure is one :class:`DmlError` naming the step."""
+def run_step(step: Step, progress: Reporter | None = None) -> Any:
+    """Call the step's API function and return what it returns; its failure is one
+    :class:`DmlError` naming the step."""
     fn = calls.api_function(step.stage)
     if fn is None or not step.available:
         raise DmlError(f"step {step.id}: dml {step.stage} is not part of this build")
     takes = inspect.signature(fn).parameters
     extra = {"progress": progress} if "progress" in takes else {}
     try:
-        fn(*step.args, **step.kwargs, **extra)
+        return fn(*step.args, **step.kwargs, **extra)
     except DmlError as exc:
         raise DmlError(f"step {step.id} failed: {exc}") from None
 
@@ -103,10 +106,12 @@ def execute(
     prepared: Prepared,
     progress: Reporter | None = None,
     on_start: Callable[[Step], None] | None = None,
+    on_done: Callable[[StepOutcome], None] | None = None,
 ) -> list[StepOutcome]:
     """Run the selected steps that are not done, in order, writing each one's marker; the
     report runs again whenever another step ran (or steps were chosen with ``only``).
-    ``on_start`` is told of each step about to run (the CLI prints its command line)."""
+    ``on_start`` is told of each step about to run and ``on_done`` of each that ran (the CLI
+    prints its command line and the results it wrote)."""
     spec, root = prepared.recipe, prepared.root
     save_recipe_json(root, spec)
     ran_any = False
@@ -125,11 +130,13 @@ def execute(
             on_start(step)
         before = snapshot(root)
         began = time.perf_counter()
-        run_step(step, progress)
+        result = run_step(step, progress)
         seconds = time.perf_counter() - began
         marker = write_marker(root, spec, step, seconds, before)
         ran_any = True
-        out.append(StepOutcome(step, "ran", seconds, marker))
+        out.append(StepOutcome(step, "ran", seconds, marker, result))
+        if on_done is not None:
+            on_done(out[-1])
     return out
 
 
