@@ -12,8 +12,8 @@ A recipe is data (read with :mod:`tomllib`, never executed). Its layout::
                               argument of that function (``steps = 10``; a list for a list
                               argument; ``true``/``false`` for a flag)
     [report]                  formats = ["markdown", "html", "latex", "json"]
-    [paper]                   the paper's published numbers, shown beside ours (see
-                              :data:`dmlcli.report.paper.PAPER_SECTIONS`)
+    [paper]                   the paper's published numbers, shown beside ours (checked by
+                              :func:`dmlcli.report.paper.check_paper`, the report's reader)
 
 Keys are checked against the signature of the API function they go to
 (:mod:`dmlcli.recipes.calls`), so a misspelt or ill-typed key is refused before anything
@@ -37,7 +37,7 @@ from dmlcli.errors import DmlError
 from dmlcli.recipes import calls
 from dmlcli.recipes.calls import EVAL_STAGES
 from dmlcli.report import FORMATS as REPORT_FILES
-from dmlcli.report.paper import PAPER_META, PAPER_SECTIONS, parse_column
+from dmlcli.report.paper import check_paper
 from dmlcli.store import Store, validate_name
 from dmlcli.train import parse_seeds
 from dmlcli.units import parse_eps
@@ -300,71 +300,11 @@ def validate_recipe(raw: dict[str, Any], path: Path) -> Recipe:
                 )
         report[key] = values
     recipe.report = dict(report)
-    recipe.paper = _check_paper(w, raw.get("paper", {}), recipe)
+    try:
+        recipe.paper = check_paper(raw.get("paper", {}), list(recipe.train))
+    except DmlError as exc:
+        w.fail(str(exc))
     return recipe
-
-
-def _check_paper(w: _Where, paper: Any, recipe: Recipe) -> dict[str, Any]:
-    if not isinstance(paper, dict):
-        w.fail("[paper] must be a table")
-    out: dict[str, Any] = {}
-    for section, body in paper.items():
-        if section in ("source", "note", "dataset"):
-            _check_type(w, f"paper.{section}", body, str)
-            if section == "dataset" and body not in DATASETS:
-                w.fail(
-                    f"bad value for 'paper.dataset': {body!r}; choose from {', '.join(DATASETS)}"
-                )
-            out[section] = body
-            continue
-        if section not in PAPER_SECTIONS:
-            w.unknown(
-                f"paper.{section}",
-                [f"paper.{k}" for k in (*PAPER_SECTIONS, "source", "note", "dataset")],
-            )
-        if not isinstance(body, dict):
-            w.fail(f"[paper.{section}] must be a table")
-        spec = PAPER_SECTIONS[section]
-        for key, value in body.items():
-            full = f"paper.{section}.{key}"
-            if key in PAPER_META:
-                _check_type(w, full, value, str)
-                if key == "eps":
-                    _check_eps(w, full, value)
-                continue
-            if key not in recipe.train:
-                w.fail(
-                    f"unknown key {full!r}: neither {', '.join(PAPER_META)} nor a [train] "
-                    f"model (models: {', '.join(recipe.train) or 'none'})"
-                )
-            if not isinstance(value, dict):
-                w.fail(f"bad value for {full!r}: expected a table")
-            for col, v in value.items():
-                where = f"{full}.{col}"
-                if spec.kind == "roles":
-                    try:
-                        parse_column(col)
-                    except DmlError as exc:
-                        w.fail(f"bad key {where!r}: {exc}")
-                    _check_pct(w, where, v)
-                    continue
-                if col not in spec.rows:
-                    w.unknown(where, [f"{full}.{r}" for r in spec.rows])
-                if not isinstance(v, list) or not v:
-                    w.fail(f"bad value for {where!r}: a list [ensemble, model 1, ...]")
-                for item in v:
-                    if col == "distortion":
-                        if isinstance(item, bool) or not isinstance(item, int | float) or item < 0:
-                            w.fail(f"bad value for {where!r}: {item!r} is not a distortion >= 0")
-                    else:
-                        _check_pct(w, where, item)
-        out[section] = body
-    return out
-
-
-def _check_pct(w: _Where, key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
-        w.fail(f"bad value for {key!r}: {value!r} is not a percentage in [0, 100]")
 
 
 def _check_eps(w: _Where, key: str, value: Any, where: str = "") -> None:
