@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"dmlcli.store", "dmlcli.runner", "dmlcli.runs", "dmlcli.adapters"},
     {"dmlcli.report"},
     {"dmlcli.api"},
+    {"dmlcli.recipes"},
     {"dmlcli.cli", "dmlcli.__main__", "dmlcli"},
 ]
 
@@ -134,7 +135,7 @@ def test_every_module_imports_on_its_own():
 COMMAND_MODULES = ["attack", "transfer", "clever", "certify", "geometry", "detect", "train"]
 
 
-@pytest.mark.parametrize("name", COMMAND_MODULES + ["report", "ls", "merge"])
+@pytest.mark.parametrize("name", COMMAND_MODULES + ["report", "ls", "merge", "run"])
 def test_command_bodies_are_thin(name):
     """A command parses, calls dmlcli.api and prints: its body is at most ~40 lines."""
     import importlib

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dmlcli.cli import recipes as rc
+from dmlcli import recipes as rc
 from dmlcli.defenses import list_defenses
 from dmlcli.errors import DmlError
+from dmlcli.recipes import calls
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
@@ -190,8 +191,8 @@ def test_not_toml_and_missing_file(tmp_path, cli):
 
 
 def test_dry_run_lists_unavailable_commands_and_writes_nothing(tmp_path, cli, monkeypatch):
-    real = rc.command_spec
-    monkeypatch.setattr(rc, "command_spec", lambda name: None if name == "certify" else real(name))
+    real = calls.signature
+    monkeypatch.setattr(calls, "signature", lambda name: None if name == "certify" else real(name))
     path = write(tmp_path, BASE.replace("n_samples = 10", "n_samples = 10\nsome_future_flag = 3"))
     res = cli("run", path, "--dry-run", "--artifacts", tmp_path / "art")
     assert res.code == 0, res.err
@@ -307,6 +308,46 @@ def test_killed_run_resumes_without_repeating_steps(tmp_path, cli):
         line.split("│")[2].strip() for line in res.out.splitlines() if line.count("│") >= 4
     }
     assert (art / "models" / "digits-dml" / "model.safetensors").stat().st_mtime_ns == dml_mtime
+
+
+def test_a_step_is_a_call_of_its_api_function(tmp_path, monkeypatch):
+    """A step calls ``dmlcli.api.<stage>`` with the recipe's keys as keyword arguments (no
+    command line in between) and records its marker; the next plan sees it done."""
+    import functools
+
+    from dmlcli import api
+
+    seen = []
+    fake = functools.wraps(api.geometry)(lambda *args, **kwargs: seen.append((args, kwargs)))
+    monkeypatch.setattr(api, "geometry", fake)  # same signature, records its calls
+    art = tmp_path / "art"
+    path = write(tmp_path, BASE)
+    outcomes = rc.run(path, only=["geometry"], artifacts=art)
+    assert [(o.step.id, o.state) for o in outcomes] == [("geometry-1-dml", "ran")]
+    assert seen == [
+        (
+            ("digits-dml",),
+            {"gradients": True, "seed": 0, "n": 40, "artifacts": str(art), "progress": None},
+        )
+    ]
+    marker = json.loads(outcomes[0].marker.read_text())
+    assert marker["digest"] == outcomes[0].step.digest
+    assert marker["argv"][:3] == ["geometry", "digits-dml", "--gradients"]
+    recipe = rc.load_recipe(path)
+    assert next(s for s in rc.plan(recipe, art) if s.id == "geometry-1-dml").status == "done"
+
+
+def test_keys_follow_the_api_signature(tmp_path):
+    """The valid keys named by an unknown-key error are the API function's parameters."""
+    import inspect
+
+    from dmlcli import api
+
+    with pytest.raises(DmlError) as err:
+        rc.load_recipe(write(tmp_path, BASE.replace("gradients = true", "gradient = true")))
+    named = set(err.value.args[0].split("takes: ")[1].split(", "))
+    params = set(inspect.signature(api.geometry).parameters) - {"artifacts", "force", "progress"}
+    assert named == params | {"models", "label"}
 
 
 def test_load_recipe_rejects_a_table_value(tmp_path):

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from dmlcli.api import refresh_worst_cases
-from dmlcli.cli.recipes import save_recipe_json, validate_recipe
 from dmlcli.files import read_tensor_digest, write_parquet
 from dmlcli.models.io import save_ensemble
+from dmlcli.recipes import save_recipe_json, validate_recipe
 from dmlcli.report import render_report
 from dmlcli.report import tables as tb
 from dmlcli.runs import open_run

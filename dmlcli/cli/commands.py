@@ -1,4 +1,4 @@
-"""The subcommands a recipe step can be, in pipeline order (``dml run`` itself is added by
+"""The subcommands in pipeline order (``dml run`` itself is added by
 :mod:`dmlcli.cli.app`, after ``report``)."""
 
 from __future__ import annotations

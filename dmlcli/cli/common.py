@@ -29,7 +29,7 @@ from rich.table import Table
 from dmlcli.runner import Interrupted, Reporter
 
 try:  # typer >= 0.22 vendors click
-    from typer._click import exceptions as click_exceptions  # noqa: F401 - used by app, recipes
+    from typer._click import exceptions as click_exceptions  # noqa: F401 - used by app
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions  # noqa: F401
 

@@ -1,16 +1,23 @@
-"""``dml run RECIPE``: the whole pipeline of a recipe, resumable step by step."""
+"""``dml run RECIPE``: the whole pipeline of a recipe, resumable step by step
+(:mod:`dmlcli.recipes` plans and runs it; this module parses options and prints)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dmlcli.cli import recipes as rc
-from dmlcli.cli.common import ArtifactsOpt, DeviceOpt, console, flag, summary
-from dmlcli.errors import DmlError
+from dmlcli import recipes
+from dmlcli.cli.common import (
+    ArtifactsOpt,
+    DeviceOpt,
+    console,
+    flag,
+    new_files,
+    reporter,
+    summary,
+)
 from dmlcli.store import Store
 
 _STATUS = {
@@ -44,75 +51,51 @@ def command(
 
     Finished steps are skipped, so a rerun resumes where the last one stopped.
     """
-    spec = rc.load_recipe(recipe)
-    root = Store(artifacts).root
-    if data_dir is not None and not data_dir.is_dir():
-        raise DmlError(f"--data-dir {data_dir} is not a directory")
-    steps = rc.plan(spec, root, data_dir=data_dir, device=device or None)
-    selected = _select(steps, only or [], spec)
-
-    title = f"recipe {spec.name} ({spec.dataset}) -> {root}"
+    prepared = recipes.prepare(recipe, only, data_dir, device or None, artifacts)
+    spec, root = prepared.recipe, prepared.root
     if spec.expect:
         console.print(f"[dim]{spec.expect}[/dim]")
-    rows = []
-    for step in steps:
-        if step not in selected:
-            state = "[dim]not selected[/dim]"
-        else:
-            state = _STATUS.get(step.status, step.status)
-        rows.append((step.id, state, step.note or step.short))
-    summary(f"plan: {title}", ["step", "status", "command"], rows)
+    rows = [
+        (
+            step.id,
+            _STATUS.get(step.status, step.status)
+            if step in prepared.selected
+            else "[dim]not selected[/dim]",
+            step.note or step.short,
+        )
+        for step in prepared.steps
+    ]
+    summary(
+        f"plan: recipe {spec.name} ({spec.dataset}) -> {root}", ["step", "status", "command"], rows
+    )
     if dry_run:
         return
-
-    rc.save_recipe_json(root, spec)
-    ran_any = False
-    done_rows = []
-    for step in steps:
-        if step not in selected:
-            continue
-        if step.status in ("unavailable", "blocked"):
-            done_rows.append((step.id, "skipped", step.note, ""))
-            continue
-        must = step.status in ("run", "changed") or (
-            step.stage == "report" and (ran_any or bool(only))
-        )
-        if not must:
-            done_rows.append((step.id, "done earlier", "", ""))
-            continue
-        console.rule(f"[bold]{step.id}[/bold]: {step.shell}")
-        before = rc.snapshot(root)
-        began = time.perf_counter()
-        rc.run_step(step)
-        seconds = time.perf_counter() - began
-        marker = rc.write_marker(root, spec, step, seconds, before)
-        ran_any = True
-        done_rows.append((step.id, "ran", f"{seconds:.1f} s", str(marker)))
+    with reporter() as progress:
+        outcomes = recipes.execute(prepared, progress, on_start=_started, on_done=_finished)
     console.rule()
+    done_rows = [
+        (
+            o.step.id,
+            o.state,
+            o.step.note if o.state == "skipped" else _time(o.seconds),
+            o.marker or "",
+        )
+        for o in outcomes
+    ]
     report_dir = Store(root).report_dir()
     files = [p for p in (report_dir / "report.md", report_dir / "report.html") if p.is_file()]
     summary(f"recipe {spec.name}: steps", ["step", "status", "time", "marker"], done_rows, files)
 
 
-def _select(steps: list, only: list[str], recipe) -> list:
-    """The steps named by ``--only`` (stage, train key or step id/prefix); all if empty."""
-    if not only:
-        return list(steps)
-    chosen = []
-    for name in only:
-        hits = [
-            s
-            for s in steps
-            if s.stage == name
-            or s.id == name
-            or s.id == f"train-{name}"
-            or s.id.startswith(name + "-")
-        ]
-        if not hits:
-            ids = ", ".join(s.id for s in steps)
-            raise DmlError(
-                f"--only {name!r} matches no step; use a stage ({', '.join(rc.STAGES)}) or a step "
-                f"id ({ids})"
-            )
-        chosen += [s for s in hits if s not in chosen]
-    return [s for s in steps if s in chosen]
+def _started(step: recipes.Step) -> None:
+    console.rule(f"[bold]{step.id}[/bold]: {step.shell}")
+
+
+def _finished(outcome: recipes.StepOutcome) -> None:
+    """Say which results a step computed (``dml run`` prints no per-command tables)."""
+    for path in new_files(outcome.result) if hasattr(outcome.result, "attrs") else []:
+        console.print(f"[dim]wrote[/dim] {path}")
+
+
+def _time(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:.1f} s"
