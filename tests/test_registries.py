@@ -92,3 +92,14 @@ def test_an_unknown_defense_is_one_line_naming_the_choices():
     message = str(err.value)
     assert message == f"unknown --defense 'fancy'; choose one of {', '.join(defenses.DEFENSES)}"
     assert "\n" not in message
+
+
+def test_each_report_item_says_where_the_paper_has_it():
+    """A table or figure is one entry of TABLES or FIGURES, its paper reference included:
+    ``dml report``'s summary reads it there (no second list of keys in the CLI)."""
+    from dmlcli.report import FIGURES, TABLES, paper_ref
+
+    for key, _, ref in [*TABLES, *FIGURES]:
+        assert ref and paper_ref(key) == ref, key  # a table and a figure of one key agree
+    assert paper_ref("whitebox") == "T2, T3, T10" and paper_ref("examples") == "F19-F21"
+    assert paper_ref("defenses") == "not in paper" and paper_ref("no-such-item") == "-"

@@ -10,30 +10,11 @@ from rich.markup import escape
 
 from dmlcli import api
 from dmlcli.cli.common import ArtifactsOpt, console, defaults, summary
+from dmlcli.report import paper_ref
 
 D = defaults(api.report)
 
 #: Where each item stands in the paper (T = table, F = figure).
-REFS = {
-    "benign": "benign acc.",
-    "whitebox": "T2, T3, T10",
-    "transfer": "T4, T11; heat map",
-    "cw_distortion": "T5, T12",
-    "rdml": "T6, T9",
-    "autoattack": "T7, T8",
-    "adaptive": "not in paper",
-    "clever": "F1, F7, F8",
-    "certify": "F14-F16",
-    "detect": "F3, F4, F6",
-    "check": "not in paper",
-    "surfaces": "F2, F17",
-    "roc": "F3, F4, F6",
-    "uncertainty": "F5",
-    "gradients": "F9-F11",
-    "training": "F12, F13",
-    "distortion": "F18",
-    "examples": "F19-F21",
-}
 
 
 def command(
@@ -63,7 +44,7 @@ def command(
     for problem in df.attrs["problems"]:
         console.print(f"[yellow]skipped unreadable file[/yellow] {escape(problem)}")
     rows = [
-        (r.dataset, f"{r.item} ({REFS.get(r.item, '-')})", r.rendered, escape(r.detail))
+        (r.dataset, f"{r.item} ({paper_ref(r.item)})", r.rendered, escape(r.detail))
         for r in df.itertuples()
     ]
     columns = ["dataset", "item (paper)", "rendered", "where / why not"]

@@ -17,6 +17,15 @@ from dmlcli.report.tables import TABLES, Skip, Table
 from dmlcli.store import Store
 
 
+def paper_ref(key: str) -> str:
+    """Where the paper has report item ``key`` (``T2, T3``: tables, ``F9-F11``: figures),
+    from its :data:`TABLES` or :data:`FIGURES` entry; ``-`` for an unknown key."""
+    for name, _, ref in [*TABLES, *FIGURES]:
+        if name == key:
+            return ref
+    return "-"
+
+
 def list_formats() -> list[str]:
     """Names accepted as report formats."""
     return list(FORMATS)
@@ -45,6 +54,7 @@ def render_report(
 
 
 __all__ = [
+    "paper_ref",
     "FIGURES",
     "FORMATS",
     "TABLES",

@@ -554,16 +554,16 @@ def adversarial_grid(col: Collection, dataset: str, out: Path) -> Figure | Skip:
     return Figure(key, title, caption, path)
 
 
-#: Builders in report order (key, function).
-FIGURES: list[tuple[str, Callable[[Collection, str, Path], Figure | Skip]]] = [
-    ("clever", clever_histograms),
-    ("surfaces", loss_surfaces),
-    ("roc", roc_curves),
-    ("uncertainty", uncertainty_distributions),
-    ("gradients", gradient_cosines),
-    ("training", training_curves),
-    ("certify", certified_accuracy),
-    ("distortion", distortion_accuracy),
-    ("examples", adversarial_grid),
-    ("transfer", transfer_heatmap),
+#: Builders in report order (key, function, where the paper has it: T = table, F = figure).
+FIGURES: list[tuple[str, Callable[[Collection, str, Path], Figure | Skip], str]] = [
+    ("clever", clever_histograms, "F1, F7, F8"),
+    ("surfaces", loss_surfaces, "F2, F17"),
+    ("roc", roc_curves, "F3, F4, F6"),
+    ("uncertainty", uncertainty_distributions, "F5"),
+    ("gradients", gradient_cosines, "F9-F11"),
+    ("training", training_curves, "F12, F13"),
+    ("certify", certified_accuracy, "F14-F16"),
+    ("distortion", distortion_accuracy, "F18"),
+    ("examples", adversarial_grid, "F19-F21"),
+    ("transfer", transfer_heatmap, "T4, T11; heat map"),
 ]

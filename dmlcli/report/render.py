@@ -87,13 +87,13 @@ def build(col: Collection, out: Path, figures: bool = True) -> Report:
                     for r in runs
                 )
             )
-        for _, builder in TABLES:
+        for _, builder, _ in TABLES:
             item = builder(col, ds)
             if isinstance(item, Skip):
                 item.kind = "table"
             sec.items.append(item)
         if figures:
-            for _, fig_builder in FIGURES:
+            for _, fig_builder, _ in FIGURES:
                 fig = fig_builder(col, ds, fig_dir)
                 if isinstance(fig, Skip):
                     fig.kind = "figure"

@@ -1243,19 +1243,19 @@ def defenses_seed_table(col: Collection, dataset: str) -> Table | Skip:
     return Table("defenses_seeds", title, header, rows, _defense_notes(pick))
 
 
-#: Builders in report order (key, function).
-TABLES: list[tuple[str, Callable[[Collection, str], Table | Skip]]] = [
-    ("benign", benign_table),
-    ("whitebox", whitebox_table),
-    ("transfer", transfer_table),
-    ("cw_distortion", cw_distortion_table),
-    ("rdml", rdml_table),
-    ("autoattack", autoattack_table),
-    ("adaptive", adaptive_table),
-    ("clever", clever_table),
-    ("certify", certify_table),
-    ("detect", detect_table),
-    ("check", check_table),
-    ("defenses", defenses_table),
-    ("defenses_seeds", defenses_seed_table),
+#: Builders in report order (key, function, where the paper has it: T = table, F = figure).
+TABLES: list[tuple[str, Callable[[Collection, str], Table | Skip], str]] = [
+    ("benign", benign_table, "benign acc."),
+    ("whitebox", whitebox_table, "T2, T3, T10"),
+    ("transfer", transfer_table, "T4, T11; heat map"),
+    ("cw_distortion", cw_distortion_table, "T5, T12"),
+    ("rdml", rdml_table, "T6, T9"),
+    ("autoattack", autoattack_table, "T7, T8"),
+    ("adaptive", adaptive_table, "not in paper"),
+    ("clever", clever_table, "F1, F7, F8"),
+    ("certify", certify_table, "F14-F16"),
+    ("detect", detect_table, "F3, F4, F6"),
+    ("check", check_table, "not in paper"),
+    ("defenses", defenses_table, "not in paper"),
+    ("defenses_seeds", defenses_seed_table, "not in paper"),
 ]
