@@ -117,18 +117,13 @@ class RayS(AttackBase):
             """The decision's answers (wrong: True) at ``points`` for the samples ``rows``."""
             return objective.success(points, objective.logits(points), y[rows], None)
 
-        def fooled(points: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            """One query for each sample in ``rows`` at ``points`` ``[len(rows), ...]``."""
-            used[rows] += 1
-            return answer(points, rows)
-
         def ray(rows: torch.Tensor, signs: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
             """``clip(x + r * s)`` for the samples ``rows``, signs ``[len(rows), D]``."""
             step = r.view(-1, *[1] * (x.dim() - 1)) * signs.view(len(rows), *x.shape[1:])
             return (x[rows] + step).clamp(0.0, 1.0)
 
-        all_rows = torch.arange(b, device=x.device)
-        done = fooled(x, all_rows)  # already wrong: x itself, radius 0
+        used += 1  # the first query: x itself (already wrong: radius 0)
+        done = answer(x, torch.arange(b, device=x.device))
         best_r = torch.where(done, 0.0, float("inf")).to(x.dtype)
         best_s = torch.ones_like(x).flatten(1)
         position = [(0, 0)] * b  # (level, block) each sample tries next
