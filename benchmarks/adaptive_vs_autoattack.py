@@ -24,16 +24,12 @@ import numpy as np
 import pandas as pd
 
 from dmlcli import api
+from dmlcli.api.outcome import Outcome, StoredResult
 from dmlcli.results import robust_accuracy, sum_scored_robust
 
 
-def _frames(df: pd.DataFrame, kind: str) -> list[tuple[dict, pd.DataFrame]]:
-    out = []
-    for r in df.attrs["results"]:
-        if r["kind"] == kind:
-            start, stop = r["rows"]
-            out.append((r, df.iloc[start:stop]))
-    return out
+def _frames(out: Outcome, kind: str) -> list[tuple[StoredResult, pd.DataFrame]]:
+    return [(r, rows) for r, rows in out if r.kind == kind]
 
 
 def _broken(df: pd.DataFrame) -> np.ndarray:
@@ -81,7 +77,7 @@ def main() -> None:
     (aa_meta, aa_rows), *_ = _frames(auto, "attack")
     (both,) = [f for _, f in _frames(auto, "worst-case")]
     n = len(aa_rows)
-    counts = aa_meta["meta"].get("counts", {})
+    counts = aa_meta.meta.get("counts", {})
     aa_alone = sum_scored_robust(aa_rows, counts)
     print(f"{args.checkpoint}: n={n}, eps {args.eps}, clean {robust_accuracy(aa_rows)[0]:.1f}%")
     print(f"  adaptive suite, cascade ({len(attacks)} attacks), per-sample worst case: "

@@ -21,7 +21,7 @@ N = 100
 def test_torchattacks_on_the_adapter_matches_dml_attack_on_the_sum(store_copy):
     torchattacks = pytest.importorskip("torchattacks")
     df = api.attack("digits-dml", attack=["bim"], steps=10, eps=["0.1"], surface=["sum"],
-                    decision=["sum"], n=N, artifacts=store_copy)  # fmt: skip
+                    decision=["sum"], n=N, artifacts=store_copy).rows  # fmt: skip
     rows = df[df["attack"] == "bim-10"]
     ours = 100 * rows["robust"].mean()
     alpha = float(rows["step_size"].iloc[0])

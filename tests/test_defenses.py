@@ -240,18 +240,17 @@ def seeded_store(tmp_path_factory):
 def test_attack_on_a_group_reports_every_seed_and_their_mean(seeded_store):
     from dmlcli import api
 
-    df = api.attack("digits-gal", attack=["pgd"], eps=["0.1"], n=60, artifacts=seeded_store)
-    rows = [g for g in df.attrs["groups"] if g["attack"].startswith("pgd")]
-    assert len(rows) == 1 and set(rows[0]["runs"]) == {"digits-gal-seed0", "digits-gal-seed1"}
+    out = api.attack("digits-gal", attack=["pgd"], eps=["0.1"], n=60, artifacts=seeded_store)
+    rows = [g for g in out.groups if g.attack.startswith("pgd")]
+    assert len(rows) == 1 and set(rows[0].runs) == {"digits-gal-seed0", "digits-gal-seed1"}
     per_run = {}
-    for r in df.attrs["results"]:
-        if r["kind"] == "attack":
-            start, stop = r["rows"]
-            per_run[r["run"]] = 100.0 * df.iloc[start:stop]["robust"].mean()
-    assert rows[0]["runs"] == pytest.approx(per_run)
+    for r, result_rows in out:
+        if r.kind == "attack":
+            per_run[r.run] = 100.0 * result_rows["robust"].mean()
+    assert rows[0].runs == pytest.approx(per_run)
     values = list(per_run.values())
-    assert rows[0]["mean"] == pytest.approx(sum(values) / 2)
-    assert rows[0]["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    assert rows[0].mean == pytest.approx(sum(values) / 2)
+    assert rows[0].std == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
 
 
 def test_compare_groups_per_seed_and_over_seeds(seeded_store):

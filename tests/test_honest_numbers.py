@@ -276,12 +276,12 @@ def test_the_group_summary_keeps_sample_sets_apart(store_copy):
     samples (before, an older n = 4 worst case could overwrite it)."""
     api.train("digits", members=3, epochs=1, name="g", seeds="0,1", artifacts=store_copy)
     api.attack("g", attack=["fgsm"], eps=["0.1"], n=4, artifacts=store_copy)
-    df = api.attack("g", attack=["fgsm"], eps=["0.1"], n=2, artifacts=store_copy)
-    groups = df.attrs["groups"]
-    assert groups and {g["n"] for g in groups} == {2}
+    out = api.attack("g", attack=["fgsm"], eps=["0.1"], n=2, artifacts=store_copy)
+    df, groups = out.rows, out.groups
+    assert groups and {g.n for g in groups} == {2}
     for g in groups:
-        if g["attack"] == "worst case":
-            for run, value in g["runs"].items():
+        if g.attack == "worst case":
+            for run, value in g.runs.items():
                 rows = df[(df["run"] == run) & (df["attack"] == "fgsm")]
                 assert value == pytest.approx(100.0 * rows["robust"].mean())
 

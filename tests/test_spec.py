@@ -314,5 +314,5 @@ def test_the_readme_spec_and_builder_load_as_written(tmp_path):
 
 def test_the_spec_decision_is_what_dml_attack_scores_by_default(tmp_path):
     spec = _spec(tmp_path, BASE + 'decision = "sum"\n')
-    rows = api.attack(str(spec), attack=["fgsm"], eps=["0.1"], n=5, artifacts=tmp_path / "art")
+    rows = api.attack(str(spec), attack=["fgsm"], eps=["0.1"], n=5, artifacts=tmp_path / "art").rows
     assert set(rows[rows["attack"] == "fgsm"]["decision"]) == {"sum"}

@@ -254,8 +254,8 @@ def test_the_stored_worst_case_covers_every_invocation(store_copy):
     assert set(broken["broken_by"]) <= names
     # the CLI prints it
     again = api.attack("digits-dml", suite=["paper"], pgd_restarts=1, cw_steps=5, **common)
-    kinds = [r["kind"] for r in again.attrs["results"]]
-    assert kinds[-1] == "worst-case" and {r["status"] for r in again.attrs["results"]} == {"cached"}
+    kinds = [r.kind for r in again.results]
+    assert kinds[-1] == "worst-case" and {r.status for r in again.results} == {"cached"}
 
 
 def test_results_of_an_older_checkpoint_are_stale_and_left_out(store_copy, cli):

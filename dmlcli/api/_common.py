@@ -1,32 +1,51 @@
-"""What every API function shares: how a list option is read, how outcomes become one
-DataFrame (``attrs['results']``), the evaluation subset of a run's test split, and the
-checks of ``--batch-size`` and ``--decision``."""
+"""What every API function shares: where and how a call runs (:class:`RunContext`), the
+evaluation subset of a run's test split, and the checks of ``--batch-size`` and
+``--decision``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
+from dmlcli.api.settings import Common
+from dmlcli.api.settings import as_list as as_list
 from dmlcli.data import eval_set
 from dmlcli.errors import DmlError
 from dmlcli.models.aggregate import list_decisions
 from dmlcli.models.io import Run
-from dmlcli.runner import Outcome
+from dmlcli.runner import Reporter
+from dmlcli.runtime import Shard, parse_shard, resolve_device
+from dmlcli.store import Store
 
 PathLike = str | Path  # a path option: a string or a Path
 
 
-def as_list(value: str | Sequence[str] | None) -> list[str]:
-    """A list option as a list: ``None`` is empty, one string (or path) is a list of one."""
-    if value is None:
-        return []
-    return [value] if isinstance(value, str | Path) else list(value)
+@dataclass(frozen=True)
+class RunContext:
+    """Where and how one API call runs: the store, the device, the seed, whether to
+    recompute stored results, which shard of the parts to compute, and the progress bars."""
+
+    store: Store
+    device: torch.device
+    seed: int
+    force: bool
+    shard: Shard | None
+    progress: Reporter | None
+
+    @classmethod
+    def of(cls, s: Common, progress: Reporter | None = None) -> RunContext:
+        """The context of settings ``s`` (its ``shard``, if the command has one)."""
+        shard = parse_shard(getattr(s, "shard", None))
+        return cls(Store(s.artifacts), resolve_device(s.device), s.seed, s.force, shard, progress)
 
 
-def rows_of(outcomes: Sequence[Outcome]) -> pd.DataFrame:
+# TODO(issue 22): gone once every command returns an Outcome
+def rows_of(outcomes: Sequence[Any]) -> pd.DataFrame:
     """The rows of every outcome, one frame; ``attrs['results']`` says which is which."""
     frames, info, at = [], [], 0
     for o in outcomes:

@@ -4,73 +4,171 @@ seeds expanded to their runs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from dmlcli import results
-from dmlcli.api._common import PathLike, as_list, check_batch, eval_subset, rows_of
+from dmlcli.api._common import PathLike, RunContext, as_list, check_batch, eval_subset
+from dmlcli.api.outcome import Outcome
+from dmlcli.api.settings import (
+    DATA_DIR_HELP,
+    N_HELP,
+    SHARD_HELP,
+    Common,
+    argument,
+    entry_point,
+    flag,
+    option,
+)
+from dmlcli.attacks import list_attacks
 from dmlcli.data import dataset_info
 from dmlcli.errors import DmlError
 from dmlcli.eval import robustness as rob
 from dmlcli.eval.jobs import Job
 from dmlcli.models.io import Run
-from dmlcli.runner import Outcome, Reporter, run_job, run_jobs
+from dmlcli.runner import Outcome as JobOutcome
+from dmlcli.runner import Reporter, run_job, run_jobs
 from dmlcli.runner import merge as merge_parts
 from dmlcli.runs import open_run
-from dmlcli.runtime import parse_shard, resolve_device
+from dmlcli.runtime import parse_shard
 from dmlcli.store import Store, validate_name
 from dmlcli.units import parse_eps, parse_eps_list
 
 
 # -- attack -----------------------------------------------------------------------------------
-def attack(
-    runs: str | Sequence[str],
-    *,
-    suite: Sequence[str] | None = None,
-    attack: Sequence[str] | None = None,
-    eps: Sequence[str | float] | None = None,
-    n: int = 1000,
-    dataset: str | None = None,
-    data_dir: PathLike | None = None,
-    decision: Sequence[str] | None = None,
-    surface: Sequence[str] | None = None,
-    loss: str | None = None,
-    steps: int | None = None,
-    step_size: float | None = None,
-    restarts: int | None = None,
-    norm: str | None = None,
-    targeted: bool = False,
-    target_classes: int | None = None,
-    pgd_restarts: int = 5,
-    cw_c: float = 1.0,
-    cw_steps: int = 200,
-    cw_lr: float = 0.01,
-    cw_kappa: float = 0.0,
-    cw_search_steps: int = 0,
-    apgd_steps: int = 100,
-    apgd_restarts: int = 1,
-    eot: int = 20,
-    aa_version: str = "auto",
-    aa_attack: Sequence[str] | None = None,
-    aa_steps: int = 100,
-    square_queries: int = 5000,
-    targets: int = 3,
-    score_draws: int = 20,
-    queries: int = 10_000,
-    independent: bool = False,
-    cascade_order: Sequence[str] | None = None,
-    surrogate: str | None = None,
-    batch_size: int = 500,
-    shard: str | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    force: bool = False,
-    artifacts: PathLike | None = None,
-    progress: Reporter | None = None,
-) -> pd.DataFrame:
+@dataclass(kw_only=True)
+class AttackSettings(Common):
+    """The options of ``dml attack`` / :func:`attack` (each field is one option)."""
+
+    runs: list[str] = argument(
+        "Runs, groups of seeds (dml train --seeds), run folders or .safetensors files."
+    )
+    suite: list[str] | None = option(
+        None, "paper, autoattack, adaptive or all (repeatable; default paper)."
+    )
+    attack: list[str] | None = option(None, f"Run this attack ({', '.join(list_attacks())}).")
+    eps: list[str | float] | None = option(
+        None, "L-inf budget(s) in pixels: 8/255, 0.1 (default: the paper's)."
+    )
+    n: int = option(1000, N_HELP)
+    dataset: str | None = option(None, "Dataset the checkpoints must have been trained on.")
+    data_dir: str | Path | None = option(None, DATA_DIR_HELP)
+    decision: list[str] | None = option(
+        None, "Decision scored: vote (paper), meta-vote, sum, member:k (repeatable)."
+    )
+    surface: list[str] | None = option(
+        None, "Surface(s) of --attack (default sum) and of the adaptive suite (default all)."
+    )
+    loss: str | None = option(None, "--attack loss: ce, cw, dlr or logit.")
+    steps: int | None = option(None, "--attack steps.")
+    step_size: float | None = option(None, "--attack step size.")
+    restarts: int | None = option(None, "--attack restarts.")
+    norm: str | None = option(None, "--attack norm: linf or l2.")
+    targeted: bool = flag("--attack targeted at random wrong labels.")
+    target_classes: int | None = option(
+        None,
+        "--attack targeted at each of the K most likely wrong classes in turn (not with "
+        "--targeted).",
+    )
+    pgd_restarts: int = option(5, "Restarts of PGD-20/40 (paper).")
+    cw_c: float = option(1.0, "CW penalty constant c (paper's gamma).")
+    cw_steps: int = option(200, "CW Adam steps (paper: 200).")
+    cw_lr: float = option(0.01, "CW Adam learning rate.")
+    cw_kappa: float = option(0.0, "CW confidence kappa.")
+    cw_search_steps: int = option(0, "CW binary-search rounds over c (0: the paper's fixed c).")
+    apgd_steps: int = option(100, "APGD iterations (adaptive).")
+    apgd_restarts: int = option(1, "APGD restarts (adaptive).")
+    eot: int = option(20, "EOT draws on randomized heads.")
+    aa_version: str = option("auto", "AutoAttack version: auto, standard, plus, rand, custom.")
+    aa_attack: list[str] | None = option(None, "AutoAttack custom attacks (repeatable).")
+    aa_steps: int = option(100, "AutoAttack APGD iterations.")
+    square_queries: int = option(5000, "AutoAttack Square queries.")
+    targets: int = option(3, "Adaptive: wrong classes tried by APGD-T and the agree attacks.")
+    score_draws: int = option(20, "Randomized heads: draws each decision is scored on (majority).")
+    queries: int = option(10_000, "Adaptive: RayS's queries per sample (hard-label, on the vote).")
+    independent: bool = flag(
+        "Adaptive: run every attack on every sample (default: a cascade, each attack on the "
+        "samples still robust)."
+    )
+    cascade_order: list[str] | None = option(
+        None, "Adaptive: attack labels to run first in the cascade (repeatable)."
+    )
+    surrogate: str | None = option(None, "Adaptive: transfer from this run (e.g. a baseline).")
+    batch_size: int = option(500, "Images per attack batch.")
+    shard: str | None = option(None, SHARD_HELP)
+
+    def check(self) -> None:
+        parse_shard(self.shard)
+        check_batch(self.batch_size)
+        if self.dataset:
+            dataset_info(self.dataset)
+        for a in self.attack or []:
+            if a not in list_attacks():
+                raise DmlError(f"unknown attack {a!r}; choose one of {', '.join(list_attacks())}")
+        self.budgets().validate()
+        if self.eps:
+            parse_eps_list(self.eps)
+
+    def budgets(self) -> rob.Budgets:
+        """The suites' budgets (:class:`~dmlcli.eval.robustness.Budgets`) of these settings."""
+        custom = self.aa_attack and self.aa_version == "auto"
+        return rob.Budgets(
+            pgd_restarts=self.pgd_restarts, cw_c=self.cw_c, cw_steps=self.cw_steps,
+            cw_lr=self.cw_lr, cw_kappa=self.cw_kappa, cw_search_steps=self.cw_search_steps,
+            apgd_steps=self.apgd_steps, apgd_restarts=self.apgd_restarts, eot=self.eot,
+            aa_version="custom" if custom else self.aa_version,
+            aa_attacks=tuple(self.aa_attack or ()), aa_steps=self.aa_steps,
+            square_queries=self.square_queries, surfaces=tuple(self.surface or ()),
+            targets=self.targets, score_draws=self.score_draws, queries=self.queries,
+            independent=self.independent, cascade_order=tuple(self.cascade_order or ()),
+        )  # fmt: skip
+
+    def attack_options(self) -> dict[str, Any]:
+        """The parameters of ``--attack`` set by these settings (None: the attack's own)."""
+        return {
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "restarts": self.restarts,
+            "loss": self.loss,
+            "norm": self.norm,
+            "targeted": self.targeted or None,
+            "target_classes": self.target_classes,
+        }
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """One row of a group's summary: a result's robust accuracy (%) on every seed run of the
+    group (``runs``: run -> accuracy) and their mean and standard deviation."""
+
+    group: str
+    attack: str
+    surface: str
+    decision: str
+    eps: float | None
+    n: int
+    seed: int
+    mean: float
+    std: float
+    runs: dict[str, float]
+
+
+@dataclass
+class AttackOutcome(Outcome):
+    """:func:`attack`'s rows (schema ``attack``, then each run's ``worst-case``) and, for
+    groups of seeds, the per-group summary."""
+
+    groups: list[SeedSpread] = field(default_factory=list)
+
+
+@entry_point(AttackSettings)
+def attack(s: AttackSettings, progress: Reporter | None = None) -> AttackOutcome:
     """White-box robustness of each run: the suites ``paper`` (FGSM, BIM-10, PGD-10,
     PGD-20/40, CW-L2 on the summed logits, scored by the vote), ``autoattack`` (re-checked on
     the decision) and ``adaptive`` (APGD on every surface, APGD-T and agreement attacks, MORA,
@@ -80,95 +178,93 @@ def attack(
     with ``targets`` classes; ``cascade_order`` names labels to run first), and attacks
     named in ``attack``, at every ``eps`` (default: the dataset's eps of the paper), scored by
     each ``decision`` (default the vote, or the ``decision`` a model spec names). A
-    randomized decision is scored on ``score_draws`` draws. Returns one row per (sample,
-    attack setting) of every run (schema ``attack``), then the stored per-sample worst case
-    of each run over every stored L-inf attack result of its checkpoint (schema
-    ``worst-case``; recomputed whenever those results change).
-    """
-    shard_of = parse_shard(shard)
-    names = as_list(attack)
-    suites = as_list(suite) or ([] if names else ["paper"])
-    check_batch(batch_size)
-    if dataset:
-        dataset_info(dataset)
-    from dmlcli.attacks import list_attacks
+    randomized decision is scored on ``score_draws`` draws. Options: :class:`AttackSettings`.
 
-    for a in names:
-        if a not in list_attacks():
-            raise DmlError(f"unknown attack {a!r}; choose one of {', '.join(list_attacks())}")
-    budgets = rob.Budgets(
-        pgd_restarts=pgd_restarts, cw_c=cw_c, cw_steps=cw_steps, cw_lr=cw_lr,
-        cw_kappa=cw_kappa, cw_search_steps=cw_search_steps, apgd_steps=apgd_steps,
-        apgd_restarts=apgd_restarts, eot=eot,
-        aa_version="custom" if aa_attack and aa_version == "auto" else aa_version,
-        aa_attacks=tuple(aa_attack or ()), aa_steps=aa_steps, square_queries=square_queries,
-        surfaces=tuple(surface or ()), targets=targets, score_draws=score_draws,
-        queries=queries, independent=independent, cascade_order=tuple(as_list(cascade_order)),
-    )  # fmt: skip
-    budgets.validate()
-    eps_values = parse_eps_list(eps) if eps else None
-    dev = resolve_device(device)
-    store = Store(artifacts)
-    names_, groups = expand_groups(store, as_list(runs))
-    opened = [open_run(r, store) for r in names_]
+    Returns the rows of every run (schema ``attack``: one per sample and attack setting),
+    then the stored per-sample worst case of each run over every stored L-inf attack result
+    of its checkpoint (schema ``worst-case``; recomputed whenever those results change), and
+    ``groups``: each group of seeds' mean and spread.
+    """
+    ctx = RunContext.of(s, progress)
+    names, groups = expand_groups(ctx.store, s.runs)
+    opened = [open_run(r, ctx.store) for r in names]
     if not opened:
         raise DmlError("name at least one run to attack")
-    wanted = dataset or opened[0].dataset
+    wanted = s.dataset or opened[0].dataset
     for r in opened:
         if r.dataset != wanted:
             raise DmlError(f"{r.name} was trained on {r.dataset}, not {wanted}")
-    sur = open_run(surrogate, store) if surrogate else None
+    sur = open_run(s.surrogate, ctx.store) if s.surrogate else None
     if sur is not None and sur.dataset != wanted:
         raise DmlError(f"--surrogate {sur.name} was trained on {sur.dataset}")
-    eps_values = eps_values or [parse_eps(e) for e in dataset_info(wanted).paper_eps]
-    images, labels, indices = eval_subset(opened[0], n, seed, data_dir)
-    options = {
-        "steps": steps,
-        "step_size": step_size,
-        "restarts": restarts,
-        "loss": loss,
-        "norm": norm,
-        "targeted": targeted or None,
-        "target_classes": target_classes,
-    }
-    plans = []  # every job of every run is built (and so checked) before any attack runs
+    eps = parse_eps_list(s.eps) if s.eps else None
+    eps = eps or [parse_eps(e) for e in dataset_info(wanted).paper_eps]
+    sample = eval_subset(opened[0], s.n, s.seed, s.data_dir)
+    # every job of every run is built (and so checked) before any attack runs
+    plans = [(r, _plan(r, s, ctx, eps, sample, sur)) for r in opened]
+    outcomes: list[JobOutcome] = []
+    for r, planned in plans:
+        outcomes += _run_plan(ctx, r, sur, planned, len(sample[2]), s)
+    return AttackOutcome.of(outcomes, groups=_group_summary(groups, outcomes))
 
-    def job(r: Run, spec: rob.AttackSpec, skip: dict[int, str] | None = None) -> Job:
+
+Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images uint8, labels, indices
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One attack setting of a run: its spec, its job, and how to rebuild the job so that it
+    skips samples (a cascaded attack, once the samples still robust are known)."""
+
+    spec: rob.AttackSpec
+    job: Job
+    skipping: Callable[[dict[int, str]], Job]
+
+
+def _plan(
+    r: Run, s: AttackSettings, ctx: RunContext, eps: list[float], sample: Sample, sur: Run | None
+) -> list[_Planned]:
+    """Every attack setting of ``r`` with its job; built here, so that a bad setting of any
+    run fails before an attack runs."""
+    budgets = s.budgets()
+    specs = rob.plan_specs(
+        as_list(s.suite) or ([] if s.attack else ["paper"]), as_list(s.attack), eps,
+        s.attack_options(), budgets, as_list(s.decision) or [r.meta.get("decision", "vote")],
+        r.num_members, r.randomized, sur.name if sur else None, r.num_classes,
+    )  # fmt: skip
+
+    def job(spec: rob.AttackSpec, skip: dict[int, str] | None = None) -> Job:
         return rob.attack_job(
-            r, spec, images, labels, indices, seed=seed, batch_size=batch_size, device=dev,
+            r, spec, *sample, seed=s.seed, batch_size=s.batch_size, device=ctx.device,
             surrogate=sur, score_draws=budgets.score_draws, skip=skip,
         )  # fmt: skip
 
-    for r in opened:
-        specs = rob.plan_specs(
-            suites, names, eps_values, options, budgets,
-            as_list(decision) or [r.meta.get("decision", "vote")], r.num_members,
-            r.randomized, sur.name if sur else None, r.num_classes,
-        )  # fmt: skip
-        plans.append((r, [(spec, job(r, spec)) for spec in specs]))
-    outcomes: list[Outcome] = []
-    for r, planned in plans:
-        r.model.to(dev)
-        if sur is not None:
-            sur.model.to(dev)
-        alone = [j for spec, j in planned if not spec.cascade]
-        outcomes += run_jobs(store, alone, force=force, shard=shard_of, progress=progress)
-        cache: dict[str, pd.DataFrame] = {}
-        for spec, _ in [(spec, j) for spec, j in planned if spec.cascade]:
-            skip = _broken(store, r, spec, len(indices), seed, budgets.score_draws, cache)
-            outcomes.append(
-                run_job(store, job(r, spec, skip), force=force, shard=shard_of, progress=progress)
-            )
-        if shard_of is None:  # the worst cases of this call's samples (others are refreshed too)
-            outcomes += [
-                o
-                for o in refresh_worst_cases(store, r, progress=progress)
-                if (o.job.setting["n"], o.job.setting["seed"]) == (len(indices), seed)
-            ]
-        r.model.cpu()
-    df = rows_of(outcomes)
-    df.attrs["groups"] = _group_summary(groups, outcomes)
-    return df
+    return [_Planned(spec, job(spec), functools.partial(job, spec)) for spec in specs]
+
+
+def _run_plan(
+    ctx: RunContext, r: Run, sur: Run | None, planned: list[_Planned], n: int, s: AttackSettings
+) -> list[JobOutcome]:
+    """Run ``r``'s planned attacks: the standalone ones, then each cascaded one on the
+    samples still robust; then (unsharded) refresh the worst cases of this sample set."""
+    r.model.to(ctx.device)
+    if sur is not None:
+        sur.model.to(ctx.device)
+    opts = {"force": ctx.force, "shard": ctx.shard, "progress": ctx.progress}
+    outcomes = run_jobs(ctx.store, [p.job for p in planned if not p.spec.cascade], **opts)
+    cache: dict[str, pd.DataFrame] = {}
+    for p in planned:
+        if p.spec.cascade:
+            skip = _broken(ctx.store, r, p.spec, n, s.seed, s.score_draws, cache)
+            outcomes.append(run_job(ctx.store, p.skipping(skip), **opts))
+    if ctx.shard is None:  # the worst cases of this call's samples (others are refreshed too)
+        outcomes += [
+            o
+            for o in refresh_worst_cases(ctx.store, r, progress=ctx.progress)
+            if (o.job.setting["n"], o.job.setting["seed"]) == (n, s.seed)
+        ]
+    r.model.cpu()
+    return outcomes
 
 
 def _broken(
@@ -210,7 +306,9 @@ def expand_groups(store: Store, names: Sequence[str]) -> tuple[list[str], dict[s
     return out, groups
 
 
-def _group_summary(groups: dict[str, list[str]], outcomes: Sequence[Outcome]) -> list[dict]:
+def _group_summary(
+    groups: dict[str, list[str]], outcomes: Sequence[JobOutcome]
+) -> list[SeedSpread]:
     """Per group and (attack, surface, decision, eps): the robust accuracy of every seed run
     and their mean and standard deviation (``results.seed_spread``)."""
     if not groups:
@@ -238,15 +336,14 @@ def _group_summary(groups: dict[str, list[str]], outcomes: Sequence[Outcome]) ->
             per_run = {r: acc[(r, key)] for r in runs if (r, key) in acc}
             mean, std = results.seed_spread(list(per_run.values()))
             attack_, surface, decision, eps, n, seed = key
-            out.append({"group": group, "attack": attack_, "surface": surface,
-                        "decision": decision, "eps": eps, "n": n, "seed": seed, "mean": mean,
-                        "std": std, "runs": per_run})  # fmt: skip
+            out.append(SeedSpread(group, attack_, surface, decision, eps, n, seed, mean, std,
+                                  per_run))  # fmt: skip
     return out
 
 
 def refresh_worst_cases(
     store: Store, run: Run, *, progress: Reporter | None = None
-) -> list[Outcome]:
+) -> list[JobOutcome]:
     """Recompute ``run``'s stored worst cases (schema ``worst-case``): per (eps, decision,
     samples, seed, scoring draws), the per-sample minimum over every stored L-inf attack
     result of the run's current checkpoint at that eps or a smaller one

@@ -6,9 +6,12 @@ calls, so each default lives in one place), calls that function and prints a sho
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import sys
+import types
+import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +29,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from dmlcli.api.outcome import Outcome
+from dmlcli.api.settings import Settings, annotation
 from dmlcli.runner import Interrupted, Reporter
 
 try:  # typer >= 0.22 vendors click
@@ -77,6 +82,74 @@ ShardOpt = Annotated[
 ]
 RunArg = Annotated[str, typer.Argument(help="Run name, run folder or .safetensors file.")]
 NOpt = Annotated[int, typer.Option("--n", help="Evaluation samples (a seeded subset).")]
+
+
+def cli_type(tp: Any) -> Any:
+    """The Typer type of a setting typed ``tp``: a list stays a list (of ``str`` when its
+    items may be strings), ``str | Path`` is a ``Path``, another union with ``str`` is a
+    ``str``; ``| None`` when the setting may be None."""
+    parts = (
+        typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    )
+    optional = type(None) in parts
+    parts = tuple(p for p in parts if p is not type(None))
+    lists = [p for p in parts if typing.get_origin(p) in (list, tuple, Sequence)]
+    if lists:
+        inner = typing.get_args(lists[0])[:1] or (str,)
+        out: Any = list[cli_type(inner[0])]
+    elif Path in parts:
+        out = Path
+    elif len(parts) > 1 and str in parts:
+        out = str
+    else:
+        out = parts[0]
+    return out | None if optional else out
+
+
+def cli_parameter(field: dataclasses.Field, owner: type[Settings]) -> inspect.Parameter:
+    """The Typer parameter of one settings field: an argument or ``--name`` option with the
+    field's help and default; a boolean is a flag (``--name``, or ``--name/--no-name`` when
+    on by default)."""
+    meta, tp = field.metadata, cli_type(annotation(field, owner))
+    default = inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+    if meta.get("positional"):
+        info: Any = typer.Argument(help=meta["help"])
+    else:
+        names = meta.get("flags") or ("--" + field.name.replace("_", "-"),)
+        if tp is bool:
+            names = (f"{names[0]}/--no-{names[0][2:]}", *names[1:]) if default else names
+            info = typer.Option(*names, help=meta["help"], metavar="")
+        else:
+            info = typer.Option(*names, help=meta["help"], envvar=meta.get("envvar"))
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Parameter(field.name, kind, default=default, annotation=Annotated[tp, info])
+
+
+def command_of(
+    api_fn: Callable[..., Any],
+    show: Callable[[Any, Any], None],
+    *,
+    help: str,  # noqa: A002 - the command's help text
+    progress: Callable[[], bool] = lambda: True,
+) -> Callable[..., None]:
+    """The ``dml`` command of an API function: one option per field of its settings
+    (:mod:`dmlcli.api.settings`), a call of ``api_fn`` with them (progress bars drawn while
+    ``progress()``), then ``show(outcome, settings)`` prints the closing table."""
+    settings_cls: type[Settings] = api_fn.settings  # type: ignore[attr-defined]
+
+    def command(**options: Any) -> None:
+        settings = settings_cls.make(**options)
+        if not api_fn.takes_progress:  # type: ignore[attr-defined]
+            return show(api_fn(settings=settings), settings)
+        with reporter(enabled=progress()) as bar:
+            outcome = api_fn(settings=settings, progress=bar)
+        show(outcome, settings)
+
+    params = [cli_parameter(f, settings_cls) for f in settings_cls.declared()]
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__doc__ = help
+    command.__name__ = api_fn.__name__
+    return command
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -151,6 +224,8 @@ def summary(
 
 def new_files(df: Any) -> list[str]:
     """Paths of the results an API call computed (not read from the store)."""
+    if isinstance(df, Outcome):
+        return [str(p) for p in df.new_files]
     return [r["path"] for r in df.attrs.get("results", []) if r["status"] == "new"]
 
 
@@ -163,7 +238,10 @@ def results_of(df: Any) -> Iterator[tuple[dict[str, Any], Any]]:
 
 def cached_note(df: Any, root: Path | str | None) -> None:
     """One line saying how many results were read from the store instead of computed."""
-    cached = sum(r["status"] == "cached" for r in df.attrs.get("results", []))
+    if isinstance(df, Outcome):
+        cached = len(df.cached)
+    else:
+        cached = sum(r["status"] == "cached" for r in df.attrs.get("results", []))
     if cached:
         where = root if root is not None else "the store"
         console.print(f"{cached} result(s) were already in {where} (--force recomputes)")
@@ -171,7 +249,10 @@ def cached_note(df: Any, root: Path | str | None) -> None:
 
 def shard_note(df: Any, root: Path | str | None) -> bool:
     """For a sharded run: say where the parts are and how to merge them; True if sharded."""
-    shards = [r for r in df.attrs.get("results", []) if r["status"].startswith("shard")]
+    if isinstance(df, Outcome):
+        shards = [{"status": r.status, "path": r.path} for r in df.shards]
+    else:
+        shards = [r for r in df.attrs.get("results", []) if r["status"].startswith("shard")]
     if not shards:
         return False
     where = root if root is not None else "./artifacts"

@@ -25,7 +25,7 @@ EVAL_STAGES = ("attack", "transfer", "clever", "certify", "geometry", "detect", 
 STAGES = ("train", *EVAL_STAGES, "report")
 
 #: Parameters ``dml run`` sets itself; a recipe cannot name them.
-RUNTIME = frozenset({"artifacts", "force", "progress"})
+RUNTIME = frozenset({"artifacts", "force", "progress", "settings"})
 
 
 @dataclass(frozen=True)
