@@ -3,6 +3,7 @@ and resuming an interrupted ``dml run`` without repeating finished steps."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -68,6 +69,23 @@ dml = { benign = 93.66, "fgsm@0.2" = 68.55 }
 """
 
 
+#: The defenses recipes/defenses-*.toml compare (README, "Competing defenses and seeds"): the
+#: plain ensemble, DML and the five ensemble defenses of the measured table. A recipe may add a
+#: registered defense; one registered later joins a comparison only when its recipe says so.
+COMPARED = ("baseline", "dml", "adp", "gal", "trs", "dverge", "mmc")
+
+
+def comparison_problems(recipe: rc.Recipe) -> list[str]:
+    """What keeps a ``defenses-*`` recipe from being the published comparison: a
+    ``[train.<key>]`` whose key is not its defense, a defense not registered, one of
+    :data:`COMPARED` missing."""
+    trained = {key: opts.get("defense") for key, opts in recipe.train.items()}
+    problems = [f"[train.{k}] trains defense {d!r}" for k, d in trained.items() if k != d]
+    problems += [f"{k!r} is not registered" for k in trained if k not in list_defenses()]
+    problems += [f"{d!r} is missing" for d in COMPARED if d not in trained]
+    return problems
+
+
 def write(tmp_path: Path, text: str, name: str = "tiny.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -81,8 +99,8 @@ def test_shipped_recipes_are_valid(path, tmp_path):
     assert {"baseline", "dml"} <= set(recipe.train)
     assert recipe.to_json()["heads"]["baseline"] == "linear"
     assert recipe.train["dml"]["prior"] == "baseline"
-    if path.stem.startswith("defenses-"):  # the paper compares no other defense
-        assert set(recipe.train) == set(list_defenses())
+    if path.stem.startswith("defenses-"):
+        assert comparison_problems(recipe) == []
         assert all(opts["seeds"] == "0,1,2" for opts in recipe.train.values())
     else:
         assert recipe.paper, "every paper recipe carries the paper's numbers"
@@ -92,6 +110,35 @@ def test_shipped_recipes_are_valid(path, tmp_path):
     stages = [s.stage for s in steps]
     assert stages == sorted(stages, key=rc.STAGES.index), "steps run in pipeline order"
     assert all(s.status == "run" for s in steps if s.available)
+
+
+@pytest.mark.parametrize("edit", ["registered", "typo", "removed", "unregistered"])
+def test_the_comparison_check_catches_a_typo_or_a_lost_defense(tmp_path, monkeypatch, edit):
+    """A defense registered later leaves the comparison as it is; a typo in a key, a defense
+    dropped from the recipe or from the registry is caught."""
+    from dmlcli import defenses
+
+    text = (ROOT / "recipes" / "defenses-fashion-mnist.toml").read_text()
+    if edit == "registered":
+        new = dataclasses.replace(defenses.DEFENSES["baseline"], name="newcomer")
+        monkeypatch.setitem(defenses.DEFENSES, "newcomer", new)
+        expect = []
+    elif edit == "typo":
+        text = text.replace("[train.dverge]", "[train.dvegre]")
+        expect = ["[train.dvegre] trains defense 'dverge'", "'dvegre' is not registered",
+                  "'dverge' is missing"]  # fmt: skip
+    elif edit == "removed":
+        start = text.index("[train.gal]")
+        text = text[:start] + text[text.index("[train.trs]") :]
+        expect = ["'gal' is missing"]
+    else:  # dropped from the registry: loading the recipe refuses it already
+        without = {k: v for k, v in defenses.DEFENSES.items() if k != "gal"}
+        monkeypatch.setattr(defenses, "DEFENSES", without)  # delitem would reorder it
+        with pytest.raises(DmlError, match=r"bad \[train.gal\]: unknown --defense 'gal'"):
+            rc.load_recipe(write(tmp_path, text, "defenses-fashion-mnist.toml"))
+        return
+    recipe = rc.load_recipe(write(tmp_path, text, "defenses-fashion-mnist.toml"))
+    assert comparison_problems(recipe) == expect
 
 
 def test_recipe_round_trips_into_argv(tmp_path):
