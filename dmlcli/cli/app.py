@@ -8,9 +8,8 @@ import warnings
 import typer
 import typer.core
 
-from dmlcli.cli import run as run_cli
-from dmlcli.cli.commands import COMMANDS
-from dmlcli.cli.common import click_exceptions, guarded
+from dmlcli.cli.commands import commands
+from dmlcli.cli.common import click_exceptions
 from dmlcli.errors import DmlError, DmlWarning
 
 
@@ -69,12 +68,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Pipeline order: the stages, then dml run after report, then the store helpers.
-_ORDER = [name for name, _ in COMMANDS]
-_ORDER.insert(_ORDER.index("report") + 1, "run")
-for _name in _ORDER:
-    _fn = guarded(run_cli.command) if _name == "run" else dict(COMMANDS)[_name]
-    app.command(_name, cls=_Command)(_fn)
+for _name, _command in commands():
+    app.command(_name, cls=_Command)(_command)
 
 
 def fail(message: str) -> None:
