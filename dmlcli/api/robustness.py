@@ -27,10 +27,15 @@ from dmlcli.api.settings import (
     option,
 )
 from dmlcli.attacks import list_attacks
+from dmlcli.attacks.autoattack import VERSIONS as AA_VERSIONS
+from dmlcli.attacks.base import NORMS
+from dmlcli.attacks.losses import list_losses
+from dmlcli.attacks.surfaces import list_surfaces
 from dmlcli.data import dataset_info
 from dmlcli.errors import DmlError
 from dmlcli.eval import robustness as rob
 from dmlcli.eval.jobs import Job
+from dmlcli.models.aggregate import list_decisions
 from dmlcli.models.io import Run
 from dmlcli.runner import Outcome as JobOutcome
 from dmlcli.runner import Reporter, run_job, run_jobs
@@ -50,7 +55,7 @@ class AttackSettings(Common):
         "Runs, groups of seeds (dml train --seeds), run folders or .safetensors files."
     )
     suite: list[str] | None = option(
-        None, "paper, autoattack, adaptive or all (repeatable; default paper)."
+        None, f"{', '.join(rob.SUITES)} or all (repeatable; default paper)."
     )
     attack: list[str] | None = option(None, f"Run this attack ({', '.join(list_attacks())}).")
     eps: list[str | float] | None = option(
@@ -60,16 +65,18 @@ class AttackSettings(Common):
     dataset: str | None = option(None, "Dataset the checkpoints must have been trained on.")
     data_dir: str | Path | None = option(None, DATA_DIR_HELP)
     decision: list[str] | None = option(
-        None, "Decision scored: vote (paper), meta-vote, sum, member:k (repeatable)."
+        None, f"Decision scored: {', '.join(list_decisions())} (repeatable; default vote)."
     )
     surface: list[str] | None = option(
-        None, "Surface(s) of --attack (default sum) and of the adaptive suite (default all)."
+        None,
+        f"Surface(s) of --attack (default sum) and of the adaptive suite (default all): "
+        f"{', '.join(list_surfaces())}.",
     )
-    loss: str | None = option(None, "--attack loss: ce, cw, dlr or logit.")
+    loss: str | None = option(None, f"--attack loss: {', '.join(list_losses())}.")
     steps: int | None = option(None, "--attack steps.")
     step_size: float | None = option(None, "--attack step size.")
     restarts: int | None = option(None, "--attack restarts.")
-    norm: str | None = option(None, "--attack norm: linf or l2.")
+    norm: str | None = option(None, f"--attack norm: {' or '.join(NORMS)}.")
     targeted: bool = flag("--attack targeted at random wrong labels.")
     target_classes: int | None = option(
         None,
@@ -85,7 +92,7 @@ class AttackSettings(Common):
     apgd_steps: int = option(100, "APGD iterations (adaptive).")
     apgd_restarts: int = option(1, "APGD restarts (adaptive).")
     eot: int = option(20, "EOT draws on randomized heads.")
-    aa_version: str = option("auto", "AutoAttack version: auto, standard, plus, rand, custom.")
+    aa_version: str = option("auto", f"AutoAttack version: {', '.join(AA_VERSIONS)}.")
     aa_attack: list[str] | None = option(None, "AutoAttack custom attacks (repeatable).")
     aa_steps: int = option(100, "AutoAttack APGD iterations.")
     square_queries: int = option(5000, "AutoAttack Square queries.")
