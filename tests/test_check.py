@@ -294,17 +294,40 @@ def test_a_randomized_head_asks_for_eot(digits):
 
 
 # -- the command -------------------------------------------------------------------------------
-def test_the_command_is_thin_and_takes_the_api_defaults():
-    from dmlcli.cli import check as cli_check
+def test_the_command_is_the_api_settings_and_shows_in_a_few_lines():
+    """Every field of api.check's settings is one ``dml check`` option (same name, order and
+    default as the API's keyword), and the command's closing table is a short ``show``."""
+    import typer
 
-    node = ast.parse(inspect.getsource(cli_check.command)).body[0]
-    body = node.body[1:] if isinstance(node.body[0], ast.Expr) else node.body
-    assert body[-1].end_lineno - body[0].lineno + 1 <= 40
+    from dmlcli.api.checks import CheckSettings
+    from dmlcli.cli import check as cli_check
+    from dmlcli.cli.app import app
+
+    assert api.check.settings is CheckSettings
+    fields = CheckSettings.declared()
     params = inspect.signature(api.check).parameters
-    for name, p in inspect.signature(cli_check.command).parameters.items():
-        assert name in params and p.default == params[name].default, name
+    assert [f.name for f in fields] == [p for p in params if p not in ("settings", "progress")]
+    options = {p.name: p for p in typer.main.get_command(app).commands["check"].params}
+    assert list(options) == [f.name for f in fields]
+    for f in fields:
+        if f.name == "run":
+            assert options["run"].required and params["run"].default is inspect.Parameter.empty
+            continue
+        assert options[f.name].opts == ["--" + f.name.replace("_", "-")], f.name
+        assert options[f.name].default == params[f.name].default == f.default, f.name
     assert params["n"].default == 200 and params["seed"].default == 0
     assert params["decision"].default == "vote"
+    node = ast.parse(inspect.getsource(cli_check.show)).body[0]
+    body = node.body[1:] if isinstance(node.body[0], ast.Expr) else node.body
+    assert body[-1].end_lineno - body[0].lineno + 1 <= 40
+
+
+def test_bad_check_settings_are_refused_before_any_run_is_opened(tmp_path):
+    for options, message in (({"n": 0}, "--n must be at least 1"),
+                             ({"batch_size": 0}, "--batch-size must be at least 1"),
+                             ({"eps": "-1"}, "eps")):  # fmt: skip
+        with pytest.raises(DmlError, match=message):
+            api.check("no-such-run", artifacts=tmp_path, **options)
 
 
 @pytest.mark.slow

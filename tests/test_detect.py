@@ -629,3 +629,23 @@ def test_cli_bad_input_exits_2_and_writes_nothing(cli, store_copy, tmp_path):
     r = cli("detect", "wrong", "--artifacts", store_copy, "--n", "1")
     assert r.code == 2 and "classified correctly" in r.err
     assert _results(store_copy) == []
+
+
+def test_api_detect_returns_the_operating_points_and_aucs_as_fields(store_copy):
+    from dmlcli import api
+    from dmlcli.api.detection import DetectOutcome
+    from dmlcli.runs import open_run
+
+    out = api.detect("digits-dml", method="uncertainty", attack="pgd", n=20, steps=2,
+                     fpr=0.1, artifacts=store_copy)  # fmt: skip
+    assert isinstance(out, DetectOutcome) and out.rows.attrs == {} and len(out.rows)
+    k = open_run("digits-dml", Store(store_copy)).num_members
+    assert out.method == "uncertainty" and out.eps == pytest.approx(0.3) and out.fpr == 0.1
+    assert out.nu == k // 2 + 1
+    assert out.attacks == ["pgd"] and out.fit_attacks == ["fgsm", "pgd"]
+    [result] = out.results
+    assert result.kind == "detect" and result.status == "new"
+    assert "pgd" in out.aucs and out.aucs == result.meta["aucs"]
+    vote = api.detect("digits-dml", attack=["fgsm"], nu=1, n=20, artifacts=store_copy)
+    assert vote.method == "vote" and vote.fit_attacks == [] and vote.attacks == ["fgsm"]
+    assert vote.nu == 1 and vote.new_files == [vote.results[0].path]
