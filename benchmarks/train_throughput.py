@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from dmlcli.data import load_dataset
 from dmlcli.models.config import resolve_config
 from dmlcli.models.ensemble import Ensemble
-from dmlcli.train import Trainer, TrainSettings
+from dmlcli.train import Trainer, TrainerSettings
 
 
 class PilDataset(Dataset):
@@ -106,7 +106,7 @@ def _ensemble(mode: str) -> Ensemble:
 
 def ours(x, y, steps: int, batch: int, device: str, mode: str) -> float:
     """Images/s of `dml train`'s Trainer (baseline head, same optimizer and loss)."""
-    settings = TrainSettings(epochs=1, batch_size=batch, optimizer="adam", lr=1e-3)
+    settings = TrainerSettings(epochs=1, batch_size=batch, optimizer="adam", lr=1e-3)
     trainer = Trainer(_ensemble(mode), (x, y), (x[:10], y[:10]), settings, device=device)
     return batch / seconds_per_call(trainer.train_step, steps, device)
 

@@ -29,8 +29,10 @@ SCHEDULES = ("none", "cosine", "step")
 
 
 @dataclass
-class TrainSettings:
-    """Optimisation settings of a run (stored in the checkpoint as ``config.training``)."""
+class TrainerSettings:
+    """The training loop's resolved optimisation settings of a run (stored in the checkpoint
+    as ``config.training``); ``dml train``'s options are
+    :class:`dmlcli.api.training.TrainSettings`."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -141,7 +143,7 @@ class Trainer:
         ensemble: Ensemble,
         train: tuple[torch.Tensor, torch.Tensor],
         test: tuple[torch.Tensor, torch.Tensor],
-        settings: TrainSettings,
+        settings: TrainerSettings,
         device: torch.device | str = "cpu",
     ) -> None:
         settings.validate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dmlcli import api
 from dmlcli.models.io import load_ensemble
 
 
@@ -27,6 +28,26 @@ def test_existing_run_is_a_no_op(cli, store_copy):
     assert res.code == 0 and "exists" in res.out
     after = (store_copy / "models" / "digits-dml" / "model.safetensors").stat().st_mtime_ns
     assert before == after
+
+
+def test_train_outcome_names_each_seed_run_its_accuracy_and_files(tmp_path):
+    out = api.train("digits", members=2, epochs=1, seeds="0,1", artifacts=tmp_path)
+    assert (out.run, out.status, out.rank) == ("digits-dml", "new", 0)
+    assert [o.run for o in out.seeds] == ["digits-dml-seed0", "digits-dml-seed1"]
+    assert out.files == [f for o in out.seeds for f in o.files] and len(out.files) == 4
+    assert all(f.is_file() for f in out.files) and out.new_files == out.files
+    assert list(out.rows["seed"]) == [0, 1] and list(out.rows["run"]) == [o.run for o in out.seeds]
+    assert out.benign == out.seeds[-1].benign and "vote" in out.benign
+    again = api.train("digits", members=2, epochs=1, seeds=[0, 1], artifacts=tmp_path)
+    assert again.status == "exists" and again.files == []
+    assert [o.benign for o in again.seeds] == [o.benign for o in out.seeds]
+    assert len(again.rows) == 2
+
+
+def test_ls_outcome_has_the_runs_and_no_stale_files(trained_store):
+    out = api.ls(artifacts=trained_store)
+    assert set(out.rows["run"]) == {"digits-baseline", "digits-dml"}
+    assert out.stale == [] and out.removed is False
 
 
 @pytest.mark.parametrize(

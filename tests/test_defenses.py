@@ -20,7 +20,7 @@ from dmlcli.defenses import (
 )
 from dmlcli.errors import DmlError
 from dmlcli.models.dml import mm_centers
-from dmlcli.train import Trainer, TrainSettings, run_training
+from dmlcli.train import Trainer, TrainerSettings, run_training
 from tests.helpers import tiny_ensemble
 
 TRAIN = load_dataset("digits", "train")
@@ -32,7 +32,7 @@ def _trained(defense: str, n: int = 512, epochs: int = 2, lr: float = 1e-3, **ov
     """Three small CNNs (same init for every defense) trained on ``n`` digits."""
     head = "mmc" if defense == "mmc" else "linear"
     ens = tiny_ensemble(head=head, members=3).train()
-    settings = TrainSettings(
+    settings = TrainerSettings(
         epochs=epochs,
         batch_size=64,
         lr=lr,
@@ -136,7 +136,7 @@ def test_dverge_trains_each_member_on_the_others_distilled_images():
     assert {"train_distill_ce", "train_ce"} <= set(history[-1])
     assert _vote_accuracy(ens) > 0.3
     layers = Trainer(
-        tiny_ensemble(head="linear"), TRAIN, TEST, TrainSettings(defense="dverge")
+        tiny_ensemble(head="linear"), TRAIN, TEST, TrainerSettings(defense="dverge")
     ).distill_layers(0)
     assert len(layers) == 3 and set(layers) <= set(ens.feature_layers())
 

@@ -211,7 +211,8 @@ def test_a_merge_refreshes_the_worst_case(store_copy):
     api.attack("digits-dml", attack=["fgsm"], **common)
     for shard in ("1/2", "2/2"):
         api.attack("digits-dml", attack=["pgd"], steps=5, shard=shard, **common)
-    api.merge(artifacts=store_copy)
+    merged = api.merge(artifacts=store_copy)
+    assert len(merged.rows) == 1 and merged.new_files[0].is_file()
     store = Store(store_copy)
     stored, expected = (
         _stored_worst(store, "digits-dml", 0.1),

@@ -287,7 +287,7 @@ def test_every_command_runs_on_a_spec_and_a_changed_weight_makes_results_stale(t
     body = torch.load(ckpt, weights_only=True)
     body["state_dict"]["module.net.3.bias"][0] += 1.0
     torch.save(body, ckpt)
-    df = api.ls(artifacts=art)
+    df = api.ls(artifacts=art).rows
     row = df[df["run"] == "user-ens"].iloc[0]
     assert row["results"] == 0 and row["stale"] == len(store.list_results(run="user-ens"))
 

@@ -14,7 +14,7 @@ import torch
 
 from dmlcli.defenses import dml_terms
 from dmlcli.files import read_tensors
-from dmlcli.train import Trainer, TrainSettings, run_training
+from dmlcli.train import Trainer, TrainerSettings, run_training
 from tests.helpers import tiny_ensemble
 
 
@@ -43,7 +43,7 @@ def _data(n: int, seed: int = 0):
 def test_masked_entries_stay_exactly_fixed_and_trainable_ones_move():
     ens = tiny_ensemble(members=5)
     before = ens.head.diag_m().detach().clone()
-    trainer = Trainer(ens, _data(256), _data(64), TrainSettings(epochs=1, batch_size=64, lr=0.05))
+    trainer = Trainer(ens, _data(256), _data(64), TrainerSettings(epochs=1, batch_size=64, lr=0.05))
     run_training(trainer)
     after = ens.head.diag_m().detach()
     mask = ens.head.mask

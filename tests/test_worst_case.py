@@ -264,14 +264,15 @@ def test_results_of_an_older_checkpoint_are_stale_and_left_out(store_copy, cli):
     api.train("digits", members=5, epochs=1, prior="digits-baseline", force=True,
               artifacts=store_copy)  # fmt: skip
     listing = api.ls(artifacts=store_copy)
-    row = listing.set_index("run").loc["digits-dml"]
+    row = listing.rows.set_index("run").loc["digits-dml"]
     assert row["stale"] >= 3 and row["results"] == 0  # fgsm, its examples, the worst case
+    assert len(listing.stale) == row["stale"] and all(p.is_file() for p in listing.stale)
     api.attack("digits-dml", attack=["pgd"], steps=2, **common)
     worst = _worst_of_checkpoint(Store(store_copy), "digits-dml")
     assert worst["attacks"].iloc[0] == 1  # only the new checkpoint's PGD
     res = cli("ls", "--remove-stale", "--artifacts", store_copy)
     assert res.code == 0 and "removed" in res.out
-    assert api.ls(artifacts=store_copy).set_index("run").loc["digits-dml", "stale"] == 0
+    assert api.ls(artifacts=store_copy).rows.set_index("run").loc["digits-dml", "stale"] == 0
 
 
 def _worst_of_checkpoint(store: Store, run: str) -> pd.DataFrame:

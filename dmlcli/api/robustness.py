@@ -14,13 +14,15 @@ import pandas as pd
 import torch
 
 from dmlcli import results
-from dmlcli.api._common import PathLike, RunContext, as_list, check_batch, eval_subset
+from dmlcli.api._common import RunContext, as_list, check_batch, eval_subset
 from dmlcli.api.outcome import Outcome
 from dmlcli.api.settings import (
+    ARTIFACTS_HELP,
     DATA_DIR_HELP,
     N_HELP,
     SHARD_HELP,
     Common,
+    Settings,
     argument,
     entry_point,
     flag,
@@ -398,27 +400,59 @@ def current_attacks(store: Store, run: Run) -> dict[str, tuple[Path, dict[str, A
     return out
 
 
-def merge(runs: Sequence[str] | None = None, *, artifacts: PathLike | None = None) -> pd.DataFrame:
+# -- merge ------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class MergeSettings(Settings):
+    """The options of ``dml merge`` / :func:`merge` (each field is one option)."""
+
+    runs: list[str] | None = argument(
+        "Runs whose pending results to merge (default all).", default=None
+    )
+    artifacts: str | Path | None = option(None, ARTIFACTS_HELP, envvar="DML_ARTIFACTS")
+
+    def check(self) -> None:
+        for name in self.runs or []:
+            validate_name(name)
+
+
+@dataclass
+class MergeOutcome:
+    """What :func:`merge` did. ``rows``: one per part folder (``run``, ``result``: its
+    label, ``rows``: samples, ``parts``: part files, ``path``: the result file written, or
+    ``""`` for a folder its own command finishes (detection), ``note``: what to do then)."""
+
+    rows: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def new_files(self) -> list[Path]:
+        """The result files written."""
+        return [Path(p) for p in self.rows["path"] if p] if len(self.rows) else []
+
+
+@entry_point(MergeSettings)
+def merge(s: MergeSettings) -> MergeOutcome:
     """Write the final results of sharded evaluations from their part files (every sample
     exactly once, checked before anything is written), then refresh the worst cases of every
-    run that got attack results, exactly as an unsharded ``dml attack`` does; one row per
-    part folder."""
-    store = Store(artifacts)
-    names = [validate_name(r) for r in as_list(runs)]
-    merged = merge_parts(store, names)
+    run that got attack results, exactly as an unsharded ``dml attack`` does. Options:
+    :class:`MergeSettings`.
+
+    Returns a :class:`MergeOutcome`: ``rows``, one per part folder.
+    """
+    store = Store(s.artifacts)
+    merged = merge_parts(store, s.runs or [])
     for name in dict.fromkeys(m.run for m in merged if m.path and m.kind == "attack"):
         refresh_worst_cases(store, open_run(name, store))  # as an unsharded run would
-    return pd.DataFrame(
-        [
-            {
-                "run": m.run,
-                "result": m.label,
-                "rows": m.rows,
-                "parts": m.blocks,
-                "path": "" if m.path is None else str(m.path),
-                "note": m.note,
-            }
-            for m in merged
-        ],
-        columns=["run", "result", "rows", "parts", "path", "note"],
+    rows = [
+        {
+            "run": m.run,
+            "result": m.label,
+            "rows": m.rows,
+            "parts": m.blocks,
+            "path": "" if m.path is None else str(m.path),
+            "note": m.note,
+        }
+        for m in merged
+    ]
+    return MergeOutcome(
+        rows=pd.DataFrame(rows, columns=["run", "result", "rows", "parts", "path", "note"])
     )

@@ -86,14 +86,17 @@ NOpt = Annotated[int, typer.Option("--n", help="Evaluation samples (a seeded sub
 
 def cli_type(tp: Any) -> Any:
     """The Typer type of a setting typed ``tp``: a list stays a list (of ``str`` when its
-    items may be strings), ``str | Path`` is a ``Path``, another union with ``str`` is a
-    ``str``; ``| None`` when the setting may be None."""
+    items may be strings), ``str | Path`` is a ``Path``, another union with ``str`` (also
+    with a list of non-strings, the API's spelling of the same value) is a ``str``;
+    ``| None`` when the setting may be None."""
     parts = (
         typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
     )
     optional = type(None) in parts
     parts = tuple(p for p in parts if p is not type(None))
     lists = [p for p in parts if typing.get_origin(p) in (list, tuple, Sequence)]
+    if lists and str in parts and str not in typing.get_args(lists[0]):
+        lists = []  # str | Sequence[int] (--seeds 0,1,2): one string on the command line
     if lists:
         inner = typing.get_args(lists[0])[:1] or (str,)
         out: Any = list[cli_type(inner[0])]
