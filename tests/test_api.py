@@ -61,9 +61,16 @@ def test_cli_and_api_write_identical_rows(command, cli, trained_store, tmp_path)
     for name in a:
         pd.testing.assert_frame_equal(a[name][0], b[name][0])
         assert a[name][1] == b[name][1]
-    assert len(df) and {r["status"] for r in df.attrs["results"]} == {"new"}
+    assert len(getattr(df, "rows", df)) and _statuses(df) == {"new"}
     again = getattr(api, command)(**kwargs, artifacts=by_api)
-    assert {r["status"] for r in again.attrs["results"]} == {"cached"}
+    assert _statuses(again) == {"cached"}
+
+
+def _statuses(out) -> set[str]:
+    """new, cached or shard i/n of each stored result behind an API call's outcome."""
+    if hasattr(out, "results"):  # an Outcome
+        return {r.status for r in out.results}
+    return {r["status"] for r in out.attrs["results"]}  # TODO(issue 22): until detect returns one
 
 
 def _python_blocks() -> list[str]:
