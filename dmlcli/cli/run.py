@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dmlcli import recipes
+from dmlcli.api.outcome import Outcome
 from dmlcli.cli.common import (
     ArtifactsOpt,
     DeviceOpt,
@@ -93,7 +94,9 @@ def _started(step: recipes.Step) -> None:
 
 def _finished(outcome: recipes.StepOutcome) -> None:
     """Say which results a step computed (``dml run`` prints no per-command tables)."""
-    for path in new_files(outcome.result) if hasattr(outcome.result, "attrs") else []:
+    result = outcome.result
+    stored = isinstance(result, Outcome) or hasattr(result, "attrs")  # stored results behind it
+    for path in new_files(result) if stored else []:
         console.print(f"[dim]wrote[/dim] {path}")
 
 
