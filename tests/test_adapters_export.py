@@ -3,6 +3,8 @@ TSV, adversarial images) round-tripping the stored results."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -66,7 +68,8 @@ def test_exports_round_trip(store_copy):
     out = store_copy / "ex"
     # csv: the rows of every result (here: the attack results)
     csv = api.export("digits-dml", format="csv", kind="attack", out=out, artifacts=store_copy)
-    for r in csv.itertuples():
+    assert csv.run == "digits-dml" and csv.files == [Path(p) for p in csv.rows["path"]]
+    for r in csv.rows.itertuples():
         back = pd.read_csv(r.path)
         stored = store.list_results("attack", "digits-dml")
         (src,) = [p for p in stored if p.stem in r.path]
@@ -75,20 +78,20 @@ def test_exports_round_trip(store_copy):
         assert back["robust"].tolist() == df["robust"].tolist()
     # AutoAttack's log
     log = api.export("digits-dml", format="autoattack-log", out=out, artifacts=store_copy)
-    text = open(log["path"].iloc[0]).read()
+    text = open(log.files[0]).read()
     assert "initial accuracy:" in text and "max Linf perturbation:" in text
     aa = [store.read_result(p)[0] for p in store.list_results("attack", "digits-dml")]
     aa = next(d for d in aa if d["attack"].iloc[0].startswith("autoattack"))
     assert f"robust accuracy: {100 * aa['robust'].mean():.2f}%" in text
     # Cohen et al.'s TSV
     tsv = api.export("digits-dml", format="cohen-tsv", out=out, artifacts=store_copy)
-    cohen = pd.read_csv(tsv["path"].iloc[0], sep="\t")
+    cohen = pd.read_csv(tsv.files[0], sep="\t")
     assert list(cohen.columns) == ["idx", "label", "predict", "radius", "correct", "time"]
     assert len(cohen) == 6
     # adversarial images reproduce the stored predictions
     adv = api.export("digits-dml", format="adversarials", attack="pgd-3", out=out,
                      artifacts=store_copy)  # fmt: skip
-    t = load_file(adv["path"].iloc[0])
+    t = load_file(str(adv.files[0]))
     assert t["x_adv"].shape[1:] == (1, 8, 8) and t["x_adv"].min() >= 0 and t["x_adv"].max() <= 1
     model = dmlcli.as_classifier("digits-dml", decision="vote", artifacts=store_copy)
     with torch.no_grad():

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 
 from dmlcli import api
+from dmlcli.api.outcome import Outcome
 from dmlcli.files import read_parquet
 from dmlcli.store import Store
 
@@ -62,19 +62,13 @@ def test_cli_and_api_write_identical_rows(command, cli, trained_store, tmp_path)
     for name in a:
         pd.testing.assert_frame_equal(a[name][0], b[name][0])
         assert a[name][1] == b[name][1]
-    assert len(_frame(df)) and _statuses(df) == {"new"}
+    assert len(df.rows) and _statuses(df) == {"new"}
     again = getattr(api, command)(**kwargs, artifacts=by_api)
     assert _statuses(again) == {"cached"}
 
 
-def _frame(out: Any) -> pd.DataFrame:
-    return out if isinstance(out, pd.DataFrame) else out.rows
-
-
-def _statuses(out: Any) -> set[str]:
-    """The statuses of the stored results behind an API call's return value."""
-    if isinstance(out, pd.DataFrame):  # TODO(issue 22): gone once every command has an Outcome
-        return {r["status"] for r in out.attrs["results"]}
+def _statuses(out: Outcome) -> set[str]:
+    """new, cached or shard i/n of each stored result behind an API call's outcome."""
     return {r.status for r in out.results}
 
 

@@ -200,6 +200,7 @@ def test_fit_forced_onto_the_cap_is_marked_and_counted(monkeypatch) -> None:
 
 
 def test_cli_and_report_tables_count_score_label_and_capped(tmp_path, capsys, monkeypatch):
+    from dmlcli.api.outcome import Outcome, StoredResult
     from dmlcli.cli import clever as cli_clever
     from dmlcli.cli import common
     from dmlcli.report.collect import collect
@@ -217,9 +218,8 @@ def test_cli_and_report_tables_count_score_label_and_capped(tmp_path, capsys, mo
     assert "score_label" in notes and "capped" in notes and "0.1 1 5 10 20 50 100" in notes
 
     stored, meta = read_parquet(path)
-    stored.attrs["results"] = [
-        {"run": "fx-dml", "rows": [0, 4], "meta": meta, "status": "cached", "path": str(path)}
-    ]
+    result = StoredResult("clever", "fx-dml", "clever", path, "cached", 0, 4, meta=meta)
+    stored = Outcome(stored, [result])
     monkeypatch.setattr(common.console, "width", 200)
     capsys.readouterr()
     cli_clever.print_summary(stored, "sum", "2", 2.0)

@@ -44,13 +44,16 @@ def test_compare_two_stored_runs_end_to_end(cli, store_copy):
         res = cli("attack", run, "--suite", "paper", "--eps", "0.1", "--n", "40",
                   "--pgd-restarts", "1", "--cw-steps", "5", "--artifacts", store_copy)  # fmt: skip
         assert res.code == 0, res.err
-    df = api.compare(["digits-dml", "digits-baseline"], eps="0.1", reps=500, artifacts=store_copy)
+    out = api.compare(["digits-dml", "digits-baseline"], eps="0.1", reps=500,
+                      artifacts=store_copy)  # fmt: skip
+    assert out.base == "digits-dml" and not out.by_seed
+    df = out.rows
     assert list(df["measure"]) == ["clean", "paper protocol", "worst case"]
     assert (df["n"] == 40).all() and (df["p_value"] <= 1).all()
     assert np.allclose(df["diff"], df["acc_a"] - df["acc_b"])
     again = api.compare(["digits-dml", "digits-baseline"], eps="0.1", reps=500,
                         artifacts=store_copy)  # fmt: skip
-    assert df.equals(again)
+    assert df.equals(again.rows)
     res = cli("compare", "digits-dml", "digits-baseline", "--eps", "0.1", "--reps", "500",
               "--artifacts", store_copy)  # fmt: skip
     assert res.code == 0 and "McNemar" in res.out and "worst case" in res.out, res.err
@@ -88,6 +91,6 @@ def test_worst_cases_over_different_attack_sets_warn(store_copy):
     api.attack("digits-baseline", attack=["fgsm"], eps=["0.1"], n=20, artifacts=store_copy)
     with pytest.warns(DmlWarning, match="over 2 stored attacks, digits-baseline's over 1"):
         df = api.compare(["digits-dml", "digits-baseline"], eps="0.1", reps=200,
-                         artifacts=store_copy)  # fmt: skip
+                         artifacts=store_copy).rows  # fmt: skip
     worst = df[df["measure"] == "worst case"].iloc[0]
     assert (worst["attacks_a"], worst["attacks_b"]) == (2, 1)

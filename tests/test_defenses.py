@@ -260,7 +260,9 @@ def test_compare_groups_per_seed_and_over_seeds(seeded_store):
 
     from dmlcli import api
 
-    df = api.compare(["digits-gal", "digits-baseline"], eps="0.1", artifacts=seeded_store)
+    out = api.compare(["digits-gal", "digits-baseline"], eps="0.1", artifacts=seeded_store)
+    assert out.by_seed and out.base == "digits-gal"
+    df = out.rows
     assert set(df["level"]) == {"seed 0", "seed 1", "over 2 seeds"}
     for measure in ("clean", "paper protocol", "worst case"):
         per_seed = df[(df.measure == measure) & (df.level != "over 2 seeds")]

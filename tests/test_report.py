@@ -974,8 +974,9 @@ def test_report_of_a_run_attacked_on_two_sample_sets_uses_one(
     from dmlcli import api
 
     root = _two_sample_set_store(tmp_path / "art", recipe_n)
-    df = api.report(artifacts=root, format=["markdown", "json"], out=tmp_path / "out")
-    rendered = dict(zip(df["item"], df["rendered"], strict=False))
+    out = api.report(artifacts=root, format=["markdown", "json"], out=tmp_path / "out")
+    rendered = dict(zip(out.rows["item"], out.rows["rendered"], strict=False))
+    assert tmp_path / "out" / "report.md" in out.files and out.problems == []
     assert rendered["defenses"] == "table" and rendered["defenses_seeds"] == "table"
     report, _ = render_report(root, tmp_path / "out2", ["markdown"])
     tables = {t.key: t for s in report.sections for t in s.tables}

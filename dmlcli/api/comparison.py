@@ -3,14 +3,23 @@ statistics themselves are :mod:`dmlcli.stats`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from dmlcli import results
-from dmlcli.api._common import PathLike, as_list
 from dmlcli.api.robustness import current_attacks, expand_groups, refresh_worst_cases
+from dmlcli.api.settings import (
+    ARTIFACTS_HELP,
+    SEED_HELP,
+    Settings,
+    argument,
+    entry_point,
+    option,
+)
 from dmlcli.errors import DmlError
 from dmlcli.eval import robustness as rob
 from dmlcli.runs import open_run
@@ -19,16 +28,49 @@ from dmlcli.store import Store
 from dmlcli.units import parse_eps
 
 
-def compare(
-    runs: Sequence[str],
-    *,
-    eps: str | float,
-    decision: str = "vote",
-    n: int | None = None,
-    seed: int = 0,
-    reps: int = 10_000,
-    artifacts: PathLike | None = None,
-) -> pd.DataFrame:
+@dataclass(kw_only=True)
+class CompareSettings(Settings):
+    """The options of ``dml compare`` / :func:`compare` (each field is one option)."""
+
+    runs: list[str] = argument(
+        "Two or more runs (or groups of seeds); the first is compared with each other."
+    )
+    eps: str | float = option(
+        dataclasses.MISSING, "L-inf budget of the stored results, e.g. 0.1 or 8/255."
+    )
+    decision: str = option("vote", "Decision the results were scored by.")
+    n: int | None = option(None, "Evaluation samples (when several were stored).")
+    reps: int = option(10_000, "Bootstrap resamples of the 95% CI.")
+    seed: int = option(0, SEED_HELP)
+    artifacts: str | Path | None = option(None, ARTIFACTS_HELP, envvar="DML_ARTIFACTS")
+
+    def check(self) -> None:
+        if len(self.runs) < 2:
+            raise DmlError("dml compare needs at least two runs")
+        self.budget()
+        if self.reps < 100:
+            raise DmlError(f"--reps must be at least 100 bootstrap resamples; got {self.reps}")
+
+    def budget(self) -> float:
+        """``eps`` as a number (:func:`~dmlcli.units.parse_eps`)."""
+        return parse_eps(str(self.eps))
+
+
+@dataclass
+class CompareOutcome:
+    """What :func:`compare` found: ``rows``, one per (run pair, measure) and level (the
+    columns of :func:`dmlcli.stats.compare_pair`: ``run_a, run_b, level, measure, eps, n,
+    acc_a, acc_b, diff, ci_low, ci_high, only_a, only_b, p_value, attacks_a, attacks_b``);
+    ``base``, the run (or group) compared with each other; ``by_seed``, whether groups of
+    seeds were compared (rows per seed and over the seeds) rather than single runs."""
+
+    rows: pd.DataFrame = field(repr=False)
+    base: str
+    by_seed: bool = False
+
+
+@entry_point(CompareSettings)
+def compare(s: CompareSettings) -> CompareOutcome:
     """Paired per-sample comparison of the first run with each other run on the same
     evaluation samples, from stored results only (nothing is attacked): clean accuracy, the
     paper protocol (robust under every stored attack of the paper suite) and the stored
@@ -42,67 +84,74 @@ def compare(
     ``seed <s>``: the runs of the same seed, paired per sample as above), then over the
     seeds (``level`` ``over <k> seeds``): the mean of the per-seed differences with a
     Student-t 95% CI and the paired t-test's p-value, which needs at least two seeds that
-    both groups share.
+    both groups share. Options: :class:`CompareSettings`.
+
+    Returns a :class:`CompareOutcome` (``rows``, ``base``, ``by_seed``).
     """
-    store = Store(artifacts)
-    names = as_list(runs)
-    if len(names) < 2:
-        raise DmlError("dml compare needs at least two runs")
-    e = parse_eps(str(eps))
-    if reps < 100:
-        raise DmlError(f"--reps must be at least 100 bootstrap resamples; got {reps}")
-    _, groups = expand_groups(store, names)
-    if groups and len(groups) != len(names):
-        single = next(x for x in names if x not in groups)
+    store = Store(s.artifacts)
+    _, groups = expand_groups(store, s.runs)
+    if groups and len(groups) != len(s.runs):
+        single = next(x for x in s.runs if x not in groups)
         raise DmlError(
             f"{single} is one run and {next(iter(groups))} a group of seeds: compare groups "
             "with groups, runs with runs"
         )
-    frames: dict[str, dict[str, pd.DataFrame]] = {}
-
-    def pair(a: str, b: str, level: str) -> list[dict[str, Any]]:
-        for name in (a, b):
-            if name not in frames:
-                frames[name] = _compared(store, name, e, decision, n, seed)
-        return compare_pair(a, b, frames[a], frames[b], e, seed, reps, level)
-
-    rows = []
-    base = names[0]
-    for other in names[1:]:
-        if not groups:
-            rows += pair(base, other, "run")
-            continue
-        seeds_a, seeds_b = store.group_runs(base), store.group_runs(other)
-        common = [s for s in seeds_a if s in seeds_b]
-        if len(common) < 2:
-            raise DmlError(
-                f"a confidence interval over seeds needs at least two seeds that {base} and "
-                f"{other} share; they share {len(common)} (train more with --seeds)"
-            )
-        per_seed = []
-        for s in common:
-            per_seed += pair(seeds_a[s], seeds_b[s], f"seed {s}")
-        rows += per_seed
-        rows += over_seeds(base, other, e, per_seed, len(common))
+    paired = _Paired(store, s)
+    base, rows = s.runs[0], []
+    for other in s.runs[1:]:
+        rows += _over_seeds(paired, base, other) if groups else paired.rows(base, other, "run")
     if not rows:
-        raise DmlError(f"no stored attack results at eps {eps} to compare (dml attack first)")
-    return pd.DataFrame(rows)
+        raise DmlError(f"no stored attack results at eps {s.eps} to compare (dml attack first)")
+    return CompareOutcome(pd.DataFrame(rows), base, by_seed=bool(groups))
 
 
-def _compared(
-    store: Store, name: str, eps: float, decision: str, n: int | None, seed: int
-) -> dict[str, pd.DataFrame]:
+@dataclass
+class _Paired:
+    """The rows of run pairs, each run's stored frames read once (:func:`_compared`)."""
+
+    store: Store
+    s: CompareSettings
+    frames: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
+
+    def rows(self, a: str, b: str, level: str) -> list[dict[str, Any]]:
+        """The rows of :func:`~dmlcli.stats.compare_pair` for runs ``a`` and ``b``."""
+        for name in (a, b):
+            if name not in self.frames:
+                self.frames[name] = _compared(self.store, name, self.s)
+        s = self.s
+        return compare_pair(a, b, self.frames[a], self.frames[b], s.budget(), s.seed, s.reps,
+                            level)  # fmt: skip
+
+
+def _over_seeds(paired: _Paired, base: str, other: str) -> list[dict[str, Any]]:
+    """Groups ``base`` and ``other`` compared seed by seed, then over their shared seeds
+    (:func:`~dmlcli.stats.over_seeds`)."""
+    seeds_a, seeds_b = paired.store.group_runs(base), paired.store.group_runs(other)
+    common = [s for s in seeds_a if s in seeds_b]
+    if len(common) < 2:
+        raise DmlError(
+            f"a confidence interval over seeds needs at least two seeds that {base} and "
+            f"{other} share; they share {len(common)} (train more with --seeds)"
+        )
+    per_seed = []
+    for s in common:
+        per_seed += paired.rows(seeds_a[s], seeds_b[s], f"seed {s}")
+    return per_seed + over_seeds(base, other, paired.s.budget(), per_seed, len(common))
+
+
+def _compared(store: Store, name: str, s: CompareSettings) -> dict[str, pd.DataFrame]:
     """The per-sample frames ``compare`` needs of one run: ``worst case`` (the stored worst
     case), ``clean`` (its clean outcomes) and ``paper protocol`` (per sample over the stored
     paper-suite attacks), all at ``eps``/``decision``/``seed`` (and ``n`` when given). Only
     the matching files are read."""
+    eps, decision, n, seed = s.budget(), s.decision, s.n, s.seed
     r = open_run(name, store)
     worst = []
     for o in refresh_worst_cases(store, r):  # current: recomputed if its components changed
-        s = o.job.setting
-        if (abs(float(s["eps"]) - eps) < 1e-9 and s["decision"] == decision
-                and s["seed"] == seed and (n is None or s["n"] == n)):  # fmt: skip
-            worst.append((o, s))
+        st = o.job.setting
+        if (abs(float(st["eps"]) - eps) < 1e-9 and st["decision"] == decision
+                and st["seed"] == seed and (n is None or st["n"] == n)):  # fmt: skip
+            worst.append((o, st))
     if not worst:
         raise DmlError(
             f"{r.name} has no stored worst case at eps {eps:g}, decision {decision}, seed {seed}"
@@ -110,14 +159,14 @@ def _compared(
             + " (dml attack it first)"
         )
     if len(worst) > 1:
-        sizes = ", ".join(str(s["n"]) for _, s in worst)
+        sizes = ", ".join(str(st["n"]) for _, st in worst)
         raise DmlError(
             f"{r.name} has worst cases on several sample sets ({sizes}): pick one with --n"
         )
-    ((o, s),) = worst
+    ((o, st),) = worst
     wc = o.rows
     out = {"worst case": wc, "clean": wc}
-    key = rob.stored_worst_case_key(s)
+    key = rob.stored_worst_case_key(st)
     frames = [
         store.read_result(path)[0]
         for path, meta in current_attacks(store, r).values()

@@ -48,7 +48,8 @@ def option(
     envvar: str | None = None,
 ) -> Any:
     """A setting with a default: ``--name VALUE`` on the command line (``flags`` spell it
-    otherwise, e.g. ``("--members", "-k")``), a keyword of the API function."""
+    otherwise, e.g. ``("--members", "-k")``), a keyword of the API function; a ``default`` of
+    ``dataclasses.MISSING`` makes it a required option (``dml compare --eps``)."""
     meta = {"help": help, "flags": flags, "envvar": envvar, "positional": False}
     if isinstance(default, list | dict):
         raise TypeError("a list default is written None (an empty list)")
@@ -60,10 +61,17 @@ def flag(help: str, *, default: bool = False) -> Any:  # noqa: A002
     return option(default, help)
 
 
-def argument(help: str, default: Any = dataclasses.MISSING) -> Any:  # noqa: A002
+def argument(
+    help: str,  # noqa: A002
+    default: Any = dataclasses.MISSING,
+    *,
+    metavar: str | None = None,
+) -> Any:
     """The command's leading argument (a run, runs or a dataset); positional in the API and
-    on the command line, required unless it has a ``default``."""
-    return dataclasses.field(default=default, metadata={"help": help, "positional": True})
+    on the command line, required unless it has a ``default``; ``metavar`` names it in
+    ``--help`` (default: the field's name)."""
+    meta = {"help": help, "positional": True, "metavar": metavar}
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def annotation(field: dataclasses.Field, owner: type) -> Any:
@@ -165,11 +173,9 @@ def entry_point(settings: type[Settings]) -> Callable[[Callable[..., Any]], Call
         params = []
         for f in settings.declared():
             kind = inspect.Parameter.KEYWORD_ONLY
-            default = f.default
             if f.metadata.get("positional"):
                 kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-                if default is dataclasses.MISSING:
-                    default = inspect.Parameter.empty
+            default = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
             params.append(
                 inspect.Parameter(f.name, kind, default=default, annotation=annotation(f, settings))
             )

@@ -116,7 +116,7 @@ def cli_parameter(field: dataclasses.Field, owner: type[Settings]) -> inspect.Pa
     meta, tp = field.metadata, cli_type(annotation(field, owner))
     default = inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
     if meta.get("positional"):
-        info: Any = typer.Argument(help=meta["help"])
+        info: Any = typer.Argument(help=meta["help"], metavar=meta.get("metavar"))
     else:
         names = meta.get("flags") or ("--" + field.name.replace("_", "-"),)
         if tp is bool:

@@ -15,7 +15,6 @@ from dmlcli.cli.common import (
     DeviceOpt,
     console,
     flag,
-    new_files,
     reporter,
     summary,
 )
@@ -94,8 +93,8 @@ def _started(step: recipes.Step) -> None:
 
 def _finished(outcome: recipes.StepOutcome) -> None:
     """Say which results a step computed (``dml run`` prints no per-command tables)."""
-    wrote = isinstance(outcome.result, Outcome) or hasattr(outcome.result, "attrs")
-    for path in new_files(outcome.result) if wrote else []:
+    result = outcome.result
+    for path in result.new_files if isinstance(result, Outcome) else []:
         console.print(f"[dim]wrote[/dim] {path}")
 
 
