@@ -1055,56 +1055,97 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
     results = [r for r in col.of("detect", dataset) if {"kind", "attack"} <= set(r.df.columns)]
     if not results:
         return Skip("detect", title, "no detection results (dml detect)")
-    rows = []
+    rows: list[list[Any]] = []
     fit_notes: dict[str, list[str]] = {}
     for r in results:
-        df, s = r.df, r.setting
-        k = len([c for c in df.columns if c.startswith("pred_member_")]) or 1
-        flag = f"flagged_nu_{k}"
-        method = str(s["method"])
-        model = col.label(r.run)
-        mlabel = f"{method} ({s['head']} head)" if s.get("head") else method
-        eps = eps_text(float(s["eps"]))
-        ev = df[df["half"] != "fit"] if "half" in df.columns else df
-        fitted = "lr_score" in df.columns and bool((df["half"] == "fit").any())
-        at_fpr = flag_at_fpr(df, REPORT_FPR) if fitted else None
-        aucs = r.meta.get("aucs", {})
-        attacks = detect_attacks(df)
-        for attack in attacks:
-            part = attack_rows(ev, attack)
-            nu = rates(part, flag) if flag in part.columns else {}
-            name = attack
-            if attack == "adaptive" and s.get("adaptive_targets", 1) != 1:
-                name += f" ({s['adaptive_targets']} targets)"
-            op = rates(attack_rows(at_fpr, attack), "flagged_fpr") if at_fpr is not None else {}
-            rows.append(
-                [
-                    model,
-                    mlabel,
-                    name,
-                    eps,
-                    int((part["kind"] == "benign").sum()),
-                    float(aucs.get(attack, math.nan)),
-                    nu.get("fpr"),
-                    nu.get("detected"),
-                    nu.get("undetected_wrong"),
-                    nu.get("adv_vote_acc"),
-                    op.get("detected"),
-                    op.get("undetected_wrong"),
-                ]
-            )
-        if len(attacks) > 1:  # per sample, whichever attack works, against the same detector
-            worst = detect_worst_case(ev, flag) if flag in ev else None
-            worst_fpr = detect_worst_case(at_fpr, "flagged_fpr") if at_fpr is not None else None
-            blank = [None] * 4
-            rows.append([model, mlabel, "worst case", eps, *blank, worst, None, None, worst_fpr])
-        if fitted:
-            fit = ", ".join(s.get("fit_attacks") or r.meta.get("fit_attacks") or ["?"])
-            fit_notes.setdefault(fit, []).append(f"{model} ({mlabel}, eps {eps})")
+        result_rows, fitted = _detect_rows(col, r)
+        rows += result_rows
+        if fitted is not None:
+            fit, who = fitted
+            fit_notes.setdefault(fit, []).append(who)
     rows.sort(
         key=lambda r: (r[0], not r[1].startswith("vote"), r[1], r[3], r[2] == "worst case", r[2])
     )
-    s = results[0].setting
+    notes = _detect_notes(results[0].setting, fit_notes)
+    return Table("detect", title, list(_DETECT_COLUMNS), rows, notes)
+
+
+_DETECT_COLUMNS = (
+    "Model",
+    "method",
+    "attack",
+    "eps",
+    "n",
+    "AUC",
+    "FPR nu=K",
+    "detected nu=K",
+    "undetected+wrong nu=K",
+    "vote acc on adv",
+    "LR detected @5% FPR",
+    "LR undetected+wrong @5% FPR",
+)
+
+
+def _detect_rows(col: Collection, r: Result) -> tuple[list[list[Any]], tuple[str, str] | None]:
+    """The rows of one ``detect`` result (one model, method and eps): one per attack and,
+    with several attacks, their per-sample worst case against the same detector. With a
+    fitted uncertainty regression also (the attacks it was fit on, who it belongs to) for
+    the notes; else None."""
+    df, s = r.df, r.setting
+    k = len([c for c in df.columns if c.startswith("pred_member_")]) or 1
+    flag = f"flagged_nu_{k}"
+    method = str(s["method"])
+    model = col.label(r.run)
+    mlabel = f"{method} ({s['head']} head)" if s.get("head") else method
+    eps = eps_text(float(s["eps"]))
+    ev = df[df["half"] != "fit"] if "half" in df.columns else df
+    fitted = "lr_score" in df.columns and bool((df["half"] == "fit").any())
+    at_fpr = flag_at_fpr(df, REPORT_FPR) if fitted else None
+    aucs = r.meta.get("aucs", {})
+    attacks = detect_attacks(df)
+    rows: list[list[Any]] = []
+    for attack in attacks:
+        name = attack
+        if attack == "adaptive" and s.get("adaptive_targets", 1) != 1:
+            name += f" ({s['adaptive_targets']} targets)"
+        auc = float(aucs.get(attack, math.nan))
+        rows.append([model, mlabel, name, eps, *_detection_rates(ev, at_fpr, flag, attack, auc)])
+    if len(attacks) > 1:  # per sample, whichever attack works, against the same detector
+        worst = detect_worst_case(ev, flag) if flag in ev else None
+        worst_fpr = detect_worst_case(at_fpr, "flagged_fpr") if at_fpr is not None else None
+        blank = [None] * 4
+        rows.append([model, mlabel, "worst case", eps, *blank, worst, None, None, worst_fpr])
+    if not fitted:
+        return rows, None
+    fit = ", ".join(s.get("fit_attacks") or r.meta.get("fit_attacks") or ["?"])
+    return rows, (fit, f"{model} ({mlabel}, eps {eps})")
+
+
+def _detection_rates(
+    ev: pd.DataFrame, at_fpr: pd.DataFrame | None, flag: str, attack: str, auc: float
+) -> list[Any]:
+    """The numbers of one attack's row (columns n to LR undetected+wrong): benign samples,
+    ``auc``, the unanimity rates (``flag``) on the eval rows ``ev`` and, with a fitted
+    regression, its rates at the 5% FPR threshold (``at_fpr``)."""
+    part = attack_rows(ev, attack)
+    nu = rates(part, flag) if flag in part.columns else {}
+    op = rates(attack_rows(at_fpr, attack), "flagged_fpr") if at_fpr is not None else {}
+    return [
+        int((part["kind"] == "benign").sum()),
+        auc,
+        nu.get("fpr"),
+        nu.get("detected"),
+        nu.get("undetected_wrong"),
+        nu.get("adv_vote_acc"),
+        op.get("detected"),
+        op.get("undetected_wrong"),
+    ]
+
+
+def _detect_notes(s: dict[str, Any], fit_notes: dict[str, list[str]]) -> list[str]:
+    """The notes of the detection table: the protocol (seed and draws of setting ``s``),
+    what the rates mean and, per set of fit attacks (``fit_notes``: fit attacks -> the
+    detectors fit on them), how the uncertainty regression was fit and frozen."""
     notes = [
         "Negatives: correctly classified benign (and Gaussian-noisy) test samples; positives: "
         f"their adversarials. Seed {s.get('seed', '?')}; draws {s.get('draws', '?')}. "
@@ -1125,21 +1166,7 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
             "(and the same 5% FPR threshold) on the eval half, never refit on its own "
             "adversarials."
         )
-    cols = [
-        "Model",
-        "method",
-        "attack",
-        "eps",
-        "n",
-        "AUC",
-        "FPR nu=K",
-        "detected nu=K",
-        "undetected+wrong nu=K",
-        "vote acc on adv",
-        "LR detected @5% FPR",
-        "LR undetected+wrong @5% FPR",
-    ]
-    return Table("detect", title, cols, rows, notes)
+    return notes
 
 
 def check_table(col: Collection, dataset: str) -> Table | Skip:
