@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -372,10 +372,7 @@ def attack_batch(
     rows of positions below ``EXAMPLES``, the attack's notes: ``warnings`` and ``counts``).
     """
     s = batch_seed(seed, start, batch_size)
-    objective = Objective(
-        model, spec.surface if surrogate is None else "sum", spec.decision, spec.eot, score_draws
-    )
-    crafter = objective if surrogate is None else Objective(surrogate, spec.surface, "vote", 1)
+    objective, crafter = _objectives(model, spec, surrogate, score_draws)
     draws = score_draws if objective.randomized else 1
     idx = indices[start:stop]
     x = to_float(images[idx]).to(device)
@@ -384,56 +381,139 @@ def attack_batch(
     attack = spec.build(s)
     began = time.perf_counter()
     with seeded(s, device):
-        clean_pred, _, clean_rate = decide_over_draws(objective, x, y, draws)
-    correct = clean_pred == y
+        clean = _Scored(*decide_over_draws(objective, x, y, draws))
     skipped_by = [(skip or {}).get(int(i), "") for i in idx]
-    skipped = torch.tensor([bool(b) for b in skipped_by], dtype=torch.bool, device=y.device)
+    todo = ((clean.pred == y) & ~_skip_mask(skipped_by, y.device)).nonzero().squeeze(1)
+    x_adv = _attack_samples(attack, crafter, x, y, t, todo, progress)
+    with seeded(scoring_seed(s), device):
+        adv = _Scored(*decide_over_draws(objective, x_adv, y, draws))
+    seconds = time.perf_counter() - began
+    rows = _result_columns(idx, y, t, clean, adv, skipped_by, draws, x_adv - x, seconds)
+    count = max(0, min(EXAMPLES - start, len(idx)))
+    return rows, _example_rows(idx, y, clean, adv, x, x_adv, count), _attack_notes(attack)
+
+
+def _objectives(
+    model: nn.Module, spec: AttackSpec, surrogate: nn.Module | None, score_draws: int
+) -> tuple[Objective, Objective]:
+    """The objective the batch is scored on (``model`` with ``spec``'s decision, EOT and
+    ``score_draws``; on ``spec``'s surface, or ``sum`` for a transfer) and the one the attack
+    crafts on (the same, or for a transfer the ``surrogate`` on ``spec``'s surface, fooling
+    its vote, one EOT draw)."""
+    objective = Objective(
+        model, spec.surface if surrogate is None else "sum", spec.decision, spec.eot, score_draws
+    )
+    crafter = objective if surrogate is None else Objective(surrogate, spec.surface, "vote", 1)
+    return objective, crafter
+
+
+class _Scored(NamedTuple):
+    """A decision scored over draws (:func:`decide_over_draws`): the majority label
+    ``pred`` ``[B]``, each member's majority top-1 ``members`` ``[K, B]`` and the share of
+    draws that are right ``rate`` ``[B]``."""
+
+    pred: torch.Tensor
+    members: torch.Tensor
+    rate: torch.Tensor
+
+
+def _skip_mask(skipped_by: list[str], device: torch.device) -> torch.Tensor:
+    """``[B]``: True for the samples an earlier attack of a cascade broke (named in
+    ``skipped_by``, ``""`` for the others)."""
+    return torch.tensor([bool(b) for b in skipped_by], dtype=torch.bool, device=device)
+
+
+def _attack_samples(
+    attack: Any,
+    crafter: Objective,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t: torch.Tensor | None,
+    todo: torch.Tensor,
+    progress: Tick | None,
+) -> torch.Tensor:
+    """``x`` ``[B, C, H, W]`` with the positions ``todo`` replaced by their adversarials
+    (crafted on ``crafter``, aimed at ``t`` ``[B]`` if targeted); the others unchanged."""
     x_adv = x.clone()
-    todo = (correct & ~skipped).nonzero().squeeze(1)
     if len(todo):
         tt = None if t is None else t[todo]
         x_adv[todo] = attack(crafter, x[todo], y[todo], tt, progress=progress)
-    with seeded(scoring_seed(s), device):
-        adv_pred, members, adv_rate = decide_over_draws(objective, x_adv, y, draws)
-    seconds = time.perf_counter() - began
-    adv_correct = adv_pred == y
-    robust = correct & adv_correct & ~skipped
-    delta = x_adv - x
-    rows = {
+    return x_adv
+
+
+def _result_columns(
+    idx: torch.Tensor,
+    y: torch.Tensor,
+    t: torch.Tensor | None,
+    clean: _Scored,
+    adv: _Scored,
+    skipped_by: list[str],
+    draws: int,
+    delta: torch.Tensor,
+    seconds: float,
+) -> dict[str, list]:
+    """The per-sample columns of :func:`attack_batch` for test-split ids ``idx`` ``[B]``
+    with labels ``y`` (and targets ``t``) ``[B]``: the clean and adversarial decisions, what
+    is robust (right on both and not skipped), the perturbation ``delta`` ``[B, C, H, W]``'s
+    norms and the batch's ``seconds`` spread evenly over its samples."""
+    n = len(idx)
+    correct = clean.pred == y
+    adv_correct = adv.pred == y
+    robust = correct & adv_correct & ~_skip_mask(skipped_by, y.device)
+    members = adv.members
+    return {
         "sample": idx.tolist(),
         "label": y.tolist(),
-        "target": [-1] * len(idx) if t is None else t.tolist(),
-        "clean_pred": clean_pred.tolist(),
-        "adv_pred": adv_pred.tolist(),
+        "target": [-1] * n if t is None else t.tolist(),
+        "clean_pred": clean.pred.tolist(),
+        "adv_pred": adv.pred.tolist(),
         **{f"member_{k + 1}": members[k].tolist() for k in range(members.shape[0])},
         "clean_correct": correct.tolist(),
         "adv_correct": adv_correct.tolist(),
         "robust": robust.tolist(),
         "skipped_by": skipped_by,
-        "score_draws": [draws] * len(idx),
-        "clean_correct_rate": clean_rate.tolist(),
-        "adv_correct_rate": adv_rate.tolist(),
-        "target_hit": (adv_pred == t).tolist() if t is not None else [False] * len(idx),
+        "score_draws": [draws] * n,
+        "clean_correct_rate": clean.rate.tolist(),
+        "adv_correct_rate": adv.rate.tolist(),
+        "target_hit": (adv.pred == t).tolist() if t is not None else [False] * n,
         "linf": flat_norm(delta, "linf").tolist(),
         "l2": flat_norm(delta, "l2").tolist(),
-        "seconds": [seconds / len(idx)] * len(idx),
+        "seconds": [seconds / n] * n,
     }
-    examples = [
+
+
+def _example_rows(
+    idx: torch.Tensor,
+    y: torch.Tensor,
+    clean: _Scored,
+    adv: _Scored,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    count: int,
+) -> list[dict]:
+    """The first ``count`` samples as stored example images: ids, label and decisions, and
+    the clean and adversarial pixels ``x``, ``x_adv`` ``[B, C, H, W]`` flattened."""
+    return [
         {
             "sample": int(idx[i]),
             "label": int(y[i]),
-            "clean_pred": int(clean_pred[i]),
-            "adv_pred": int(adv_pred[i]),
+            "clean_pred": int(clean.pred[i]),
+            "adv_pred": int(adv.pred[i]),
             "shape": list(x.shape[1:]),
             "x": x[i].flatten().cpu().tolist(),
             "x_adv": x_adv[i].flatten().cpu().tolist(),
         }
-        for i in range(max(0, min(EXAMPLES - start, len(idx))))
+        for i in range(count)
     ]
+
+
+def _attack_notes(attack: Any) -> dict[str, Any]:
+    """What the attack reports besides the adversarials: its ``warnings`` (each once) and,
+    when it keeps them, its ``counts``."""
     notes = {"warnings": list(dict.fromkeys(getattr(attack, "warnings", [])))}
     if getattr(attack, "counts", None):
         notes["counts"] = dict(attack.counts)
-    return rows, examples, notes
+    return notes
 
 
 def describe(

@@ -182,7 +182,26 @@ def validate_recipe(raw: dict[str, Any], path: Path) -> Recipe:
     for key in raw:
         if key not in top:
             w.unknown(key, top)
-    head = raw.get("recipe")
+    recipe = _read_header(w, raw.get("recipe"), path)
+    sigs = calls.available()
+    recipe.train = _read_train(w, raw.get("train", {}), sigs.get("train"))
+    _check_train_order(w, recipe)
+    for stage in EVAL_STAGES:
+        entries = _read_stage(w, stage, raw.get(stage, []), list(recipe.train), sigs.get(stage))
+        for entry in entries:
+            recipe.stages.setdefault(stage, []).append(entry)
+    recipe.report = _read_report(w, raw.get("report", {}))
+    try:
+        recipe.paper = check_paper(raw.get("paper", {}), list(recipe.train))
+    except DmlError as exc:
+        w.fail(str(exc))
+    return recipe
+
+
+def _read_header(w: _Where, head: Any, path: Path) -> Recipe:
+    """The ``[recipe]`` table checked (known keys of the right types; ``name`` and
+    ``dataset`` present and valid; ``n`` >= 1, ``seed`` >= 0) into a :class:`Recipe` with
+    nothing trained or evaluated yet."""
     if not isinstance(head, dict):
         w.fail("missing [recipe] table (with at least name and dataset)")
     for key, value in head.items():
@@ -204,7 +223,7 @@ def validate_recipe(raw: dict[str, Any], path: Path) -> Recipe:
     for key in ("n", "seed"):
         if key in head and head[key] < (1 if key == "n" else 0):
             w.fail(f"bad value for 'recipe.{key}': {head[key]} (must be >= {int(key == 'n')})")
-    recipe = Recipe(
+    return Recipe(
         path=path,
         name=head["name"],
         dataset=head["dataset"],
@@ -215,77 +234,113 @@ def validate_recipe(raw: dict[str, Any], path: Path) -> Recipe:
         data_dir=head.get("data_dir"),
         expect=head.get("expect", ""),
     )
-    sigs = calls.available()
 
-    train = raw.get("train", {})
+
+def _read_train(w: _Where, train: Any, sig: calls.Signature | None) -> dict[str, dict[str, Any]]:
+    """The ``[train.<key>]`` tables, each checked (:func:`_check_train_entry`), copied."""
     if not isinstance(train, dict) or not all(isinstance(v, dict) for v in train.values()):
         w.fail("[train] must hold one table per model, e.g. [train.baseline]")
     for key, opts in train.items():
+        _check_train_entry(w, key, opts, sig)
+    return {k: dict(v) for k, v in train.items()}
+
+
+def _check_train_entry(
+    w: _Where, key: str, opts: dict[str, Any], sig: calls.Signature | None
+) -> None:
+    """One ``[train.<key>]`` table: a valid key, arguments of ``api.train`` (but
+    ``dataset``), a valid run ``name`` and ``seeds``, and a defense/head that resolves."""
+    try:
+        validate_name(key)
+    except DmlError:
+        w.fail(f"bad train key {key!r}: use letters, digits, '.', '_' and '-'")
+    _check_options(w, "train", f"train.{key}", opts, sig, skip={"dataset"})
+    if "name" in opts:
         try:
-            validate_name(key)
-        except DmlError:
-            w.fail(f"bad train key {key!r}: use letters, digits, '.', '_' and '-'")
-        _check_options(w, "train", f"train.{key}", opts, sigs.get("train"), skip={"dataset"})
-        if "name" in opts:
-            try:
-                validate_name(opts["name"])
-            except DmlError as exc:
-                w.fail(f"bad value for 'train.{key}.name': {exc}")
-        if "seeds" in opts:
-            try:
-                parse_seeds(str(opts["seeds"]))
-            except DmlError as exc:
-                w.fail(f"bad value for 'train.{key}.seeds': {exc}")
-        try:
-            _train_head(opts)
+            validate_name(opts["name"])
         except DmlError as exc:
-            w.fail(f"bad [train.{key}]: {exc}")
-    recipe.train = {k: dict(v) for k, v in train.items()}
-    names = [recipe.run_name(k) for k in train]
+            w.fail(f"bad value for 'train.{key}.name': {exc}")
+    if "seeds" in opts:
+        try:
+            parse_seeds(str(opts["seeds"]))
+        except DmlError as exc:
+            w.fail(f"bad value for 'train.{key}.seeds': {exc}")
+    try:
+        _train_head(opts)
+    except DmlError as exc:
+        w.fail(f"bad [train.{key}]: {exc}")
+
+
+def _check_train_order(w: _Where, recipe: Recipe) -> None:
+    """The trained models have distinct run names, and a ``prior`` that is another train key
+    is listed before the model built on it (never the model itself)."""
+    names = [recipe.run_name(k) for k in recipe.train]
     if len(set(names)) != len(names):
         w.fail(f"two [train] entries share a run name: {', '.join(names)}")
+    keys = list(recipe.train)
     for key, opts in recipe.train.items():
         prior = opts.get("prior")
         if prior is not None and prior == key:
             w.fail(f"bad value for 'train.{key}.prior': a model cannot be its own prior")
-        if prior in recipe.train and list(recipe.train).index(prior) > list(recipe.train).index(
-            key
-        ):
+        if prior in recipe.train and keys.index(prior) > keys.index(key):
             w.fail(f"bad value for 'train.{key}.prior': {prior!r} must be listed before {key!r}")
 
-    for stage in EVAL_STAGES:
-        entries = raw.get(stage, [])
-        if isinstance(entries, dict):
-            entries = [entries]
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            w.fail(f"[[{stage}]] entries must be tables")
-        labels = set()
-        for i, opts in enumerate(entries):
-            where = f" ([[{stage}]] #{i + 1})"
-            models = opts.get("models", list(recipe.train))
-            if isinstance(models, str):
-                models = [models]
-            _check_type(w, f"{stage}.models", models, list, where)
-            for m in models:
-                if not isinstance(m, str):
-                    w.fail(f"bad value for '{stage}.models'{where}: {m!r} is not a name")
-                if m not in recipe.train:
-                    try:
-                        validate_name(m)
-                    except DmlError:
-                        w.fail(f"bad value for '{stage}.models'{where}: {m!r}")
-            label = opts.get("label", str(i + 1))
-            _check_type(w, f"{stage}.label", label, str, where)
-            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", label):
-                w.fail(f"bad value for '{stage}.label'{where}: {label!r} (letters, digits, -_.)")
-            if label in labels:
-                w.fail(f"bad value for '{stage}.label'{where}: {label!r} is used twice")
-            labels.add(label)
-            rest = {k: v for k, v in opts.items() if k not in STEP_META}
-            _check_options(w, stage, stage, rest, sigs.get(stage), where=where)
-            recipe.stages.setdefault(stage, []).append({**rest, "models": models, "label": label})
 
-    report = raw.get("report", {})
+def _read_stage(
+    w: _Where, stage: str, entries: Any, trained: list[str], sig: calls.Signature | None
+) -> list[dict[str, Any]]:
+    """The ``[[stage]]`` entries (one table or a list of them), each checked: its ``models``
+    (train keys in ``trained`` or run names; default all of ``trained``), a unique ``label``
+    (default its position) and arguments of ``api.<stage>``. Returns them with ``models``
+    and ``label`` filled in."""
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        w.fail(f"[[{stage}]] entries must be tables")
+    labels: set[str] = set()
+    out = []
+    for i, opts in enumerate(entries):
+        where = f" ([[{stage}]] #{i + 1})"
+        models = _entry_models(w, stage, where, opts.get("models", list(trained)), trained)
+        label = opts.get("label", str(i + 1))
+        _check_label(w, stage, where, label, labels)
+        labels.add(label)
+        rest = {k: v for k, v in opts.items() if k not in STEP_META}
+        _check_options(w, stage, stage, rest, sig, where=where)
+        out.append({**rest, "models": models, "label": label})
+    return out
+
+
+def _entry_models(w: _Where, stage: str, where: str, models: Any, trained: list[str]) -> list[str]:
+    """An entry's ``models`` as a list (one name may be given as a string): each a train key
+    in ``trained`` or a valid run name."""
+    if isinstance(models, str):
+        models = [models]
+    _check_type(w, f"{stage}.models", models, list, where)
+    for m in models:
+        if not isinstance(m, str):
+            w.fail(f"bad value for '{stage}.models'{where}: {m!r} is not a name")
+        if m not in trained:
+            try:
+                validate_name(m)
+            except DmlError:
+                w.fail(f"bad value for '{stage}.models'{where}: {m!r}")
+    return models
+
+
+def _check_label(w: _Where, stage: str, where: str, label: Any, labels: set[str]) -> None:
+    """An entry's ``label``: a string of letters, digits, ``-_.`` not among ``labels`` (the
+    labels of the stage's earlier entries)."""
+    _check_type(w, f"{stage}.label", label, str, where)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", label):
+        w.fail(f"bad value for '{stage}.label'{where}: {label!r} (letters, digits, -_.)")
+    if label in labels:
+        w.fail(f"bad value for '{stage}.label'{where}: {label!r} is used twice")
+
+
+def _read_report(w: _Where, report: Any) -> dict[str, Any]:
+    """The ``[report]`` table: ``formats`` only, each a known format (one format may be
+    given as a string; it is stored back into ``report`` as a list)."""
     if not isinstance(report, dict):
         w.fail("[report] must be a table")
     for key, value in report.items():
@@ -299,12 +354,7 @@ def validate_recipe(raw: dict[str, Any], path: Path) -> Recipe:
                     f"{', '.join(REPORT_FORMATS)}"
                 )
         report[key] = values
-    recipe.report = dict(report)
-    try:
-        recipe.paper = check_paper(raw.get("paper", {}), list(recipe.train))
-    except DmlError as exc:
-        w.fail(str(exc))
-    return recipe
+    return dict(report)
 
 
 def _check_eps(w: _Where, key: str, value: Any, where: str = "") -> None:

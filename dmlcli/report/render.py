@@ -20,10 +20,10 @@ from typing import Any
 
 from dmlcli.data import DATASETS
 from dmlcli.files import atomic_write_bytes, now
-from dmlcli.report.collect import Collection
+from dmlcli.report.collect import Collection, RunInfo
 from dmlcli.report.figures import FIGURES, Figure
 from dmlcli.report.paper import paper_value, split_label
-from dmlcli.report.tables import TABLES, Skip, Table, attack_cells, fmt
+from dmlcli.report.tables import TABLES, AttackCell, Skip, Table, attack_cells, fmt
 from dmlcli.units import eps_text
 
 FORMATS = {
@@ -374,83 +374,110 @@ def robustbench_entries(col: Collection) -> list[dict[str, Any]]:
     """
     entries = []
     for ds in col.datasets():
-        recipe = col.recipe_for(ds) or {}
-        paper = recipe.get("paper") or {}
-        same_data = str(paper.get("dataset", ds)) == ds
-        aa_paper = paper.get("autoattack", {}) if same_data else {}
+        aa_paper = _paper_autoattack(col, ds)
         cells = [c for c in attack_cells(col, ds) if _standard_autoattack(c)]
         for run in col.runs_of(ds):
             mine = sorted((c for c in cells if c.result.run == run.name), key=lambda c: c.eps or 0)
-            head = {
-                "linear": "linear heads",
-                "dml": "DML heads",
-                "rdml": "R-DML heads",
-                "augdml": "AUG-DML heads",
-            }.get(run.head, run.head)
-            randomized = run.head in ("rdml", "augdml")
-            base: dict[str, Any] = {
-                "name": run.name,
-                "label": run.label,
-                "dataset": ds,
-                "threat_model": "Linf",
-                "architecture": f"ensemble of {run.members} x {run.backbone} with {head}",
-                "additional_data": False,
-                "members": run.members,
-                "head": run.head,
-                "decision": "vote",
-                "clean_acc_full_test": f"{run.benign['vote']:.2f}"
-                if "vote" in run.benign
-                else None,
-                "unreliable": randomized,
-                "footnote": "Randomized head: AutoAttack rand (EOT) and a decision scored by the "
-                "majority over several draws; RobustBench lists randomized defenses as "
-                "unreliable."
-                if randomized
-                else None,
-            }
+            base = _model_info(run, ds)
             if not mine:
-                entries.append(
-                    {
-                        **base,
-                        "eps": None,
-                        "clean_acc": base["clean_acc_full_test"],
-                        "autoattack_acc": None,
-                        "n_eval": None,
-                        "number_forward_passes": 1,
-                        "note": "no standard/rand AutoAttack result at its default budgets",
-                    }
-                )
+                entries.append(_entry_without_autoattack(base))
                 continue
-            for c in mine:
-                numbers = aa_paper.get(run.role, {}) if isinstance(aa_paper, dict) else {}
-                reported = (
-                    paper_value(numbers, "autoattack", c.eps) if isinstance(numbers, dict) else None
-                )
-                draws = int(c.result.df["score_draws"].iloc[0])
-                entries.append(
-                    {
-                        **base,
-                        "eps": eps_text(c.eps) if c.eps is not None else None,
-                        "eps_value": c.eps,
-                        "clean_acc": f"{c.clean:.2f}",
-                        "autoattack_acc": f"{c.robust:.2f}",
-                        "autoattack_acc_sum_scored": f"{c.sum_scored:.2f}",
-                        "protocol": PROTOCOL.format(version=c.params.get("version")),
-                        "n_eval": c.n,
-                        "number_forward_passes": draws,
-                        "autoattack_version": c.params.get("version"),
-                        "eot": int(c.result.df["eot"].iloc[0] or 1),
-                        "seed": c.result.setting.get("seed"),
-                        "reported": None if reported is None else f"{reported:.2f}",
-                    }
-                )
+            numbers = aa_paper.get(run.role, {}) if isinstance(aa_paper, dict) else {}
+            entries += [_autoattack_entry(base, c, numbers) for c in mine]
     for e in entries:
-        for k, v in list(e.items()):
-            if isinstance(v, float) and math.isnan(v):
-                e[k] = None
-            elif hasattr(v, "item"):
-                e[k] = v.item()
+        _plain_values(e)
     return entries
+
+
+def _paper_autoattack(col: Collection, ds: str) -> Any:
+    """The paper's AutoAttack numbers from the recipe of dataset ``ds`` (role -> column ->
+    number), or ``{}`` when the recipe's published numbers are for another dataset."""
+    recipe = col.recipe_for(ds) or {}
+    paper = recipe.get("paper") or {}
+    same_data = str(paper.get("dataset", ds)) == ds
+    return paper.get("autoattack", {}) if same_data else {}
+
+
+_HEAD_NAMES = {
+    "linear": "linear heads",
+    "dml": "DML heads",
+    "rdml": "R-DML heads",
+    "augdml": "AUG-DML heads",
+}
+
+
+_RANDOMIZED_FOOTNOTE = (
+    "Randomized head: AutoAttack rand (EOT) and a decision scored by the majority over "
+    "several draws; RobustBench lists randomized defenses as unreliable."
+)
+
+
+def _model_info(run: RunInfo, ds: str) -> dict[str, Any]:
+    """What every entry of ``run`` shares: the model (name, architecture, head, decision),
+    the threat model, its clean accuracy on the whole test split and, for a randomized
+    head, the ``unreliable`` mark and its footnote."""
+    head = _HEAD_NAMES.get(run.head, run.head)
+    randomized = run.head in ("rdml", "augdml")
+    return {
+        "name": run.name,
+        "label": run.label,
+        "dataset": ds,
+        "threat_model": "Linf",
+        "architecture": f"ensemble of {run.members} x {run.backbone} with {head}",
+        "additional_data": False,
+        "members": run.members,
+        "head": run.head,
+        "decision": "vote",
+        "clean_acc_full_test": f"{run.benign['vote']:.2f}" if "vote" in run.benign else None,
+        "unreliable": randomized,
+        "footnote": _RANDOMIZED_FOOTNOTE if randomized else None,
+    }
+
+
+def _entry_without_autoattack(base: dict[str, Any]) -> dict[str, Any]:
+    """The one entry of a model with no standard/rand AutoAttack result at its default
+    budgets (``base``: :func:`_model_info`): no eps, ``autoattack_acc`` null."""
+    return {
+        **base,
+        "eps": None,
+        "clean_acc": base["clean_acc_full_test"],
+        "autoattack_acc": None,
+        "n_eval": None,
+        "number_forward_passes": 1,
+        "note": "no standard/rand AutoAttack result at its default budgets",
+    }
+
+
+def _autoattack_entry(base: dict[str, Any], c: AttackCell, numbers: Any) -> dict[str, Any]:
+    """The entry of one AutoAttack result ``c`` of a model (``base``: :func:`_model_info`;
+    ``numbers``: the paper's AutoAttack numbers for its role, column -> number)."""
+    reported = paper_value(numbers, "autoattack", c.eps) if isinstance(numbers, dict) else None
+    draws = int(c.result.df["score_draws"].iloc[0])
+    return {
+        **base,
+        "eps": eps_text(c.eps) if c.eps is not None else None,
+        "eps_value": c.eps,
+        "clean_acc": f"{c.clean:.2f}",
+        "autoattack_acc": f"{c.robust:.2f}",
+        "autoattack_acc_sum_scored": f"{c.sum_scored:.2f}",
+        "protocol": PROTOCOL.format(version=c.params.get("version")),
+        "n_eval": c.n,
+        "number_forward_passes": draws,
+        "autoattack_version": c.params.get("version"),
+        "eot": int(c.result.df["eot"].iloc[0] or 1),
+        "seed": c.result.setting.get("seed"),
+        "reported": None if reported is None else f"{reported:.2f}",
+    }
+
+
+def _plain_values(entry: dict[str, Any]) -> None:
+    """Make ``entry`` JSON-ready in place: NaN floats become None, numpy scalars Python
+    ones."""
+    for k, v in list(entry.items()):
+        if isinstance(v, float) and math.isnan(v):
+            entry[k] = None
+        elif hasattr(v, "item"):
+            entry[k] = v.item()
 
 
 def write(report: Report, col: Collection, out: Path, formats: list[str]) -> list[Path]:

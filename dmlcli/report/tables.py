@@ -409,6 +409,25 @@ def _row_title(c: AttackCell, suffix: str = "") -> str:
     return title + suffix
 
 
+@dataclass
+class _Grid:
+    """The columns of an eps grid (:func:`_eps_grid`), shared by all of its rows."""
+
+    eps_values: list[float]  # one column per eps (rounded to 9 decimals), ascending
+    unbounded: bool  # a last column for the unbounded CW-L2
+    suffix: dict[int, str]  # id(cell) -> its row title's suffix (see :func:`_variants`)
+    paper_attacks: set[tuple[str, int | None]]  # (attack, steps) the paper has numbers for
+
+    def header(self) -> list[str]:
+        """Model, attack, one column per eps and the unbounded one if any."""
+        return [
+            "Model",
+            "Attack",
+            *[f"eps={eps_text(e)}" for e in self.eps_values],
+            *(["L2 (unbounded)"] if self.unbounded else []),
+        ]
+
+
 def _eps_grid(
     col: Collection,
     key: str,
@@ -424,7 +443,37 @@ def _eps_grid(
     accuracy and closes with its stored worst case over every attack of its checkpoint."""
     roles = {r.name: r.role for r in col.runs_of(dataset)}
     paper_roles = {k: v for k, v in paper.items() if isinstance(v, dict)}
-    paper_eps = set()
+    grid = _grid_columns(cells, paper_roles)
+    worst = [w for w in worst_cells(col, dataset) if w.decision == "vote"]
+    rows: list[list[Any]] = []
+    set_notes: list[str] = []
+    for run in runs:
+        mine = [c for c in cells if c.result.run == run]
+        numbers = paper_roles.get(roles.get(run, ""), {})
+        model = col.label(run)
+        # the clean and worst-case rows are on one sample set; other sets' attacks keep rows
+        # of their own ([n=..., seed ...])
+        pick = pick_sample_set(col, dataset, [c.result for c in cells], run)
+        if pick.note():
+            set_notes.append(pick.note(f"{model}'s clean and worst-case rows") or "")
+        rows.append(_clean_row(grid, model, [c for c in mine if pick.keeps(c.result)], numbers))
+        by_attack, seen = _grid_attack_rows(grid, model, mine, numbers)
+        rows += by_attack
+        rows += _not_run_rows(grid, model, numbers, seen)
+        mine_worst = {
+            round(w.eps, 9): w for w in worst if w.result.run == run and pick.keeps(w.result)
+        }
+        if mine_worst:
+            rows.append(_worst_row(grid, model, mine_worst))
+    notes = _grid_notes(cells, what, grid, set_notes, paper)
+    return Table(key, title, grid.header(), rows, notes)
+
+
+def _grid_columns(cells: list[AttackCell], paper_roles: dict[str, dict]) -> _Grid:
+    """The columns of an eps grid: every eps of ``cells`` or of the paper's numbers
+    (``paper_roles``: role -> column -> number), and the unbounded CW-L2 when a cell or the
+    paper has one."""
+    paper_eps: set[float] = set()
     paper_attacks: set[tuple[str, int | None]] = set()
     for numbers in paper_roles.values():
         for name in numbers:
@@ -440,78 +489,99 @@ def _eps_grid(
     unbounded = any(c.eps is None for c in cells) or any(
         a in ("cw", "cw-search") for a, _ in paper_attacks
     )
-    header = ["Model", "Attack", *[f"eps={eps_text(e)}" for e in eps_values]]
-    header += ["L2 (unbounded)"] if unbounded else []
-    suffix = _variants(cells)
-    worst = [w for w in worst_cells(col, dataset) if w.decision == "vote"]
-    rows: list[list[Any]] = []
-    set_notes: list[str] = []
-    for run in runs:
-        mine = [c for c in cells if c.result.run == run]
-        numbers = paper_roles.get(roles.get(run, ""), {})
-        model = col.label(run)
-        # the clean and worst-case rows are on one sample set; other sets' attacks keep rows
-        # of their own ([n=..., seed ...])
-        pick = pick_sample_set(col, dataset, [c.result for c in cells], run)
-        picked = [c for c in mine if pick.keeps(c.result)]
-        if pick.note():
-            set_notes.append(pick.note(f"{model}'s clean and worst-case rows") or "")
-        clean = {round(c.eps, 9): c.clean for c in picked if c.eps is not None}
-        any_clean = picked[0].clean if picked else None
-        row: list[Any] = [model, "clean (the same samples)"]
-        row += [
-            _cell(clean.get(e, any_clean), numbers.get("benign") if i == 0 else None)
-            for i, e in enumerate(eps_values)
-        ]
-        row += [_cell(any_clean, None)] if unbounded else []
-        rows.append(row)
-        by_row: dict[str, dict[float | None, AttackCell]] = {}
-        order: dict[str, tuple] = {}
-        for c in sorted(mine, key=lambda c: attack_sort_key(c.key)):
-            name = _row_title(c, suffix.get(id(c), ""))
-            by_row.setdefault(name, {})[None if c.eps is None else round(c.eps, 9)] = c
-            order.setdefault(name, attack_sort_key((c.label, -1.0)))
-        seen: set[tuple[str, int | None]] = set()
-        for name in sorted(by_row, key=lambda n: order[n]):
-            at = by_row[name]
-            any_cell = next(iter(at.values()))
-            base, steps, _ = split_label(any_cell.label)
-            protocol = _paper_protocol(any_cell) and not suffix.get(id(any_cell))
-            seen.add((base, steps))
+    return _Grid(eps_values, unbounded, _variants(cells), paper_attacks)
 
-            label = any_cell.label if protocol else None
-            row = [model, name]
-            row += [
-                _cell(at[e].robust if e in at else None, _published(numbers, label, e))
-                for e in eps_values
-            ]
-            if unbounded:
-                row.append(
-                    _cell(at[None].robust if None in at else None, _published(numbers, label, None))
-                )
-            rows.append(row)
-        missing = {
-            (base, steps)
-            for base, steps in paper_attacks - seen
-            if not (steps is None and any(b == base for b, _ in seen))
-        }
-        for base, steps in sorted(missing, key=lambda a: (attack_entry(a[0]).order, str(a))):
-            label = base + (f"-{steps}" if steps else "")
-            if all(paper_value(numbers, label, e) is None for e in [*eps_values, None]):
-                continue
-            row = [model, attack_title(label, None) + " (not run)"]
-            row += [_cell(None, paper_value(numbers, label, e)) for e in eps_values]
-            row += [_cell(None, paper_value(numbers, label, None))] if unbounded else []
-            rows.append(row)
-        mine_worst = {
-            round(w.eps, 9): w for w in worst if w.result.run == run and pick.keeps(w.result)
-        }
-        if mine_worst:
-            row = [model, "worst case (every stored attack, per sample)"]
-            row += [_cell(mine_worst[e].robust if e in mine_worst else None, None)
-                    for e in eps_values]  # fmt: skip
-            row += ["-"] if unbounded else []
-            rows.append(row)
+
+def _clean_row(
+    grid: _Grid, model: str, picked: list[AttackCell], numbers: dict[str, Any]
+) -> list[Any]:
+    """A model's clean accuracy at each eps, from its results on the picked sample set
+    (``picked``; any of them where none is at that eps), the paper's beside the first."""
+    clean = {round(c.eps, 9): c.clean for c in picked if c.eps is not None}
+    any_clean = picked[0].clean if picked else None
+    row: list[Any] = [model, "clean (the same samples)"]
+    row += [
+        _cell(clean.get(e, any_clean), numbers.get("benign") if i == 0 else None)
+        for i, e in enumerate(grid.eps_values)
+    ]
+    row += [_cell(any_clean, None)] if grid.unbounded else []
+    return row
+
+
+def _cells_by_row(grid: _Grid, mine: list[AttackCell]) -> dict[str, dict[float | None, AttackCell]]:
+    """A model's cells by row title, then eps (None: unbounded), rows in the report's
+    order (:func:`attack_sort_key`)."""
+    by_row: dict[str, dict[float | None, AttackCell]] = {}
+    order: dict[str, tuple] = {}
+    for c in sorted(mine, key=lambda c: attack_sort_key(c.key)):
+        name = _row_title(c, grid.suffix.get(id(c), ""))
+        by_row.setdefault(name, {})[None if c.eps is None else round(c.eps, 9)] = c
+        order.setdefault(name, attack_sort_key((c.label, -1.0)))
+    return {name: by_row[name] for name in sorted(by_row, key=lambda n: order[n])}
+
+
+def _grid_attack_rows(
+    grid: _Grid, model: str, mine: list[AttackCell], numbers: dict[str, Any]
+) -> tuple[list[list[Any]], set[tuple[str, int | None]]]:
+    """A model's attack rows (robust accuracy per eps; the paper's number beside ours where
+    the result follows the paper's protocol) and the (attack, steps) they cover."""
+    rows: list[list[Any]] = []
+    seen: set[tuple[str, int | None]] = set()
+    for name, at in _cells_by_row(grid, mine).items():
+        any_cell = next(iter(at.values()))
+        base, steps, _ = split_label(any_cell.label)
+        protocol = _paper_protocol(any_cell) and not grid.suffix.get(id(any_cell))
+        seen.add((base, steps))
+        label = any_cell.label if protocol else None
+        row = [model, name]
+        row += [
+            _cell(at[e].robust if e in at else None, _published(numbers, label, e))
+            for e in grid.eps_values
+        ]
+        if grid.unbounded:
+            row.append(
+                _cell(at[None].robust if None in at else None, _published(numbers, label, None))
+            )
+        rows.append(row)
+    return rows, seen
+
+
+def _not_run_rows(
+    grid: _Grid, model: str, numbers: dict[str, Any], seen: set[tuple[str, int | None]]
+) -> list[list[Any]]:
+    """Rows with only the paper's numbers, for the paper's attacks a model has no result of
+    (not in ``seen``; an attack the paper gives without steps counts as seen at any)."""
+    missing = {
+        (base, steps)
+        for base, steps in grid.paper_attacks - seen
+        if not (steps is None and any(b == base for b, _ in seen))
+    }
+    rows: list[list[Any]] = []
+    for base, steps in sorted(missing, key=lambda a: (attack_entry(a[0]).order, str(a))):
+        label = base + (f"-{steps}" if steps else "")
+        if all(paper_value(numbers, label, e) is None for e in [*grid.eps_values, None]):
+            continue
+        row = [model, attack_title(label, None) + " (not run)"]
+        row += [_cell(None, paper_value(numbers, label, e)) for e in grid.eps_values]
+        row += [_cell(None, paper_value(numbers, label, None))] if grid.unbounded else []
+        rows.append(row)
+    return rows
+
+
+def _worst_row(grid: _Grid, model: str, worst: dict[float, WorstCell]) -> list[Any]:
+    """A model's stored worst case (``worst``: rounded eps -> cell) at each eps."""
+    row: list[Any] = [model, "worst case (every stored attack, per sample)"]
+    row += [_cell(worst[e].robust if e in worst else None, None) for e in grid.eps_values]
+    row += ["-"] if grid.unbounded else []
+    return row
+
+
+def _grid_notes(
+    cells: list[AttackCell], what: str, grid: _Grid, set_notes: list[str], paper: dict[str, Any]
+) -> list[str]:
+    """The notes of an eps grid: samples and budgets (:func:`_notes_common`), what clean and
+    worst case mean, scoring, kept-apart settings, the sample sets picked (``set_notes``) and
+    where the paper's numbers come from."""
     notes = _notes_common(cells, what)
     notes.append(
         "clean = accuracy on the evaluated samples; worst case = a sample counts as robust "
@@ -519,16 +589,16 @@ def _eps_grid(
         "smaller one (every suite and invocation: paper, AutoAttack, adaptive, transfer)."
     )
     notes.append(TIE_NOTE)
-    if any(suffix.values()):
+    if any(grid.suffix.values()):
         notes.append(
             "Results of the same attack with another setting (samples, seed, budgets) are "
             "kept apart as their own rows ([n=..., seed ..., setting k])."
         )
     notes += set_notes
-    if paper_roles:
+    if any(isinstance(v, dict) for v in paper.values()):
         src = paper.get("table", "")
         notes.append(f"(paper X) = the published number{(' (' + src + ')') if src else ''}.")
-    return Table(key, title, header, rows, notes)
+    return notes
 
 
 def _recipe_roles(col: Collection, dataset: str, exclude: set[str]) -> list[str]:
@@ -985,56 +1055,97 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
     results = [r for r in col.of("detect", dataset) if {"kind", "attack"} <= set(r.df.columns)]
     if not results:
         return Skip("detect", title, "no detection results (dml detect)")
-    rows = []
+    rows: list[list[Any]] = []
     fit_notes: dict[str, list[str]] = {}
     for r in results:
-        df, s = r.df, r.setting
-        k = len([c for c in df.columns if c.startswith("pred_member_")]) or 1
-        flag = f"flagged_nu_{k}"
-        method = str(s["method"])
-        model = col.label(r.run)
-        mlabel = f"{method} ({s['head']} head)" if s.get("head") else method
-        eps = eps_text(float(s["eps"]))
-        ev = df[df["half"] != "fit"] if "half" in df.columns else df
-        fitted = "lr_score" in df.columns and bool((df["half"] == "fit").any())
-        at_fpr = flag_at_fpr(df, REPORT_FPR) if fitted else None
-        aucs = r.meta.get("aucs", {})
-        attacks = detect_attacks(df)
-        for attack in attacks:
-            part = attack_rows(ev, attack)
-            nu = rates(part, flag) if flag in part.columns else {}
-            name = attack
-            if attack == "adaptive" and s.get("adaptive_targets", 1) != 1:
-                name += f" ({s['adaptive_targets']} targets)"
-            op = rates(attack_rows(at_fpr, attack), "flagged_fpr") if at_fpr is not None else {}
-            rows.append(
-                [
-                    model,
-                    mlabel,
-                    name,
-                    eps,
-                    int((part["kind"] == "benign").sum()),
-                    float(aucs.get(attack, math.nan)),
-                    nu.get("fpr"),
-                    nu.get("detected"),
-                    nu.get("undetected_wrong"),
-                    nu.get("adv_vote_acc"),
-                    op.get("detected"),
-                    op.get("undetected_wrong"),
-                ]
-            )
-        if len(attacks) > 1:  # per sample, whichever attack works, against the same detector
-            worst = detect_worst_case(ev, flag) if flag in ev else None
-            worst_fpr = detect_worst_case(at_fpr, "flagged_fpr") if at_fpr is not None else None
-            blank = [None] * 4
-            rows.append([model, mlabel, "worst case", eps, *blank, worst, None, None, worst_fpr])
-        if fitted:
-            fit = ", ".join(s.get("fit_attacks") or r.meta.get("fit_attacks") or ["?"])
-            fit_notes.setdefault(fit, []).append(f"{model} ({mlabel}, eps {eps})")
+        result_rows, fitted = _detect_rows(col, r)
+        rows += result_rows
+        if fitted is not None:
+            fit, who = fitted
+            fit_notes.setdefault(fit, []).append(who)
     rows.sort(
         key=lambda r: (r[0], not r[1].startswith("vote"), r[1], r[3], r[2] == "worst case", r[2])
     )
-    s = results[0].setting
+    notes = _detect_notes(results[0].setting, fit_notes)
+    return Table("detect", title, list(_DETECT_COLUMNS), rows, notes)
+
+
+_DETECT_COLUMNS = (
+    "Model",
+    "method",
+    "attack",
+    "eps",
+    "n",
+    "AUC",
+    "FPR nu=K",
+    "detected nu=K",
+    "undetected+wrong nu=K",
+    "vote acc on adv",
+    "LR detected @5% FPR",
+    "LR undetected+wrong @5% FPR",
+)
+
+
+def _detect_rows(col: Collection, r: Result) -> tuple[list[list[Any]], tuple[str, str] | None]:
+    """The rows of one ``detect`` result (one model, method and eps): one per attack and,
+    with several attacks, their per-sample worst case against the same detector. With a
+    fitted uncertainty regression also (the attacks it was fit on, who it belongs to) for
+    the notes; else None."""
+    df, s = r.df, r.setting
+    k = len([c for c in df.columns if c.startswith("pred_member_")]) or 1
+    flag = f"flagged_nu_{k}"
+    method = str(s["method"])
+    model = col.label(r.run)
+    mlabel = f"{method} ({s['head']} head)" if s.get("head") else method
+    eps = eps_text(float(s["eps"]))
+    ev = df[df["half"] != "fit"] if "half" in df.columns else df
+    fitted = "lr_score" in df.columns and bool((df["half"] == "fit").any())
+    at_fpr = flag_at_fpr(df, REPORT_FPR) if fitted else None
+    aucs = r.meta.get("aucs", {})
+    attacks = detect_attacks(df)
+    rows: list[list[Any]] = []
+    for attack in attacks:
+        name = attack
+        if attack == "adaptive" and s.get("adaptive_targets", 1) != 1:
+            name += f" ({s['adaptive_targets']} targets)"
+        auc = float(aucs.get(attack, math.nan))
+        rows.append([model, mlabel, name, eps, *_detection_rates(ev, at_fpr, flag, attack, auc)])
+    if len(attacks) > 1:  # per sample, whichever attack works, against the same detector
+        worst = detect_worst_case(ev, flag) if flag in ev else None
+        worst_fpr = detect_worst_case(at_fpr, "flagged_fpr") if at_fpr is not None else None
+        blank = [None] * 4
+        rows.append([model, mlabel, "worst case", eps, *blank, worst, None, None, worst_fpr])
+    if not fitted:
+        return rows, None
+    fit = ", ".join(s.get("fit_attacks") or r.meta.get("fit_attacks") or ["?"])
+    return rows, (fit, f"{model} ({mlabel}, eps {eps})")
+
+
+def _detection_rates(
+    ev: pd.DataFrame, at_fpr: pd.DataFrame | None, flag: str, attack: str, auc: float
+) -> list[Any]:
+    """The numbers of one attack's row (columns n to LR undetected+wrong): benign samples,
+    ``auc``, the unanimity rates (``flag``) on the eval rows ``ev`` and, with a fitted
+    regression, its rates at the 5% FPR threshold (``at_fpr``)."""
+    part = attack_rows(ev, attack)
+    nu = rates(part, flag) if flag in part.columns else {}
+    op = rates(attack_rows(at_fpr, attack), "flagged_fpr") if at_fpr is not None else {}
+    return [
+        int((part["kind"] == "benign").sum()),
+        auc,
+        nu.get("fpr"),
+        nu.get("detected"),
+        nu.get("undetected_wrong"),
+        nu.get("adv_vote_acc"),
+        op.get("detected"),
+        op.get("undetected_wrong"),
+    ]
+
+
+def _detect_notes(s: dict[str, Any], fit_notes: dict[str, list[str]]) -> list[str]:
+    """The notes of the detection table: the protocol (seed and draws of setting ``s``),
+    what the rates mean and, per set of fit attacks (``fit_notes``: fit attacks -> the
+    detectors fit on them), how the uncertainty regression was fit and frozen."""
     notes = [
         "Negatives: correctly classified benign (and Gaussian-noisy) test samples; positives: "
         f"their adversarials. Seed {s.get('seed', '?')}; draws {s.get('draws', '?')}. "
@@ -1055,21 +1166,7 @@ def detect_table(col: Collection, dataset: str) -> Table | Skip:
             "(and the same 5% FPR threshold) on the eval half, never refit on its own "
             "adversarials."
         )
-    cols = [
-        "Model",
-        "method",
-        "attack",
-        "eps",
-        "n",
-        "AUC",
-        "FPR nu=K",
-        "detected nu=K",
-        "undetected+wrong nu=K",
-        "vote acc on adv",
-        "LR detected @5% FPR",
-        "LR undetected+wrong @5% FPR",
-    ]
-    return Table("detect", title, cols, rows, notes)
+    return notes
 
 
 def check_table(col: Collection, dataset: str) -> Table | Skip:
