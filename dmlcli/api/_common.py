@@ -4,12 +4,9 @@ evaluation subset of a run's test split, and the checks of ``--batch-size`` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
 import torch
 
 from dmlcli.api.settings import Common
@@ -42,31 +39,6 @@ class RunContext:
         """The context of settings ``s`` (its ``shard``, if the command has one)."""
         shard = parse_shard(getattr(s, "shard", None))
         return cls(Store(s.artifacts), resolve_device(s.device), s.seed, s.force, shard, progress)
-
-
-# TODO(issue 22): gone once every command returns an Outcome
-def rows_of(outcomes: Sequence[Any]) -> pd.DataFrame:
-    """The rows of every outcome, one frame; ``attrs['results']`` says which is which."""
-    frames, info, at = [], [], 0
-    for o in outcomes:
-        frames.append(o.rows)
-        info.append(
-            {
-                "kind": o.job.kind,
-                "run": o.job.run,
-                "label": o.job.label,
-                "path": str(o.path),
-                "status": o.status,
-                "rows": [at, at + len(o.rows)],
-                "warnings": list(o.meta.get("warnings", [])),
-                "meta": o.meta,
-            }
-        )
-        at += len(o.rows)
-    nonempty = [f for f in frames if len(f.columns)]
-    df = pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame()
-    df.attrs["results"] = info
-    return df
 
 
 def eval_subset(

@@ -1,7 +1,9 @@
-"""What every subcommand shares: option types, the console, progress bars, closing tables.
+"""What every subcommand shares: its options built from the API's settings, the console,
+progress bars, closing tables.
 
-A command module declares its options (defaults read from the :mod:`dmlcli.api` function it
-calls, so each default lives in one place), calls that function and prints a short table.
+A command module is ``command = command_of(api.<name>, show, help=HELP)``: its options are the
+fields of the API function's settings (:mod:`dmlcli.api.settings`, so each option is declared
+once), it calls that function and ``show`` prints a short table of the typed outcome.
 """
 
 from __future__ import annotations
@@ -39,49 +41,6 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions  # noqa: F401
 
 console = Console(highlight=False)
-
-
-def defaults(fn: Callable[..., Any]) -> dict[str, Any]:
-    """The keyword defaults of an API function: what a command's options default to."""
-    return {
-        name: p.default
-        for name, p in inspect.signature(fn).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-def flag(help: str, *names: str) -> Any:  # noqa: A002 - typer's own keyword
-    """A boolean option shown as a plain flag (no value type) in ``--help``."""
-    return typer.Option(*names, help=help, metavar="")
-
-
-ArtifactsOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--artifacts", envvar="DML_ARTIFACTS", help="Artifacts directory (default ./artifacts)."
-    ),
-]
-SeedOpt = Annotated[
-    int, typer.Option("--seed", help="Seed for data order, init and attack randomness.")
-]
-ForceOpt = Annotated[bool, flag("Recompute even if the result exists.", "--force")]
-DeviceOpt = Annotated[
-    str, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(help="Folder with the dataset's files (default: the one the run was trained on)."),
-]
-PartSizeOpt = Annotated[
-    int,
-    typer.Option("--part-size", help="Samples per part file (resume and --shard granularity)."),
-]
-ShardOpt = Annotated[
-    str | None,
-    typer.Option("--shard", help="Compute only shard i/n of the parts (default: torchrun's RANK)."),
-]
-RunArg = Annotated[str, typer.Argument(help="Run name, run folder or .safetensors file.")]
-NOpt = Annotated[int, typer.Option("--n", help="Evaluation samples (a seeded subset).")]
 
 
 def cli_type(tp: Any) -> Any:
@@ -225,43 +184,23 @@ def summary(
         console.print(f"[dim]wrote[/dim] {path}")
 
 
-def new_files(df: Any) -> list[str]:
-    """Paths of the results an API call computed (not read from the store)."""
-    if isinstance(df, Outcome):
-        return [str(p) for p in df.new_files]
-    return [r["path"] for r in df.attrs.get("results", []) if r["status"] == "new"]
-
-
-def results_of(df: Any) -> Iterator[tuple[dict[str, Any], Any]]:
-    """(description, rows) of every stored result behind the rows an API call returned."""
-    for r in df.attrs.get("results", []):
-        start, stop = r["rows"]
-        yield r, df.iloc[start:stop]
-
-
-def cached_note(df: Any, root: Path | str | None) -> None:
+def cached_note(out: Outcome, root: Path | str | None) -> None:
     """One line saying how many results were read from the store instead of computed."""
-    if isinstance(df, Outcome):
-        cached = len(df.cached)
-    else:
-        cached = sum(r["status"] == "cached" for r in df.attrs.get("results", []))
+    cached = len(out.cached)
     if cached:
         where = root if root is not None else "the store"
         console.print(f"{cached} result(s) were already in {where} (--force recomputes)")
 
 
-def shard_note(df: Any, root: Path | str | None) -> bool:
+def shard_note(out: Outcome, root: Path | str | None) -> bool:
     """For a sharded run: say where the parts are and how to merge them; True if sharded."""
-    if isinstance(df, Outcome):
-        shards = [{"status": r.status, "path": r.path} for r in df.shards]
-    else:
-        shards = [r for r in df.attrs.get("results", []) if r["status"].startswith("shard")]
+    shards = out.shards
     if not shards:
         return False
     where = root if root is not None else "./artifacts"
     console.print(
-        f"{shards[0]['status']}: {len(shards)} result(s) kept as parts "
-        f"(e.g. {shards[0]['path']}); run `dml merge --artifacts {where}` once every shard "
+        f"{shards[0].status}: {len(shards)} result(s) kept as parts "
+        f"(e.g. {shards[0].path}); run `dml merge --artifacts {where}` once every shard "
         "is done",
         soft_wrap=True,
     )

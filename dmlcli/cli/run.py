@@ -10,14 +10,8 @@ import typer
 
 from dmlcli import recipes
 from dmlcli.api.outcome import Outcome
-from dmlcli.cli.common import (
-    ArtifactsOpt,
-    DeviceOpt,
-    console,
-    flag,
-    reporter,
-    summary,
-)
+from dmlcli.api.settings import ARTIFACTS_HELP, DEVICE_HELP
+from dmlcli.cli.common import console, reporter, summary
 from dmlcli.store import Store
 
 _STATUS = {
@@ -39,13 +33,16 @@ def command(
         ),
     ] = None,
     dry_run: Annotated[
-        bool, flag("Print the plan (what exists, what will run).", "--dry-run")
+        bool,
+        typer.Option("--dry-run", help="Print the plan (what exists, what will run).", metavar=""),
     ] = False,
     data_dir: Annotated[
         Path | None, typer.Option(help="Folder with the dataset's files (overrides the recipe).")
     ] = None,
-    device: DeviceOpt = "",
-    artifacts: ArtifactsOpt = None,
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "",
+    artifacts: Annotated[
+        Path | None, typer.Option("--artifacts", envvar="DML_ARTIFACTS", help=ARTIFACTS_HELP)
+    ] = None,
 ) -> None:
     """Run a recipe: train, attack, transfer, CLEVER, certify, detect and report.
 
