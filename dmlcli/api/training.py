@@ -34,6 +34,7 @@ from dmlcli.errors import DmlError
 from dmlcli.files import read_parquet, read_tensors, save_tensors, write_parquet
 from dmlcli.models.backbones import list_backbones
 from dmlcli.models.config import EnsembleConfig, resolve_config
+from dmlcli.models.dml import HEADS
 from dmlcli.models.ensemble import Ensemble
 from dmlcli.models.io import Run, checkpoint_config, save_ensemble
 from dmlcli.runner import Reporter
@@ -65,7 +66,7 @@ class TrainSettings(Settings):
         None, "Override a defense hyperparameter, e.g. alpha=2 (repeatable)."
     )
     baseline: bool = flag("Same as --defense baseline.")
-    head: str = option("dml", "dml, rdml, augdml, linear or mmc.")
+    head: str = option("dml", f"Member head: {', '.join(HEADS)}.")
     backbone: str | None = option(
         None, f"Member backbone: {', '.join(list_backbones())} (dataset default)."
     )
