@@ -1,11 +1,13 @@
 """The Python API: one function per ``dml`` subcommand, taking the CLI's option names.
 
 Each function writes exactly the results the command writes and returns a typed outcome
-(:mod:`dmlcli.api.outcome`): ``rows``, the per-sample pandas DataFrame (``train``: the
-per-epoch history; ``report``/``ls``/``merge``: what they list), ``results``, the stored
-results behind the rows (kind, label, path, status ``new``/``cached``/``shard i/n``, and
-which rows are theirs), and the command's own named fields (``attack``: ``groups``;
-``detect``: ``aucs``; ``report``: ``files``, ``problems``; ...). Its options are the fields
+with named fields. An evaluation (and ``train``) returns an
+:class:`~dmlcli.api.outcome.Outcome`: ``rows``, the per-sample pandas DataFrame (``train``:
+the per-epoch history), ``results``, the stored results behind the rows (kind, label, path,
+status ``new``/``cached``/``shard i/n``, and which rows are theirs), and the command's own
+fields (``attack``: ``groups``; ``detect``: ``aucs``). ``report``, ``export``, ``ls``,
+``merge`` and ``compare`` read the store and return their own classes: ``rows`` (what they
+list) and fields such as ``files`` and ``problems``. Its options are the fields
 of one settings dataclass (``api.attack.settings`` is :class:`~dmlcli.api.robustness.
 AttackSettings`: type, default and help of each), from which its signature, the ``dml``
 options and the recipe schema all come (:mod:`dmlcli.api.settings`). The CLI calls exactly
