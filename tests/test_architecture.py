@@ -252,7 +252,8 @@ def test_help_names_what_goes_in_each_option_and_lists_every_attack():
     from dmlcli.cli.app import app
 
     out = CliRunner().invoke(app, ["attack", "--help"], env={"COLUMNS": "200"}).output
-    assert "<list[str]>" not in out.split("Options")[1] and "<int>" not in out
+    assert "<list[str]>" not in out and "<int>" not in out and "<str>" not in out
+    assert re.search(r"\*\s+RUNS\s+Runs, groups", out)  # the argument by name, not its type
     assert re.search(r"--eps\s+EPS\s", out) and re.search(r"--n\s+N\s", out)
     assert "kept as a part file as soon as it is done" in out
     flat = " ".join(out.split())

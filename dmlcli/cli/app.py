@@ -28,8 +28,8 @@ class _Group(_PlainHelp, typer.core.TyperGroup):
 
 
 class _Command(_PlainHelp, typer.core.TyperCommand):
-    """A subcommand whose help reads as written: option metavars name what goes there
-    (``EPS``, ``N``, ``DATA_DIR``, not typer's ``<list[str]>``), and the description's
+    """A subcommand whose help reads as written: metavars name what goes there (``RUNS``,
+    ``EPS``, ``N``, ``DATA_DIR``, not typer's ``<list[str]>``), and the description's
     hard-wrapped docstring lines flow into paragraphs (see :func:`_reflow`)."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - click's signature
@@ -39,6 +39,9 @@ class _Command(_PlainHelp, typer.core.TyperCommand):
             if param.param_type_name == "option" and param.metavar is None:
                 if not getattr(param, "is_flag", False):
                     param.metavar = (param.name or "").upper()
+            if param.param_type_name == "argument":  # RUNS, not runs... <list[str]>
+                param.metavar = param.metavar or (param.name or "").upper()
+                param.display_type_rich = lambda ctx: None  # the name says what goes there
 
 
 def _reflow(text: str | None) -> str | None:
