@@ -11,10 +11,9 @@ from dmlcli.api.outcome import Outcome
 from dmlcli.api.settings import (
     DATA_DIR_HELP,
     N_HELP,
-    PART_SIZE_HELP,
     RUN_HELP,
-    SHARD_HELP,
     Common,
+    Parts,
     argument,
     entry_point,
     flag,
@@ -30,12 +29,11 @@ from dmlcli.models.io import Run
 from dmlcli.runner import Outcome as JobOutcome
 from dmlcli.runner import Reporter, run_jobs
 from dmlcli.runs import open_run
-from dmlcli.runtime import parse_shard
 
 
 # -- clever -----------------------------------------------------------------------------------
 @dataclass(kw_only=True)
-class CleverSettings(Common):
+class CleverSettings(Parts):
     """The options of ``dml clever`` / :func:`clever` (each field is one option)."""
 
     run: str = argument(RUN_HELP)
@@ -52,13 +50,9 @@ class CleverSettings(Common):
         "0.1 1 5 10 20 50 100).",
     )
     grad_batch: int = option(512, "Points per forward/backward pass (speed and memory only).")
-    data_dir: str | Path | None = option(None, DATA_DIR_HELP)
-    part_size: int = option(10, PART_SIZE_HELP)
-    shard: str | None = option(None, SHARD_HELP)
 
     def check(self) -> None:
-        self.positive("part_size")
-        parse_shard(self.shard)
+        super().check()
         self.estimator()
 
     def estimator(self) -> cl.CleverSettings:
@@ -100,7 +94,7 @@ def _run(ctx: RunContext, jobs: list[Job]) -> list[JobOutcome]:
 
 # -- certify ----------------------------------------------------------------------------------
 @dataclass(kw_only=True)
-class CertifySettings(Common):
+class CertifySettings(Parts):
     """The options of ``dml certify`` / :func:`certify` (each field is one option)."""
 
     run: str = argument(RUN_HELP)
@@ -115,13 +109,9 @@ class CertifySettings(Common):
     head_samples: int | None = option(None, "Monte-Carlo draws T of the swapped head.")
     predict_n: int = option(1000, "Draws for PREDICT (binomial test; columns smoothed*).")
     batch_size: int = option(1000, "Noise draws per forward pass.")
-    data_dir: str | Path | None = option(None, DATA_DIR_HELP)
-    part_size: int = option(10, PART_SIZE_HELP)
-    shard: str | None = option(None, SHARD_HELP)
 
     def check(self) -> None:
-        self.positive("part_size")
-        parse_shard(self.shard)
+        super().check()
         self.smoothing()
         if (self.head_sigma is not None or self.head_samples is not None) and self.head is None:
             raise DmlError("--head-sigma/--head-samples only apply with --head dml|rdml|augdml")

@@ -47,8 +47,11 @@ from dmlcli.runtime import parse_shard
 from dmlcli.store import Store, validate_name
 from dmlcli.units import parse_eps, parse_eps_list
 
-
 # -- attack -----------------------------------------------------------------------------------
+#: The suites' default budgets (the paper's and AutoAttack's): the defaults of the options below.
+BUDGETS = rob.Budgets()
+
+
 @dataclass(kw_only=True)
 class AttackSettings(Common):
     """The options of ``dml attack`` / :func:`attack` (each field is one option)."""
@@ -85,22 +88,30 @@ class AttackSettings(Common):
         "--attack targeted at each of the K most likely wrong classes in turn (not with "
         "--targeted).",
     )
-    pgd_restarts: int = option(5, "Restarts of PGD-20/40 (paper).")
-    cw_c: float = option(1.0, "CW penalty constant c (paper's gamma).")
-    cw_steps: int = option(200, "CW Adam steps (paper: 200).")
-    cw_lr: float = option(0.01, "CW Adam learning rate.")
-    cw_kappa: float = option(0.0, "CW confidence kappa.")
-    cw_search_steps: int = option(0, "CW binary-search rounds over c (0: the paper's fixed c).")
-    apgd_steps: int = option(100, "APGD iterations (adaptive).")
-    apgd_restarts: int = option(1, "APGD restarts (adaptive).")
-    eot: int = option(20, "EOT draws on randomized heads.")
-    aa_version: str = option("auto", f"AutoAttack version: {', '.join(AA_VERSIONS)}.")
+    pgd_restarts: int = option(BUDGETS.pgd_restarts, "Restarts of PGD-20/40 (paper).")
+    cw_c: float = option(BUDGETS.cw_c, "CW penalty constant c (paper's gamma).")
+    cw_steps: int = option(BUDGETS.cw_steps, "CW Adam steps (paper: 200).")
+    cw_lr: float = option(BUDGETS.cw_lr, "CW Adam learning rate.")
+    cw_kappa: float = option(BUDGETS.cw_kappa, "CW confidence kappa.")
+    cw_search_steps: int = option(
+        BUDGETS.cw_search_steps, "CW binary-search rounds over c (0: the paper's fixed c)."
+    )
+    apgd_steps: int = option(BUDGETS.apgd_steps, "APGD iterations (adaptive).")
+    apgd_restarts: int = option(BUDGETS.apgd_restarts, "APGD restarts (adaptive).")
+    eot: int = option(BUDGETS.eot, "EOT draws on randomized heads.")
+    aa_version: str = option(BUDGETS.aa_version, f"AutoAttack version: {', '.join(AA_VERSIONS)}.")
     aa_attack: list[str] | None = option(None, "AutoAttack custom attacks (repeatable).")
-    aa_steps: int = option(100, "AutoAttack APGD iterations.")
-    square_queries: int = option(5000, "AutoAttack Square queries.")
-    targets: int = option(3, "Adaptive: wrong classes tried by APGD-T and the agree attacks.")
-    score_draws: int = option(20, "Randomized heads: draws each decision is scored on (majority).")
-    queries: int = option(10_000, "Adaptive: RayS's queries per sample (hard-label, on the vote).")
+    aa_steps: int = option(BUDGETS.aa_steps, "AutoAttack APGD iterations.")
+    square_queries: int = option(BUDGETS.square_queries, "AutoAttack Square queries.")
+    targets: int = option(
+        BUDGETS.targets, "Adaptive: wrong classes tried by APGD-T and the agree attacks."
+    )
+    score_draws: int = option(
+        BUDGETS.score_draws, "Randomized heads: draws each decision is scored on (majority)."
+    )
+    queries: int = option(
+        BUDGETS.queries, "Adaptive: RayS's queries per sample (hard-label, on the vote)."
+    )
     independent: bool = flag(
         "Adaptive: run every attack on every sample (default: a cascade, each attack on the "
         "samples still robust)."

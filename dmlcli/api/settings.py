@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dmlcli.errors import DmlError
+from dmlcli.runtime import parse_shard
 
 S = TypeVar("S", bound="Settings")
 
@@ -123,7 +124,7 @@ class Settings:
         command's own options, then those every command shares (:class:`Common`)."""
 
         def rank(f: dataclasses.Field) -> tuple[bool, bool]:
-            return (not f.metadata.get("positional"), "late" in f.metadata)
+            return (not f.metadata.get("positional"), f.metadata.get("late", 0))
 
         return sorted(dataclasses.fields(cls), key=rank)
 
@@ -196,8 +197,8 @@ def entry_point(settings: type[Settings]) -> Callable[[Callable[..., Any]], Call
     return wrap
 
 
-def _late(field: Any) -> Any:
-    field.metadata = {**field.metadata, "late": True}  # listed after the command's own options
+def _late(field: Any, rank: int = 2) -> Any:
+    field.metadata = {**field.metadata, "late": rank}  # listed after the command's own options
     return field
 
 
@@ -210,3 +211,17 @@ class Common(Settings):
     device: str = _late(option("auto", DEVICE_HELP))
     force: bool = _late(flag(FORCE_HELP))
     artifacts: str | Path | None = _late(option(None, ARTIFACTS_HELP, envvar="DML_ARTIFACTS"))
+
+
+@dataclasses.dataclass(kw_only=True)
+class Parts(Common):
+    """The settings of an evaluation kept as part files (``dml clever``, ``dml certify``):
+    where the data is, samples per part, and which shard of the parts to compute."""
+
+    data_dir: str | Path | None = _late(option(None, DATA_DIR_HELP), 1)
+    part_size: int = _late(option(10, PART_SIZE_HELP), 1)
+    shard: str | None = _late(option(None, SHARD_HELP), 1)
+
+    def check(self) -> None:
+        self.positive("part_size")
+        parse_shard(self.shard)
