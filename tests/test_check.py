@@ -356,6 +356,14 @@ def test_check_end_to_end_writes_one_result_then_is_a_no_op(cli, store_copy):
     assert report.code == 0, report.err
     text = (store_copy / "report" / "report.md").read_text()
     assert "Sanity checks" in text and "iterative vs single-step" in text
+    assert text.count("| iterative vs single-step |") == 1
+    # another setting writes a second result: the report shows the newest, each row once
+    assert cli(*args[:-4], "--queries", "50", "--artifacts", store_copy).code == 0
+    assert len(Store(store_copy).list_results(kind="check")) == 2
+    assert cli("report", store_copy).code == 0
+    text = (store_copy / "report" / "report.md").read_text()
+    assert text.count("| iterative vs single-step |") == 1
+    assert "1 older sanity-check result(s) of the same run, eps and decision" in text
 
 
 @pytest.mark.parametrize(

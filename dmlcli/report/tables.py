@@ -1175,6 +1175,7 @@ def check_table(col: Collection, dataset: str) -> Table | Skip:
     found = [r for r in col.of("check", dataset) if {"check", "status"} <= set(r.df.columns)]
     if not found:
         return Skip("check", title, "no sanity-check results (dml check)")
+    found, older = _newest_checks(found)
     rows = []
     for r in sorted(found, key=lambda r: (col.label(r.run), float(first(r.df, "eps")))):
         eps = eps_text(float(first(r.df, "eps")))
@@ -1196,8 +1197,26 @@ def check_table(col: Collection, dataset: str) -> Table | Skip:
         "points of robust accuracy or % of samples; a check passes at or below its threshold. "
         f"In all: {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail.",
     ]
+    if older:
+        notes.append(
+            f"{older} older sanity-check result(s) of the same run, eps and decision (other "
+            "settings) are left out: each row is from the newest."
+        )
     cols = ["Model", "eps", "check", "status", "value", "threshold", "detail"]
     return Table("check", title, cols, rows, notes)
+
+
+def _newest_checks(found: list[Result]) -> tuple[list[Result], int]:
+    """The newest check result per (run, eps, decision), and how many older ones there were
+    (``dml check`` with other settings writes another file; listing both repeats each row)."""
+    newest: dict[tuple, Result] = {}
+    for r in found:
+        key = (r.run, float(first(r.df, "eps")), str(first(r.df, "decision")))
+        if key not in newest or r.meta.get("created", "") > newest[key].meta.get("created", ""):
+            newest[key] = r
+    chosen = {id(r) for r in newest.values()}
+    kept = [r for r in found if id(r) in chosen]  # in the collection's order
+    return kept, len(found) - len(kept)
 
 
 # -- defenses side by side --------------------------------------------------------------------
