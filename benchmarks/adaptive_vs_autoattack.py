@@ -24,12 +24,7 @@ import numpy as np
 import pandas as pd
 
 from dmlcli import api
-from dmlcli.api.outcome import Outcome, StoredResult
 from dmlcli.results import robust_accuracy, sum_scored_robust
-
-
-def _frames(out: Outcome, kind: str) -> list[tuple[StoredResult, pd.DataFrame]]:
-    return [(r, rows) for r, rows in out if r.kind == kind]
 
 
 def _broken(df: pd.DataFrame) -> np.ndarray:
@@ -46,8 +41,8 @@ def _suite(checkpoint: str, tmp: str, independent: bool, args, common) -> tuple:
         independent=independent, artifacts=Path(tmp), **common,
     )  # fmt: skip
     seconds = time.perf_counter() - began
-    (worst,) = [f for _, f in _frames(df, "worst-case")]
-    return _frames(df, "attack"), worst, seconds
+    ((_, worst),) = df.worst_cases
+    return df.of_kind("attack"), worst, seconds
 
 
 def main() -> None:
@@ -74,8 +69,8 @@ def main() -> None:
         t_auto = time.perf_counter() - began
         if args.independent:
             independent = _suite(args.checkpoint, alone, True, args, common)
-    (aa_meta, aa_rows), *_ = _frames(auto, "attack")
-    (both,) = [f for _, f in _frames(auto, "worst-case")]
+    (aa_meta, aa_rows), *_ = auto.of_kind("attack")
+    ((_, both),) = auto.worst_cases
     n = len(aa_rows)
     counts = aa_meta.meta.get("counts", {})
     aa_alone = sum_scored_robust(aa_rows, counts)
@@ -89,7 +84,7 @@ def main() -> None:
     print("  cascade profile, in run order (seconds, samples attacked, samples it broke):")
     for r, f in attacks:
         ran = int((f["clean_correct"] & (f["skipped_by"] == "")).sum())
-        name = f"{r['label']}"
+        name = r.label
         print(f"    {name:44s} {float(f['seconds'].sum()):7.1f} s  ran {ran:4d}  broke "
               f"{int(_broken(f).sum())}")  # fmt: skip
     if not args.independent:
@@ -97,12 +92,12 @@ def main() -> None:
     frames, worst, seconds = independent
     print(f"  adaptive suite, --independent: worst case {100.0 * worst['robust'].mean():.1f}%  "
           f"[{seconds:.0f} s, x{seconds / t_auto:.2f} AutoAttack]")  # fmt: skip
-    broke = {r["label"]: _broken(f) for r, f in frames}
+    broke = {r.label: _broken(f) for r, f in frames}
     print("  each attack alone (robust %, seconds, samples no other attack breaks):")
     for r, f in sorted(frames, key=lambda a: robust_accuracy(a[1])[1]):
-        others = [b for label, b in broke.items() if label != r["label"]]
-        only = int((broke[r["label"]] & ~np.logical_or.reduce(others)).sum()) if others else 0
-        print(f"    {r['label']:44s} {robust_accuracy(f)[1]:5.1f}%  "
+        others = [b for label, b in broke.items() if label != r.label]
+        only = int((broke[r.label] & ~np.logical_or.reduce(others)).sum()) if others else 0
+        print(f"    {r.label:44s} {robust_accuracy(f)[1]:5.1f}%  "
               f"{float(f['seconds'].sum()):7.1f} s  only-this {only}")  # fmt: skip
 
 

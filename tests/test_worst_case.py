@@ -256,6 +256,9 @@ def test_the_stored_worst_case_covers_every_invocation(store_copy):
     again = api.attack("digits-dml", suite=["paper"], pgd_restarts=1, cw_steps=5, **common)
     kinds = [r.kind for r in again.results]
     assert kinds[-1] == "worst-case" and {r.status for r in again.results} == {"cached"}
+    ((stored, rows),) = again.worst_cases  # the typed outcome names the headline result
+    assert stored.kind == "worst-case" and rows["robust"].tolist() == worst["robust"].tolist()
+    assert len(again.of_kind("attack")) == len(kinds) - 1
 
 
 def test_results_of_an_older_checkpoint_are_stale_and_left_out(store_copy, cli):

@@ -46,6 +46,11 @@ class Outcome:
         for r in self.results:
             yield r, self.rows.iloc[r.start : r.stop]
 
+    def of_kind(self, kind: str) -> list[tuple[StoredResult, pd.DataFrame]]:
+        """(stored result, its rows) for each result of schema ``kind`` (``attack``,
+        ``worst-case``, ...)."""
+        return [(r, rows) for r, rows in self if r.kind == kind]
+
     @property
     def new_files(self) -> list[Path]:
         """The results this call computed (not read from the store)."""

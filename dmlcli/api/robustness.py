@@ -15,7 +15,7 @@ import torch
 
 from dmlcli import results
 from dmlcli.api._common import RunContext, as_list, check_batch, eval_subset
-from dmlcli.api.outcome import Outcome
+from dmlcli.api.outcome import Outcome, StoredResult
 from dmlcli.api.settings import (
     ARTIFACTS_HELP,
     DATA_DIR_HELP,
@@ -185,6 +185,12 @@ class AttackOutcome(Outcome):
     groups of seeds, the per-group summary."""
 
     groups: list[SeedSpread] = field(default_factory=list)
+
+    @property
+    def worst_cases(self) -> list[tuple[StoredResult, pd.DataFrame]]:
+        """Each run's stored per-sample worst case over every attack of its checkpoint
+        (schema ``worst-case``: the headline robust accuracy), with its rows."""
+        return self.of_kind("worst-case")
 
 
 @entry_point(AttackSettings)
