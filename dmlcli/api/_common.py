@@ -1,6 +1,6 @@
 """What every API function shares: where and how a call runs (:class:`RunContext`), the
-evaluation subset of a run's test split, and the checks of ``--batch-size`` and
-``--decision``."""
+evaluation subset of a run's test split, the check of ``--decision``, and swapping a run's
+DML head (``--head``)."""
 
 from __future__ import annotations
 
@@ -49,14 +49,25 @@ def eval_subset(
     return eval_set(run.dataset, n, seed, data_dir or run.data_dir, image_size=run.image_size)
 
 
-def check_batch(batch_size: int) -> None:
-    """Refuse a ``--batch-size`` below 1 (one line, before anything runs)."""
-    if batch_size < 1:
-        raise DmlError(f"--batch-size must be at least 1; got {batch_size}")
-
-
 def check_decision(decision: str, members: int) -> None:
     """Refuse a ``--decision`` that is not a decision rule of a ``members``-member ensemble."""
     choices = list_decisions(members)
     if decision not in choices:
         raise DmlError(f"unknown decision {decision!r}; choose one of {', '.join(choices)}")
+
+
+def check_head_swap(head: str | None, sigma: float | None, samples: int | None) -> None:
+    """Refuse ``--head-sigma``/``--head-samples`` without the ``--head`` they configure."""
+    if (sigma is not None or samples is not None) and head is None:
+        raise DmlError("--head-sigma/--head-samples only apply with --head dml|rdml|augdml")
+
+
+def with_head(r: Run, head: str | None, sigma: float | None, samples: int | None) -> Run:
+    """``r``, or with ``head`` a copy of it whose DML head is swapped (noise ``sigma``,
+    ``samples`` Monte-Carlo draws); the same weights, so the same checkpoint."""
+    if head is None:
+        return r
+    if not hasattr(r.model, "with_head"):
+        raise DmlError(f"--head: {r.name} has no DML head to swap")
+    model = r.model.with_head(head, sigma, samples)
+    return Run(r.name, model, r.checkpoint, r.dataset, r.meta, r.path)

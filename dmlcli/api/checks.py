@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dmlcli.api._common import RunContext, check_batch, check_decision, eval_subset
+from dmlcli.api._common import RunContext, check_decision, eval_subset
 from dmlcli.api.outcome import Outcome
 from dmlcli.api.settings import (
     DATA_DIR_HELP,
@@ -50,8 +50,7 @@ class CheckSettings(Common):
     data_dir: str | Path | None = option(None, DATA_DIR_HELP)
 
     def check(self) -> None:
-        self.positive("n")
-        check_batch(self.batch_size)
+        self.positive("n", "batch_size")
         if self.eps is not None:
             parse_eps(self.eps)
         if self.large_eps is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -13,9 +12,8 @@ import pandas as pd
 from dmlcli import results
 from dmlcli.api.robustness import current_attacks, expand_groups, refresh_worst_cases
 from dmlcli.api.settings import (
-    ARTIFACTS_HELP,
     SEED_HELP,
-    Settings,
+    InStore,
     argument,
     entry_point,
     option,
@@ -29,7 +27,7 @@ from dmlcli.units import parse_eps
 
 
 @dataclass(kw_only=True)
-class CompareSettings(Settings):
+class CompareSettings(InStore):
     """The options of ``dml compare`` / :func:`compare` (each field is one option)."""
 
     runs: list[str] = argument(
@@ -42,7 +40,6 @@ class CompareSettings(Settings):
     n: int | None = option(None, "Evaluation samples (when several were stored).")
     reps: int = option(10_000, "Bootstrap resamples of the 95% CI.")
     seed: int = option(0, SEED_HELP)
-    artifacts: str | Path | None = option(None, ARTIFACTS_HELP, envvar="DML_ARTIFACTS")
 
     def check(self) -> None:
         if len(self.runs) < 2:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dmlcli import results
-from dmlcli.api._common import RunContext, as_list, eval_subset
+from dmlcli.api._common import RunContext, as_list, check_head_swap, eval_subset, with_head
 from dmlcli.api.outcome import Outcome
 from dmlcli.api.settings import (
     DATA_DIR_HELP,
@@ -82,8 +82,7 @@ class DetectSettings(Common):
         parse_eps(self.eps)
         if self.step_size is not None:
             parse_eps(self.step_size)
-        if (self.head_sigma is not None or self.head_samples is not None) and self.head is None:
-            raise DmlError("--head-sigma/--head-samples only apply with --head rdml|augdml|dml")
+        check_head_swap(self.head, self.head_sigma, self.head_samples)
         self.positive("n", "draws")
 
     def attacks(self) -> list[str]:
@@ -127,7 +126,7 @@ def detect(s: DetectSettings, progress: Reporter | None = None) -> DetectOutcome
     ``results.detector_table``); ``aucs``, the AUC per attack; ``method``, ``eps``,
     ``attacks`` and ``fit_attacks``."""
     ctx = RunContext.of(s, progress)
-    r = _with_head(open_run(s.run, ctx.store), s)
+    r = with_head(open_run(s.run, ctx.store), s.head, s.head_sigma, s.head_samples)
     k = r.num_members
     nu = det.check_nu(s.nu if s.nu is not None else det.default_nu(k), k)
     det.check_method(s.method, k, r.randomized)
@@ -139,17 +138,6 @@ def detect(s: DetectSettings, progress: Reporter | None = None) -> DetectOutcome
         attacks=list(detector.attacks), fit_attacks=fit,
         aucs=dict(outcomes[0].meta.get("aucs", {})),
     )  # fmt: skip
-
-
-def _with_head(r: Run, s: DetectSettings) -> Run:
-    """``r``, or with ``head`` a copy of it whose DML head is swapped (``head_sigma``,
-    ``head_samples``)."""
-    if s.head is None:
-        return r
-    if not hasattr(r.model, "with_head"):
-        raise DmlError(f"--head: {r.name} has no DML head to swap")
-    model = r.model.with_head(s.head, s.head_sigma, s.head_samples)
-    return Run(r.name, model, r.checkpoint, r.dataset, r.meta, r.path)
 
 
 def _draws(s: DetectSettings, r: Run) -> tuple[int, list[str]]:

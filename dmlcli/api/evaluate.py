@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dmlcli.api._common import RunContext, check_batch, eval_subset
+from dmlcli.api._common import RunContext, check_head_swap, eval_subset, with_head
 from dmlcli.api.outcome import Outcome
 from dmlcli.api.settings import (
     DATA_DIR_HELP,
@@ -113,8 +113,7 @@ class CertifySettings(Parts):
     def check(self) -> None:
         super().check()
         self.smoothing()
-        if (self.head_sigma is not None or self.head_samples is not None) and self.head is None:
-            raise DmlError("--head-sigma/--head-samples only apply with --head dml|rdml|augdml")
+        check_head_swap(self.head, self.head_sigma, self.head_samples)
 
     def smoothing(self) -> ce.CertifySettings:
         """CERTIFY/PREDICT's settings (:class:`~dmlcli.eval.certify.CertifySettings`),
@@ -137,22 +136,13 @@ def certify(s: CertifySettings, progress: Reporter | None = None) -> Outcome:
     ctx = RunContext.of(s, progress)
     r = open_run(s.run, ctx.store)
     trained = r.model.config.head if hasattr(r.model, "config") else None
-    if s.head is not None:
-        r = _with_head(r, s)
+    r = with_head(r, s.head, s.head_sigma, s.head_samples)
     images, labels, indices = eval_subset(r, s.n_samples, s.seed, s.data_dir)
     job = ce.certify_job(
         r, images, labels, indices, s.smoothing(), decision=s.decision, seed=s.seed,
         part_size=s.part_size, device=ctx.device, trained_head=trained,
     )  # fmt: skip
     return Outcome.of(_run(ctx, [job]))
-
-
-def _with_head(r: Run, s: CertifySettings) -> Run:
-    """``r`` with its DML head swapped for ``s.head`` (``head_sigma``, ``head_samples``)."""
-    if not hasattr(r.model, "with_head"):
-        raise DmlError(f"--head: {r.name} has no DML head to swap")
-    model = r.model.with_head(s.head, s.head_sigma, s.head_samples)
-    return Run(r.name, model, r.checkpoint, r.dataset, r.meta, r.path)
 
 
 # -- geometry ---------------------------------------------------------------------------------
@@ -175,7 +165,7 @@ class GeometrySettings(Common):
 
     def check(self) -> None:
         self.landscape()
-        check_batch(self.batch_size)
+        self.positive("batch_size")
         if "surface" in self.measures() and self.surface_samples < 1:
             raise DmlError(f"--surface-samples must be at least 1; got {self.surface_samples}")
 

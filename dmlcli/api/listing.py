@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from dmlcli.api.settings import ARTIFACTS_HELP, Settings, entry_point, flag, option
+from dmlcli.api.settings import InStore, entry_point, flag
 from dmlcli.errors import DmlError
 from dmlcli.files import read_tensor_digest
 from dmlcli.models.io import checkpoint_config
@@ -17,12 +17,11 @@ from dmlcli.store import Store
 
 
 @dataclass(kw_only=True)
-class LsSettings(Settings):
+class LsSettings(InStore):
     """The options of ``dml ls`` / :func:`ls` (each field is one option)."""
 
     stale: bool = flag("List the stale result files.")
     remove_stale: bool = flag("Delete the stale result files.")
-    artifacts: str | Path | None = option(None, ARTIFACTS_HELP, envvar="DML_ARTIFACTS")
 
 
 @dataclass

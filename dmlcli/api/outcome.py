@@ -83,7 +83,7 @@ class Outcome:
                     stop=at + len(o.rows),
                     warnings=tuple(o.meta.get("warnings", [])),
                     meta=o.meta,
-                )  # fmt: skip
+                )
             )
             at += len(o.rows)
         nonempty = [f for f in frames if len(f.columns)]

@@ -10,21 +10,16 @@ from typing import Any
 import pandas as pd
 
 from dmlcli import results
-from dmlcli.api.settings import ARTIFACTS_HELP, Settings, argument, entry_point, option
+from dmlcli.api.settings import InStore, argument, entry_point, option
 from dmlcli.errors import DmlError
 from dmlcli.models.io import Run
 from dmlcli.runs import open_run
 from dmlcli.store import Store
 
 
-def _artifacts() -> Any:
-    """The ``--artifacts`` option of a command without the other shared options."""
-    return option(None, ARTIFACTS_HELP, envvar="DML_ARTIFACTS")
-
-
 # -- report ---------------------------------------------------------------------------------
 @dataclass(kw_only=True)
-class ReportSettings(Settings):
+class ReportSettings(InStore):
     """The options of ``dml report`` / :func:`report` (each field is one option)."""
 
     store_dir: str | Path | None = argument(
@@ -35,7 +30,6 @@ class ReportSettings(Settings):
         flags=("--format", "-f"),
     )  # fmt: skip
     out: str | Path | None = option(None, "Output folder (default ARTIFACTS/report).")
-    artifacts: str | Path | None = _artifacts()
 
     def check(self) -> None:
         given = (self.store_dir, self.artifacts)
@@ -82,7 +76,7 @@ def report(s: ReportSettings) -> ReportOutcome:
 
 # -- export -----------------------------------------------------------------------------------
 @dataclass(kw_only=True)
-class ExportSettings(Settings):
+class ExportSettings(InStore):
     """The options of ``dml export`` / :func:`export` (each field is one option)."""
 
     run: str = argument("Run name, run folder, checkpoint or model spec (.toml).")
@@ -92,7 +86,6 @@ class ExportSettings(Settings):
     kind: str | None = option(None, "csv: only results of this kind (attack, certify, ...).")
     attack: str | None = option(None, "Only results of this attack label (e.g. pgd-10).")
     out: str | Path | None = option(None, "Output folder (default ARTIFACTS/exports/RUN).")
-    artifacts: str | Path | None = _artifacts()
 
     def check(self) -> None:
         from dmlcli.report import export as exp

@@ -14,15 +14,14 @@ import pandas as pd
 import torch
 
 from dmlcli import results
-from dmlcli.api._common import RunContext, as_list, check_batch, eval_subset
+from dmlcli.api._common import RunContext, as_list, eval_subset
 from dmlcli.api.outcome import Outcome, StoredResult
 from dmlcli.api.settings import (
-    ARTIFACTS_HELP,
     DATA_DIR_HELP,
     N_HELP,
     SHARD_HELP,
     Common,
-    Settings,
+    InStore,
     argument,
     entry_point,
     flag,
@@ -125,7 +124,7 @@ class AttackSettings(Common):
 
     def check(self) -> None:
         parse_shard(self.shard)
-        check_batch(self.batch_size)
+        self.positive("batch_size")
         if self.dataset:
             dataset_info(self.dataset)
         for a in self.attack or []:
@@ -419,13 +418,12 @@ def current_attacks(store: Store, run: Run) -> dict[str, tuple[Path, dict[str, A
 
 # -- merge ------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
-class MergeSettings(Settings):
+class MergeSettings(InStore):
     """The options of ``dml merge`` / :func:`merge` (each field is one option)."""
 
     runs: list[str] | None = argument(
         "Runs whose pending results to merge (default all).", default=None
     )
-    artifacts: str | Path | None = option(None, ARTIFACTS_HELP, envvar="DML_ARTIFACTS")
 
     def check(self) -> None:
         for name in self.runs or []:

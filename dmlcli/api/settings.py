@@ -16,9 +16,11 @@ the type, default and help of a setting sit together, and every consumer reads t
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +79,13 @@ def argument(
 
 def annotation(field: dataclasses.Field, owner: type) -> Any:
     """The resolved type of ``field`` of the settings class ``owner``."""
-    return typing.get_type_hints(owner)[field.name]
+    return _type_hints(owner)[field.name]
+
+
+@functools.cache
+def _type_hints(owner: type) -> dict[str, Any]:
+    # resolved once per class: every settings object made reads them for each field
+    return typing.get_type_hints(owner)
 
 
 def as_list(value: Any) -> list[Any]:
@@ -87,21 +95,29 @@ def as_list(value: Any) -> list[Any]:
     return [value] if isinstance(value, str | Path | int | float) else list(value)
 
 
+def union_members(tp: Any) -> tuple[Any, ...]:
+    """The members of a union type (``int | None`` -> ``(int, NoneType)``), else ``(tp,)``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def is_list_type(tp: Any) -> bool:
+    """Whether ``tp`` is a list, tuple or sequence type (``list[str]``, ``Sequence[int]``)."""
+    return typing.get_origin(tp) in (list, tuple, collections.abc.Sequence)
+
+
 def _listed(value: Any, tp: Any) -> Any:
     """``value`` of a setting typed ``tp``: a list when ``tp`` is a list type (or a union
     whose only non-list member is None), else unchanged."""
-    parts = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, _UnionType) else (tp,)
-    lists = [p for p in parts if typing.get_origin(p) in (list, tuple, _Sequence)]
+    parts = union_members(tp)
+    lists = [p for p in parts if is_list_type(p)]
     scalars = [p for p in parts if p not in lists and p is not type(None)]
     if value is None or not lists:
         return value
     if isinstance(value, list | tuple) or not scalars:
         return as_list(value)
     return value
-
-
-_UnionType = type(int | str)
-_Sequence = typing.get_origin(typing.Sequence[int])
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -123,7 +139,7 @@ class Settings:
         """The fields in the order of the API and CLI parameters: the positional ones, the
         command's own options, then those every command shares (:class:`Common`)."""
 
-        def rank(f: dataclasses.Field) -> tuple[bool, bool]:
+        def rank(f: dataclasses.Field) -> tuple[bool, int]:
             return (not f.metadata.get("positional"), f.metadata.get("late", 0))
 
         return sorted(dataclasses.fields(cls), key=rank)
@@ -203,14 +219,21 @@ def _late(field: Any, rank: int = 2) -> Any:
 
 
 @dataclasses.dataclass(kw_only=True)
-class Common(Settings):
+class InStore(Settings):
+    """The setting of every command (listed last): the artifacts directory it reads and
+    writes (``--artifacts``, or ``$DML_ARTIFACTS``)."""
+
+    artifacts: str | Path | None = _late(option(None, ARTIFACTS_HELP, envvar="DML_ARTIFACTS"), 3)
+
+
+@dataclasses.dataclass(kw_only=True)
+class Common(InStore):
     """The settings every computing command shares (listed last): seed, device, whether to
     recompute, and the artifacts directory."""
 
     seed: int = _late(option(0, SEED_HELP))
     device: str = _late(option("auto", DEVICE_HELP))
     force: bool = _late(flag(FORCE_HELP))
-    artifacts: str | Path | None = _late(option(None, ARTIFACTS_HELP, envvar="DML_ARTIFACTS"))
 
 
 @dataclasses.dataclass(kw_only=True)

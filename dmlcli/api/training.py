@@ -12,12 +12,11 @@ import torch
 
 from dmlcli.api.outcome import Outcome
 from dmlcli.api.settings import (
-    ARTIFACTS_HELP,
     DATA_DIR_HELP,
     DEVICE_HELP,
     FORCE_HELP,
     SEED_HELP,
-    Settings,
+    InStore,
     argument,
     entry_point,
     flag,
@@ -52,9 +51,9 @@ from dmlcli.units import parse_eps
 
 
 @dataclass(kw_only=True)
-class TrainSettings(Settings):
-    """The options of ``dml train`` / :func:`train` (each field is one option). The shared
-    options are declared here, not taken from :class:`~dmlcli.api.settings.Common`:
+class TrainSettings(InStore):
+    """The options of ``dml train`` / :func:`train` (each field is one option). Seed,
+    device and force are declared here, not taken from :class:`~dmlcli.api.settings.Common`:
     ``--seed`` sits before ``--seeds``, among the command's own options."""
 
     dataset: str = argument(", ".join(list_datasets()) + ".")
@@ -105,19 +104,17 @@ class TrainSettings(Settings):
     )
     device: str = option("auto", DEVICE_HELP)
     force: bool = flag(FORCE_HELP)
-    artifacts: str | Path | None = option(None, ARTIFACTS_HELP, envvar="DML_ARTIFACTS")
 
     def check(self) -> None:
         defense, _ = self.objective()
         group = self.run_name()
         for s in parse_seeds(self.seeds) if self.seeds is not None else []:
             Store.seed_run(group, s)
-        resolve_defense_args(defense, parse_defense_args(self.defense_arg))
         dataset_info(self.dataset)
         if defense == "baseline" and self.prior:
             raise DmlError("--baseline and --prior exclude each other")
         self.model_config()
-        self.trainer_settings()
+        self.trainer_settings()  # the defense's arguments too
 
     def objective(self) -> tuple[str, str]:
         """(defense, head) trained: ``defense``, ``baseline`` and ``head`` resolved

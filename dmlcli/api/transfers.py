@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dmlcli.api._common import RunContext, as_list, check_batch, check_decision, eval_subset
+from dmlcli.api._common import RunContext, as_list, check_decision, eval_subset
 from dmlcli.api.outcome import Outcome
 from dmlcli.api.settings import DATA_DIR_HELP, RUN_HELP, Common, argument, entry_point, flag, option
 from dmlcli.data import dataset_info
@@ -49,7 +49,7 @@ class TransferSettings(Common):
 
     def check(self) -> None:
         tr.check_attack(self.attack)
-        check_batch(self.batch_size)
+        self.positive("batch_size")
         if self.dataset:
             dataset_info(self.dataset)
         if self.eps:

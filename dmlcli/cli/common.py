@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import inspect
 import sys
-import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from dmlcli.api.outcome import Outcome
-from dmlcli.api.settings import Settings, annotation
+from dmlcli.api.settings import Settings, annotation, is_list_type, union_members
 from dmlcli.runner import Interrupted, Reporter
 
 try:  # typer >= 0.22 vendors click
@@ -48,12 +47,10 @@ def cli_type(tp: Any) -> Any:
     items may be strings), ``str | Path`` is a ``Path``, another union with ``str`` (also
     with a list of non-strings, the API's spelling of the same value) is a ``str``;
     ``| None`` when the setting may be None."""
-    parts = (
-        typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-    )
+    parts = union_members(tp)
     optional = type(None) in parts
     parts = tuple(p for p in parts if p is not type(None))
-    lists = [p for p in parts if typing.get_origin(p) in (list, tuple, Sequence)]
+    lists = [p for p in parts if is_list_type(p)]
     if lists and str in parts and str not in typing.get_args(lists[0]):
         lists = []  # str | Sequence[int] (--seeds 0,1,2): one string on the command line
     if lists:

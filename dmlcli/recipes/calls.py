@@ -8,9 +8,7 @@ read from the CLI. :func:`render_argv` writes a call as the equivalent ``dml`` c
 
 from __future__ import annotations
 
-import collections.abc
 import inspect
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dmlcli import api
+from dmlcli.api.settings import is_list_type, union_members
 
 #: Evaluation stages in execution order (after ``train``, before ``report``); each is the
 #: name of an API function and of its ``dml`` subcommand.
@@ -87,24 +86,18 @@ def signature(stage: str) -> Signature | None:
     return Signature(stage, params)
 
 
-def _union(annotation: Any) -> tuple[Any, ...]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
 def accepted_types(annotation: Any) -> tuple[tuple[type, ...], bool]:
     """(scalar types, takes a list) of an annotation: ``Sequence[str | float] | None`` ->
     ``((str, float), True)``; ``str | Path | None`` -> ``((str,), False)``."""
     scalars: list[type] = []
     multiple = False
-    for part in _union(annotation):
+    for part in union_members(annotation):
         if part is type(None):
             continue
-        if typing.get_origin(part) in (list, tuple, collections.abc.Sequence):
+        if is_list_type(part):
             multiple = True
             args = typing.get_args(part)
-            inner = [a for arg in args[:1] for a in _union(arg)] or [str]
+            inner = [a for arg in args[:1] for a in union_members(arg)] or [str]
             scalars += [a for a in inner if isinstance(a, type)]
         elif isinstance(part, type):
             scalars.append(part)

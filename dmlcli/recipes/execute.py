@@ -43,7 +43,7 @@ class StepOutcome:
     state: str
     seconds: float | None = None
     marker: Path | None = None
-    result: Any = None  # what the API call returned (a DataFrame; ``attrs['results']``)
+    result: Any = None  # what the API call returned (its typed outcome: dmlcli.api.outcome)
 
 
 def prepare(
