@@ -270,3 +270,18 @@ def test_bad_input(cli, store_copy, tmp_path, argv: list[str], expect: str) -> N
         },
         indent=1,
     )
+
+
+def test_an_error_after_the_progress_bars_exist_prints_its_line_alone(trained_store) -> None:
+    """In a real process (rich draws to a pipe there, not to pytest's capture): an error
+    raised inside the API, after the command set up its progress bars, is the only output
+    (the bars start with the first task; before, an empty line went to stdout)."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "dmlcli", "attack", "nope", "--n", "5",
+            "--artifacts", str(trained_store)]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("error: no run named 'nope'") and proc.stderr.count("\n") == 1

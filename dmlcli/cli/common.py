@@ -133,6 +133,8 @@ class RichReporter(Reporter):
         self.bar = bar
 
     def task(self, label: str, total: int) -> Callable[[int, str], None]:
+        if not self.bar.live.is_started:  # drawn from the first task on (see reporter)
+            self.bar.start()
         task = self.bar.add_task(label, total=total, info="")
 
         def update(done: int, info: str = "") -> None:
@@ -146,7 +148,8 @@ class RichReporter(Reporter):
 
 @contextmanager
 def reporter(enabled: bool = True) -> Iterator[RichReporter]:
-    """Progress bars for the duration of a command (drawn only while ``enabled``)."""
+    """Progress bars for the duration of a command (drawn only while ``enabled``), started
+    by the first task: a command that fails before any work prints its error line alone."""
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -158,8 +161,11 @@ def reporter(enabled: bool = True) -> Iterator[RichReporter]:
         transient=False,
         disable=not enabled,
     )
-    with bar:
+    try:
         yield RichReporter(bar)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def summary(
